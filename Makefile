@@ -1,0 +1,50 @@
+# qdbpool — the commands a newcomer needs. Everything runs in a local virtualenv (.venv).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help install test test-core lint typecheck bench bench-quick demo clean
+
+help:
+	@echo "make install   create .venv and install qdbpool with every extra (dev, bench)"
+	@echo "make test      run the whole test suite (starts its own PostgreSQL and MariaDB)"
+	@echo "make lint      ruff + mypy --strict"
+	@echo "make bench     benchmarks against peers, printing ratios measured in one run"
+	@echo "make bench-quick  the same, short (a smoke run)"
+	@echo "make demo      a small multi-threaded SQLite program using @with_conn"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+install: $(PY)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+
+test: $(PY)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-core: $(PY)
+	$(PY) -m pytest tests/core tests/dsn $(PYTEST_ARGS)
+
+lint: $(PY)
+	$(PY) -m ruff check qdbpool tests bench examples
+	$(PY) -m ruff format --check qdbpool tests bench examples
+	$(PY) -m mypy --strict qdbpool
+
+typecheck: $(PY)
+	$(PY) -m mypy --strict qdbpool
+
+BENCHES := overhead acquire pg_throughput failover mysql_throughput
+
+bench: $(PY)
+	@for b in $(BENCHES); do echo; echo "== bench/$$b.py"; $(PY) bench/$$b.py $(BENCH_ARGS) || exit 1; done
+
+bench-quick:
+	$(MAKE) bench BENCH_ARGS=--quick
+
+demo: $(PY)
+	$(PY) examples/demo_sqlite.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info

@@ -1,0 +1,41 @@
+"""qdbpool: every thread gets its own database connection, injected where it is needed.
+
+import qdbpool as pool
+pool.initialize(uri="qdb://127.0.0.1:2836")
+
+@pool.with_conn()
+def load(conn, table): ...
+"""
+
+from qdbpool._global import close, initialize, instance
+from qdbpool.bounded import BoundedPool
+from qdbpool.errors import (
+    ConfigurationError,
+    NoHostAvailableError,
+    PoolClosedError,
+    PoolNotInitializedError,
+    PoolTimeoutError,
+    QdbPoolError,
+)
+from qdbpool.inject import with_conn
+from qdbpool.pool import Pool, SingletonPool
+from qdbpool.session import SessionWrapper
+from qdbpool.stats import PoolStats
+
+__all__ = [
+    "BoundedPool",
+    "ConfigurationError",
+    "NoHostAvailableError",
+    "Pool",
+    "PoolClosedError",
+    "PoolNotInitializedError",
+    "PoolStats",
+    "PoolTimeoutError",
+    "QdbPoolError",
+    "SessionWrapper",
+    "SingletonPool",
+    "close",
+    "initialize",
+    "instance",
+    "with_conn",
+]

@@ -1,0 +1,41 @@
+"""Fork safety: a child process must never use, nor close, its parent's connections.
+
+Using them would interleave two processes on one socket; closing them would send the
+server a goodbye that ends the *parent's* session (libpq's PQfinish does exactly that).
+So after a fork the child drops every inherited connection without closing it, and keeps a
+reference to each so that no driver finalizer ever runs on it in the child. The cost on the
+hot path is nothing: the work happens once, in os.register_at_fork's child hook.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any, Protocol
+
+
+class _ForkAware(Protocol):
+    def _after_fork_in_child(self) -> None: ...
+
+
+_watched: weakref.WeakSet[Any] = weakref.WeakSet()
+_inherited: list[Any] = []  # parent's connections, kept alive (never closed) in the child
+
+
+def watch(obj: _ForkAware) -> None:
+    """Call `obj._after_fork_in_child()` in every child process forked from now on."""
+    _watched.add(obj)
+
+
+def keep_inherited(conn: Any) -> None:
+    """Hold on to a parent's connection forever so that the child never finalizes it."""
+    _inherited.append(conn)
+
+
+def _after_fork_in_child() -> None:
+    for obj in list(_watched):
+        obj._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):  # absent on Windows, where there is no fork
+    os.register_at_fork(after_in_child=_after_fork_in_child)

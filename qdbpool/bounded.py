@@ -1,0 +1,305 @@
+"""BoundedPool: many threads over few connections.
+
+`size` connections serve the steady load; under a burst up to `max_size` are opened, and
+the extra ones are closed once they have been idle `burst_idle` seconds. A caller that
+finds every connection busy waits, in arrival order, up to `timeout` seconds: a released
+connection (or the capacity of a discarded one) is handed straight to the longest waiter,
+so nobody polls and nobody jumps the queue. A connection is never closed while in use,
+and one lost to an error gives its capacity back at once.
+
+Validation, lifetime, pre-ping, hooks, stats, close and fork rules are Pool's.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from qdbpool.errors import PoolClosedError, PoolTimeoutError
+from qdbpool.factories.base import Connection, ConnectionFactory
+from qdbpool.pool import Pool, PooledConnection
+
+_CAPACITY = "capacity"  # a waiter was given room to open a connection of its own
+_CLOSED = "closed"  # the pool closed while it waited
+
+
+class _Waiter:
+    __slots__ = ("event", "granted", "route")
+
+    def __init__(self, route: str) -> None:
+        self.route = route
+        self.event = threading.Event()
+        self.granted: PooledConnection | str | None = None
+
+
+def _count(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, not {value!r}")
+    return value
+
+
+def _positive(name: str, value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+class BoundedPool(Pool):
+    """A shared pool: `connect()` hands out an idle connection, or opens one while fewer
+    than `size` exist (up to `max_size` under load), or waits up to `timeout` seconds and
+    then raises PoolTimeoutError. Nested `@with_conn` calls in one thread reuse the
+    connection that thread already has checked out."""
+
+    def __init__(
+        self,
+        get_conn: Callable[[], Connection] | ConnectionFactory | None = None,
+        *,
+        size: int = 4,
+        max_size: int | None = None,
+        pre_create: int = 0,
+        timeout: float = 30.0,
+        burst_idle: float = 10.0,
+        **pool_kwargs: Any,
+    ) -> None:
+        self._size = _count("size", size, 1)
+        self._max_size = self._size if max_size is None else _count("max_size", max_size, 1)
+        if self._max_size < self._size:
+            raise ValueError(f"max_size ({max_size}) must be >= size ({size})")
+        pre_create = _count("pre_create", pre_create, 0)
+        if pre_create > self._size:
+            raise ValueError(f"pre_create ({pre_create}) must be <= size ({size})")
+        self._timeout = _positive("timeout", timeout)
+        self._burst_idle = _positive("burst_idle", burst_idle)
+        super().__init__(get_conn, **pool_kwargs)
+        for _ in range(pre_create):
+            with self._lock:
+                self._reserved += 1
+            pooled = self._open_reserved(read_only=False)
+            pooled.depth = 0
+            self._give_back(pooled)
+
+    def _init_state(self) -> None:
+        super()._init_state()
+        self._idle: dict[str, deque[PooledConnection]] = {"rw": deque(), "ro": deque()}
+        self._waiters: deque[_Waiter] = deque()
+        self._reserved = 0  # connections open or being opened: what counts against max_size
+        self._timeouts = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def max_size(self) -> int:
+        return self._max_size
+
+    # -- checkout ------------------------------------------------------------------------
+
+    def _checkout(self, read_only: bool) -> PooledConnection:
+        route = "ro" if read_only and self._routes else "rw"
+        held: PooledConnection | None = getattr(self._local, route, None)
+        if (
+            held is not None
+            and held.depth > 0
+            and not held.closed
+            and held.owner == threading.get_ident()
+        ):
+            held.depth += 1  # a nested call in this thread: share what it already holds
+            held.checkouts += 1
+            return held
+        deadline = time.monotonic() + self._timeout  # read once: it bounds the retries too
+        while True:
+            pooled = self._acquire(route, read_only, deadline)
+            if pooled.watched.value == pooled.generation and (
+                not self._timed or self._is_fit(pooled)
+            ):
+                break
+            self._retire(pooled, "it failed validation at checkout", discarded=True)
+        pooled.depth = 1
+        pooled.checkouts += 1
+        pooled.owner = threading.get_ident()
+        setattr(self._local, route, pooled)
+        return pooled
+
+    def _acquire(self, route: str, read_only: bool, deadline: float) -> PooledConnection:
+        """An idle connection, a new one, or one handed over after waiting in line."""
+        found: PooledConnection | None = None
+        surplus: PooledConnection | None = None
+        waiter: _Waiter | None = None
+        with self._lock:
+            if self._closed:
+                raise PoolClosedError("the pool is closed")
+            expired = self._take_expired_burst_locked(time.monotonic())
+            idle, other_idle = self._idle[route], self._idle[_other(route)]
+            if self._waiters:
+                waiter = self._enqueue_locked(route)  # others were first: no overtaking
+            elif idle:
+                found = idle.pop()  # the most recently used: the extras age out instead
+                found.depth = 1  # in use from here on: close() must leave it to us
+            elif self._reserved < self._max_size:
+                self._reserved += 1
+            elif other_idle:
+                # Full, but idle on the other route: trade that one in (its retirement
+                # gives back the capacity reserved here).
+                surplus = other_idle.popleft()
+                self._reserved += 1
+            else:
+                waiter = self._enqueue_locked(route)
+        self._retire_burst(expired)  # may hand their capacity to our waiter
+        if surplus is not None:
+            self._retire(surplus, "its capacity was needed for the other route")
+        if found is not None:
+            return found
+        if waiter is None:
+            return self._open_reserved(read_only)
+        granted = self._wait(waiter, deadline)
+        if isinstance(granted, PooledConnection):
+            return granted
+        return self._open_reserved(read_only)  # granted capacity: open our own
+
+    def _enqueue_locked(self, route: str) -> _Waiter:
+        waiter = _Waiter(route)
+        self._waiters.append(waiter)
+        return waiter
+
+    def _wait(self, waiter: _Waiter, deadline: float) -> PooledConnection | str:
+        waiter.event.wait(max(deadline - time.monotonic(), 0.0))
+        with self._lock:
+            granted = waiter.granted
+            if granted is None:  # timed out, and nobody served us in the meantime
+                self._waiters.remove(waiter)
+                self._timeouts += 1
+                in_use = sum(1 for p in self._live if p.depth > 0)
+                raise PoolTimeoutError(
+                    f"no connection available within {self._timeout:g}s: {in_use} of "
+                    f"{self._max_size} in use, {len(self._waiters)} other caller(s) waiting"
+                )
+        if granted == _CLOSED:
+            raise PoolClosedError("the pool closed while waiting for a connection")
+        return granted
+
+    def _open_reserved(self, read_only: bool) -> PooledConnection:
+        """Open a connection for capacity already reserved; give it back if that fails."""
+        try:
+            return self._open(read_only)
+        except BaseException:
+            with self._lock:
+                self._reserved -= 1
+                self._grant_capacity_locked()
+            raise
+
+    # -- release -------------------------------------------------------------------------
+
+    def _checkin(self, pooled: PooledConnection) -> None:
+        if pooled.depth > 1:
+            pooled.depth -= 1  # an outer call in this thread still uses it
+            return
+        route = "ro" if pooled.read_only and self._routes else "rw"
+        if getattr(self._local, route, None) is pooled:
+            delattr(self._local, route)
+        # It stays marked in use (depth 1) until _give_back decides, under the lock, whether
+        # it goes idle or straight to a waiter: close() leaves it alone meanwhile.
+        if pooled.closed or self._closed:
+            pooled.depth = 0
+            self._retire(pooled, "the pool closed")
+            return
+        state = self._state_after_use(pooled.raw)
+        if (state or self._user_reset is not None) and not self._after_use(pooled, state):
+            pooled.depth = 0
+            return  # dropped
+        pooled.last_used = time.monotonic()  # always: burst connections age by it
+        self._give_back(pooled)
+
+    def _give_back(self, pooled: PooledConnection) -> None:
+        route = "ro" if pooled.read_only and self._routes else "rw"
+        expired: list[PooledConnection] = []
+        with self._lock:
+            if self._closed:
+                mismatch = True
+            else:
+                waiter = self._waiters[0] if self._waiters else None
+                mismatch = waiter is not None and waiter.route != route
+                if waiter is not None and not mismatch:
+                    self._waiters.popleft()
+                    pooled.depth = 1  # in use by the waiter from here on (see close())
+                    waiter.granted = pooled  # straight to the longest waiter
+                    waiter.event.set()
+                    return
+                if waiter is None:
+                    pooled.depth = 0  # idle, under the lock that _acquire takes it with
+                    self._idle[route].append(pooled)
+                    expired = self._take_expired_burst_locked(time.monotonic())
+        if not mismatch:
+            self._retire_burst(expired)
+            return
+        # The longest waiter wants the other route (or the pool closed): this connection's
+        # retirement hands its capacity on.
+        pooled.depth = 0
+        self._retire(pooled, "a waiter needed the other route" if mismatch else "closed")
+
+    # -- capacity bookkeeping (under the lock) --------------------------------------------
+
+    def _forget(self, pooled: PooledConnection, *, from_finalizer: bool) -> None:
+        super()._forget(pooled, from_finalizer=from_finalizer)
+        for idle in self._idle.values():
+            if pooled in idle:
+                idle.remove(pooled)
+        self._reserved -= 1
+        self._grant_capacity_locked()
+
+    def _grant_capacity_locked(self) -> None:
+        if self._waiters and self._reserved < self._max_size and not self._closed:
+            waiter = self._waiters.popleft()
+            self._reserved += 1
+            waiter.granted = _CAPACITY
+            waiter.event.set()
+
+    def _take_expired_burst_locked(self, now: float) -> list[PooledConnection]:
+        """Burst connections idle long enough, oldest first, taken off the idle lists.
+
+        The caller retires them once it has let go of the lock (closing is I/O); until
+        then they still count against max_size, which errs on the safe side."""
+        victims: list[PooledConnection] = []
+        if self._reserved <= self._size:
+            return victims  # no burst connection: the usual case
+        for idle in self._idle.values():
+            while (
+                idle
+                and self._reserved - len(victims) > self._size
+                and now - idle[0].last_used > self._burst_idle
+            ):
+                victims.append(idle.popleft())
+        return victims
+
+    def _retire_burst(self, victims: list[PooledConnection]) -> None:
+        for victim in victims:
+            self._retire(victim, "burst connection idle")
+
+    def _on_close(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            waiter.granted = _CLOSED
+            waiter.event.set()
+
+    def _extra_stats(self) -> dict[str, int]:
+        return {"waiting": len(self._waiters), "timeouts": self._timeouts}
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<BoundedPool {state} size={self._size} max_size={self._max_size} "
+            f"factory={self._factory!r}>"
+        )
+
+
+def _other(route: str) -> str:
+    return "ro" if route == "rw" else "rw"

@@ -1,0 +1,497 @@
+"""Pool, the behaviour every pool strategy shares, and SingletonPool: one connection per thread.
+
+The hot path (a checkout of a connection the thread already holds) does no I/O, takes no
+lock and calls no logger: one thread-local lookup and a generation compare on the way out,
+the factory's no-I/O `state_after_use` on the way back (liveness and reset in one look), and
+the clock only when lifetime, idle or pre-ping limits are configured. Everything rare
+(opening, discarding, closing, forking) takes the pool's lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from qdbpool import _fork
+from qdbpool.errors import PoolClosedError
+from qdbpool.factories.base import (
+    CLEAN,
+    LOST,
+    Connection,
+    ConnectionFactory,
+    Generation,
+    as_factory,
+)
+from qdbpool.session import SessionWrapper  # imports nothing of ours at run time
+from qdbpool.stats import PoolStats
+
+logger = logging.getLogger("qdbpool")
+
+Hook = Callable[[Connection], object]
+
+
+class PooledConnection:
+    """A driver connection and what the pool knows about it.
+
+    Not public: user code sees the driver's connection (in `@with_conn`) or a SessionWrapper.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "born",
+        "checkouts",
+        "closed",
+        "depth",
+        "generation",
+        "last_used",
+        "owner",
+        "pool",
+        "raw",
+        "read_only",
+        "watched",
+    )
+
+    def __init__(
+        self,
+        pool: Pool,
+        raw: Connection,
+        read_only: bool,
+        now: float,
+        generation: tuple[Generation, int],
+    ) -> None:
+        self.pool = pool
+        self.raw = raw
+        self.read_only = read_only
+        # Fit while watched.value == generation (the factory moves `watched` on).
+        self.watched, self.generation = generation
+        self.born = now
+        self.last_used = now
+        self.depth = 0  # nested checkouts in progress; 0 = idle
+        self.checkouts = 0
+        self.closed = False
+        self.owner = threading.get_ident()
+
+    def __del__(self) -> None:
+        # The last reference went away: for SingletonPool, the thread that held it ended.
+        if not self.closed:
+            # Not through the thread-local: this may run while that thread is torn down.
+            # Anything may fail at interpreter shutdown; nothing is left to protect then.
+            with contextlib.suppress(Exception):
+                self.pool._retire(self, "its thread ended", forget=False)
+
+
+def _check_seconds(name: str, value: float | None) -> float | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"{name} must be a positive number of seconds or None, not {value!r}")
+    return float(value)
+
+
+def _check_pre_ping(value: bool | float) -> float | None:
+    """pre_ping: False (never), True (every checkout) or seconds of idleness before a ping."""
+    if value is False or value is None:
+        return None
+    if value is True:
+        return 0.0
+    if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0:
+        return float(value)
+    raise ValueError(f"pre_ping must be True, False or a number of seconds >= 0, not {value!r}")
+
+
+class Pool:
+    """The base of every pool: validation, lifetime, hooks, stats, close and fork rules.
+
+    Subclasses decide which connection a checkout gets (`_checkout` / `_checkin`).
+    Without `get_conn`, the keyword arguments go to `quasardb.Cluster(**kwargs)`, exactly
+    as in `quasardb.pool`.
+    """
+
+    def __init__(
+        self,
+        get_conn: Callable[[], Connection] | ConnectionFactory | None = None,
+        *,
+        pre_ping: bool | float = False,
+        max_lifetime: float | None = None,
+        max_idle: float | None = None,
+        configure: Hook | None = None,
+        reset: Hook | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if get_conn is None:
+            from qdbpool.factories.quasardb import QuasarDB
+
+            get_conn = QuasarDB(**kwargs)
+        elif kwargs:
+            raise TypeError(
+                f"unexpected keyword arguments {sorted(kwargs)}: without get_conn they are "
+                f"passed to quasardb.Cluster; with get_conn, give them to the factory instead"
+            )
+        for name, hook in (("configure", configure), ("reset", reset)):
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{name} must be callable, not {type(hook).__name__}")
+        self._factory = as_factory(get_conn)
+        self._is_usable = self._factory.is_usable
+        self._pre_ping = _check_pre_ping(pre_ping)
+        self._max_lifetime = _check_seconds("max_lifetime", max_lifetime)
+        self._max_idle = _check_seconds("max_idle", max_idle)
+        # Whether checkouts need the clock at all: keeps time.monotonic() off the default path.
+        self._timed = (
+            self._pre_ping is not None
+            or self._max_lifetime is not None
+            or self._max_idle is not None
+        )
+        self._configure = configure
+        self._user_reset = reset
+        self._state_after_use = self._factory.state_after_use
+        self._routes = self._factory.routes_reads
+        # @with_conn may skip the pool's methods (see inject.py) when a thread keeps its
+        # connection between calls and nothing needs checking at checkout or release
+        # beyond the factory's state_after_use. Subclasses that share connections say no.
+        self._fast_path = self._keeps_connection_per_thread and not self._timed and reset is None
+        self._conn_types: frozenset[type] = frozenset()
+        self._closed = False
+        self._init_state()
+        _fork.watch(self)
+
+    #: Whether a thread keeps its connection between checkouts (SingletonPool does).
+    _keeps_connection_per_thread = False
+
+    def _init_state(self) -> None:
+        """Everything that must start afresh in a forked child."""
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)  # notified when a connection closes
+        self._live: weakref.WeakSet[PooledConnection] = weakref.WeakSet()
+        # Per thread and route ("rw"/"ro"): the connection this thread holds. SingletonPool
+        # keeps it there between calls; other pools only while it is checked out.
+        self._local = threading.local()
+        self._created = self._closed_count = self._discarded = 0
+        self._connect_errors = self._retired_checkouts = 0
+
+    # -- public surface -------------------------------------------------------------------
+
+    @property
+    def factory(self) -> ConnectionFactory:
+        """The factory that opens this pool's connections."""
+        return self._factory
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def connect(self, *, read_only: bool = False) -> SessionWrapper:
+        """Check out a connection, wrapped so that `with` or `.close()` releases it.
+
+        Release what you connect: `with pool.connect() as conn: ...`.
+        """
+        return SessionWrapper(self, self._checkout(read_only))
+
+    def release(self, conn: Any) -> None:
+        """Give back a connection from `connect()`. Releasing one twice is harmless."""
+        if isinstance(conn, SessionWrapper):
+            conn._release_from(self)
+            return
+        pooled = self._find_held(conn)
+        if pooled is not None:
+            self._checkin(pooled)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the pool: no more checkouts (PoolClosedError), idle connections closed now.
+
+        Connections in use by other threads are closed when released; after `timeout`
+        seconds the ones still out are closed anyway. Idempotent and thread-safe.
+        """
+        with self._lock:
+            first = not self._closed
+            self._closed = True
+            self._on_close()
+            live = list(self._live)
+        if first:
+            logger.debug("closing pool %r", self)
+        for pooled in live:
+            if self._claim_idle(pooled):
+                self._retire(pooled, "the pool closed")
+        me = threading.get_ident()
+        with self._lock:
+            # The caller's own checkouts cannot come back while it waits here.
+            self._changed.wait_for(
+                lambda: not any(p.depth > 0 and p.owner != me for p in self._live),
+                timeout=max(timeout, 0.0),
+            )
+            leftovers = list(self._live)
+        for pooled in leftovers:
+            self._retire(pooled, "the pool closed while it was in use")
+        if first:
+            self._factory.close()
+
+    @staticmethod
+    def _claim_idle(pooled: PooledConnection) -> bool:
+        """Claim an idle connection for closing, against a checkout racing us without a
+        lock. Both sides write their own flag, then read the other's (Dekker's way): a
+        checkout sets `depth` then reads `closed`; we set `closed` then read `depth`. So
+        either the checkout sees `closed` and backs off, or we see `depth` and let go."""
+        if pooled.depth:
+            return False
+        pooled.closed = True
+        if pooled.depth:
+            pooled.closed = False  # in use after all: it is closed when released
+            return False
+        return True
+
+    def stats(self) -> PoolStats:
+        with self._lock:
+            live = [p for p in self._live if not p.closed]
+            return PoolStats(
+                open=len(live),
+                in_use=sum(1 for p in live if p.depth > 0),
+                created=self._created,
+                closed=self._closed_count,
+                discarded=self._discarded,
+                checkouts=self._retired_checkouts + sum(p.checkouts for p in live),
+                connect_errors=self._connect_errors,
+                **self._extra_stats(),
+            )
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<{type(self).__name__} {state} factory={self._factory!r}>"
+
+    # -- what subclasses implement ----------------------------------------------------------
+
+    def _checkout(self, read_only: bool) -> PooledConnection:
+        raise NotImplementedError
+
+    def _checkin(self, pooled: PooledConnection) -> None:
+        raise NotImplementedError
+
+    def _find_held(self, raw: Connection) -> PooledConnection | None:
+        """The calling thread's checked-out record for a raw driver connection, if any."""
+        for route in ("rw", "ro"):
+            pooled: PooledConnection | None = getattr(self._local, route, None)
+            if pooled is not None and pooled.raw is raw and pooled.depth > 0:
+                return pooled
+        return None
+
+    def _extra_stats(self) -> dict[str, int]:
+        return {}
+
+    def _on_close(self) -> None:
+        """Called once under the lock when the pool closes (wake whoever waits)."""
+
+    # -- shared machinery -----------------------------------------------------------------
+
+    def _open(self, read_only: bool) -> PooledConnection:
+        """Open a new connection (outside the lock: it is I/O) and register it."""
+        if self._closed:
+            raise PoolClosedError("the pool is closed")
+        try:
+            raw = self._factory.connect(read_only=read_only)
+        except BaseException:
+            with self._lock:
+                self._connect_errors += 1
+            raise
+        pooled = PooledConnection(
+            self, raw, read_only, time.monotonic(), self._factory.generation_of(raw)
+        )
+        pooled.depth = 1  # registered as in use: close() must not take it from the caller
+        if self._configure is not None:
+            try:
+                self._configure(raw)
+            except BaseException:
+                self._close_raw(raw)
+                raise
+        with self._lock:
+            if self._closed:  # closed while we were connecting: nobody may get this one
+                pooled.closed = True
+                closed_meanwhile = True
+            else:
+                closed_meanwhile = False
+                self._live.add(pooled)
+                self._created += 1
+                if type(raw) not in self._conn_types:
+                    self._conn_types = self._conn_types | {type(raw)}
+        if closed_meanwhile:
+            self._close_raw(raw)
+            raise PoolClosedError("the pool is closed")
+        route = "read-only" if read_only else "read-write"
+        logger.debug("opened %s connection %#x", route, id(raw))
+        return pooled
+
+    def _is_fit(self, pooled: PooledConnection) -> bool:
+        """Validation at an outermost checkout, for connections that passed the no-I/O check."""
+        now = time.monotonic()
+        if self._max_lifetime is not None and now - pooled.born > self._max_lifetime:
+            return False
+        idle = now - pooled.last_used
+        if self._max_idle is not None and idle > self._max_idle:
+            return False
+        if self._pre_ping is not None and idle >= self._pre_ping:
+            try:
+                self._factory.ping(pooled.raw)
+            except Exception as exc:
+                logger.debug("ping failed on %#x: %r", id(pooled.raw), type(exc))
+                return False
+        return True
+
+    def _after_use(self, pooled: PooledConnection, state: int) -> bool:
+        """The end of an outermost checkout: drop a lost connection, reset a dirty one (and
+        run the user's reset hook), note when it was last used. False if it was dropped."""
+        if state == LOST:
+            self._retire(pooled, "it was found closed or broken after use", discarded=True)
+            return False
+        raw = pooled.raw
+        try:
+            if state != CLEAN:
+                self._factory.reset(raw)
+            if self._user_reset is not None:
+                self._user_reset(raw)
+        except Exception as exc:
+            logger.warning("reset failed, discarding the connection: %s", type(exc).__name__)
+            self._retire(pooled, "its reset failed", discarded=True)
+            return False
+        if self._timed:
+            pooled.last_used = time.monotonic()
+        return True
+
+    def _on_error(self, pooled: PooledConnection, exc: BaseException) -> None:
+        """User code raised while holding `pooled`: discard it if the connection is lost."""
+        if pooled.closed:
+            return
+        if isinstance(exc, Exception):
+            try:
+                lost = self._factory.is_disconnect(pooled.raw, exc)
+            except Exception:
+                lost = True
+        else:
+            # Interrupted (KeyboardInterrupt, ...) mid-conversation: the protocol state is
+            # unknown, so the connection cannot be trusted again.
+            lost = True
+        if lost:
+            self._retire(pooled, f"it raised {type(exc).__name__}", discarded=True)
+
+    def _retire(
+        self, pooled: PooledConnection, why: str, *, discarded: bool = False, forget: bool = True
+    ) -> None:
+        """Close a connection for good. Idempotent; safe from any thread."""
+        with self._lock:
+            if pooled not in self._live:  # retired already (or never registered)
+                pooled.closed = True
+                return
+            pooled.closed = True
+            self._live.discard(pooled)
+            self._closed_count += 1
+            self._discarded += discarded
+            self._retired_checkouts += pooled.checkouts
+            self._forget(pooled, from_finalizer=not forget)
+            self._changed.notify_all()
+        logger.debug("closing connection %#x: %s", id(pooled.raw), why)
+        self._close_raw(pooled.raw)
+
+    def _forget(self, pooled: PooledConnection, *, from_finalizer: bool) -> None:
+        """Drop the pool's own references to a retired connection (called under the lock).
+
+        Only the owner thread's slots are visible here; other threads notice `closed`. A
+        finalizer may run while its thread is torn down: then the thread-local is left alone.
+        """
+        if from_finalizer:
+            return
+        for route in ("rw", "ro"):
+            if getattr(self._local, route, None) is pooled:
+                delattr(self._local, route)
+
+    def _close_raw(self, raw: Connection) -> None:
+        try:
+            self._factory.close_connection(raw)
+        except Exception as exc:
+            logger.debug("closing %#x raised %s (ignored)", id(raw), type(exc).__name__)
+
+    def _after_fork_in_child(self) -> None:
+        inherited = list(self._live)
+        for pooled in inherited:
+            pooled.closed = True  # so that no finalizer or release ever closes it here
+            _fork.keep_inherited(pooled.raw)
+        self._init_state()
+        self._factory.after_fork_in_child()
+
+
+class SingletonPool(Pool):
+    """One connection per thread (per route: a thread may hold a primary and a replica
+    connection). A thread's connection is closed when the thread ends."""
+
+    _keeps_connection_per_thread = True
+
+    def _checkout(self, read_only: bool) -> PooledConnection:
+        route = "ro" if read_only and self._routes else "rw"
+        pooled: PooledConnection | None = getattr(self._local, route, None)
+        if pooled is None:
+            return self._take_new(route, read_only)
+        # Count the checkout before checking: a concurrent close() then either sees it in
+        # use (and leaves it for our release) or has already marked it closed (seen below).
+        depth = pooled.depth = pooled.depth + 1
+        if (
+            pooled.closed
+            or self._closed
+            or pooled.watched.value != pooled.generation  # e.g. its host changed role
+            # Liveness was checked when it last came back; again only if it never came back
+            # (a nested or a leaked checkout).
+            or (depth > 1 and not self._is_usable(pooled.raw))
+            or (self._timed and depth == 1 and not self._is_fit(pooled))
+        ):
+            return self._replace(route, pooled, read_only)
+        pooled.checkouts += 1
+        return pooled
+
+    def _take_new(self, route: str, read_only: bool) -> PooledConnection:
+        pooled = self._open(read_only)
+        pooled.checkouts = 1
+        setattr(self._local, route, pooled)
+        return pooled
+
+    def _replace(self, route: str, pooled: PooledConnection, read_only: bool) -> PooledConnection:
+        pooled.depth -= 1
+        if self._closed:
+            if pooled.depth == 0:
+                self._retire(pooled, "the pool closed")
+            raise PoolClosedError("the pool is closed")
+        self._retire(pooled, "it failed validation at checkout", discarded=True)
+        return self._take_new(route, read_only)
+
+    def _checkin(self, pooled: PooledConnection) -> None:
+        if pooled.depth > 1:
+            pooled.depth -= 1  # an outer call in this thread still uses it
+            return
+        # Still marked in use while we look at it and reset it, so that close() leaves it
+        # alone until we are done (it would otherwise close it under the reset hook).
+        if not (pooled.closed or self._closed):
+            state = self._state_after_use(pooled.raw)
+            if (state or self._user_reset is not None or self._timed) and not self._after_use(
+                pooled, state
+            ):
+                pooled.depth = 0
+                return  # dropped
+        pooled.depth = 0
+        if pooled.closed or self._closed:  # read after the store above: see _claim_idle
+            self._retire(pooled, "the pool closed")
