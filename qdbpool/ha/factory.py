@@ -1,0 +1,185 @@
+"""RoutedFactory: a ConnectionFactory over a cluster, shared by the PostgreSQL and MySQL ones.
+
+A new connection goes to the host the router picks among what the topology knows now; it
+is tagged with that host's generation (`generation_of`), which the pool compares at each
+checkout (no I/O), so a connection whose host was demoted, promoted or found down is never
+handed out again. A read sent to the primary for want of a replica watches the cluster's
+role changes instead, so that it moves once a replica is up.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from qdbpool.dsn import HostPort
+from qdbpool.errors import ConfigurationError, NoHostAvailableError
+from qdbpool.factories.base import ConnectionFactory, Generation
+from qdbpool.ha.balancer import Router
+from qdbpool.ha.driver import HostDriver
+from qdbpool.ha.hosts import HostState, HostStatus, Role
+from qdbpool.ha.topology import Topology
+
+logger = logging.getLogger("qdbpool")
+
+
+@dataclass(frozen=True)
+class _Tag:
+    host: HostState
+    watched: Generation  # the connection is fit while watched.value == generation
+    generation: int
+    read_only: bool
+
+    @property
+    def current(self) -> bool:
+        return self.watched.value == self.generation
+
+
+def _seconds(name: str, value: float, *, allow_zero: bool = False) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
+        raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+class RoutedFactory(ConnectionFactory):
+    routes_reads = True
+
+    def __init__(
+        self,
+        addresses: Sequence[HostPort],
+        driver: HostDriver,
+        *,
+        refresh_delay: float = 1.0,
+        refresh_timeout: float = 1.0,
+        acquire_timeout: float = 5.0,
+        balancer: str = "greedy",
+        fallback_master: bool = False,
+        master_as_replica_weight: float = 0.0,
+        max_replica_lag: float | None = None,
+    ) -> None:
+        self._driver = driver
+        self._acquire_timeout = _seconds("acquire_timeout", acquire_timeout)
+        self._router = Router(
+            balancer=balancer,
+            fallback_master=fallback_master,
+            master_as_replica_weight=master_as_replica_weight,
+            max_replica_lag=max_replica_lag,
+        )
+        self._topology = Topology(
+            addresses,
+            driver,
+            refresh_delay=_seconds("refresh_delay", refresh_delay),
+            refresh_timeout=_seconds("refresh_timeout", refresh_timeout),
+        )
+        self._tags: weakref.WeakKeyDictionary[Any, _Tag] = weakref.WeakKeyDictionary()
+        # Asked at every release: hand the pool the driver's own method, one call less.
+        self.state_after_use = driver.state_after_use  # type: ignore[method-assign]
+
+    # -- cluster ------------------------------------------------------------------------
+
+    def ready(
+        self,
+        masters_count: int | None = None,
+        replicas_count: int | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        """Wait until the cluster has at least this many primaries and replicas up (as in
+        hasql); with neither given, until every host has been checked once.
+        Raises NoHostAvailableError, listing each host's state, after `timeout`."""
+        for name, count in (("masters_count", masters_count), ("replicas_count", replicas_count)):
+            valid = isinstance(count, int) and not isinstance(count, bool) and count >= 0
+            if count is not None and not valid:
+                raise ConfigurationError(f"{name} must be an int >= 0 or None, not {count!r}")
+        self._topology.ready(masters_count, replicas_count, _seconds("timeout", timeout))
+
+    def hosts(self) -> list[HostStatus]:
+        """Each host's last known state (role, response time, lag, error)."""
+        return self._topology.statuses()
+
+    # -- ConnectionFactory ---------------------------------------------------------------
+
+    def connect(self, *, read_only: bool = False) -> Any:
+        what = "replica" if read_only else "primary"
+        select = self._router.select_replica if read_only else self._router.select_primary
+        deadline = time.monotonic() + self._acquire_timeout
+        topology = self._topology
+        while True:
+            remaining = max(deadline - time.monotonic(), 0.0)
+            host, generation, roles_generation = topology.choose(
+                select, remaining, what, shown_timeout=self._acquire_timeout
+            )
+            try:
+                conn = self._driver.open(host.address, read_only=read_only)
+            except Exception as exc:
+                topology.opened(host, None)
+                if self._driver.is_configuration_error(exc):
+                    raise  # a wrong password or option: the driver's own error says which
+                # It was fine at the last check but not now: distrust it and pick again.
+                why = self._driver.describe_error(exc)
+                topology.suspect(host, why)
+                if time.monotonic() >= deadline:
+                    raise NoHostAvailableError(
+                        f"no {what} could be connected to within {self._acquire_timeout:g}s "
+                        f"(last error on {host.address}: {why}); hosts: {topology.describe()}"
+                    ) from None
+                continue
+            if read_only and host.role is Role.PRIMARY:
+                # A read on the primary (for want of a replica, or by master_as_replica_weight)
+                # is reconsidered as soon as any host changes role, e.g. a replica comes up.
+                tag = _Tag(host, topology.roles_changed, roles_generation, read_only)
+            else:
+                tag = _Tag(host, host.generation, generation, read_only)
+            self._tags[conn] = tag
+            topology.opened(host, conn)
+            return conn
+
+    def generation_of(self, conn: Any) -> tuple[Generation, int]:
+        # The pool compares this at every checkout: a role change of the host (or the host
+        # found down or suspect) makes the connection unfit, with no I/O.
+        tag = self._tags[conn]
+        return tag.watched, tag.generation
+
+    def is_usable(self, conn: Any) -> bool:
+        tag = self._tags.get(conn)
+        return tag is not None and tag.current and self._driver.is_open(conn)
+
+    def is_disconnect(self, conn: Any, exc: BaseException) -> bool:
+        tag = self._tags.get(conn)
+        if self._driver.is_connection_lost(conn, exc):
+            if tag is not None:
+                self._topology.suspect(tag.host, type(exc).__name__)
+            return True
+        if tag is not None and not tag.read_only and self._driver.is_read_only_violation(exc):
+            # A write refused as read-only on a primary connection: the host was demoted.
+            self._topology.suspect(tag.host, "it refused a write as read-only", role_changed=True)
+            return True
+        return tag is None or not tag.current
+
+    def reset(self, conn: Any) -> None:
+        self._driver.reset(conn)
+
+    def ping(self, conn: Any) -> None:
+        self._driver.ping(conn)
+
+    def close_connection(self, conn: Any) -> None:
+        tag = self._tags.pop(conn, None)
+        if tag is not None:
+            self._topology.forget(tag.host, conn)
+        self._driver.close(conn)
+
+    def close(self) -> None:
+        self._topology.close()
+
+    def after_fork_in_child(self) -> None:
+        self._tags = weakref.WeakKeyDictionary()

@@ -1,0 +1,323 @@
+"""Topology: one monitor thread that keeps every host's role up to date.
+
+Each round checks all hosts at once (one worker per host, so a stalled host delays no
+other) and gives each check `refresh_timeout` seconds; a host that does not answer in time
+is marked down and the sockets of its connections are shut down, so no caller stays
+blocked on it. Rounds come every `refresh_delay` seconds, and back to back (every
+`urgent_interval`, 5 ms) while a caller waits for a role no host has, or a host is suspect:
+that is what makes a failover quick without polling the cluster hard the rest of the time.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from qdbpool import _fork
+from qdbpool.dsn import HostPort
+from qdbpool.errors import NoHostAvailableError
+from qdbpool.factories.base import Generation
+from qdbpool.ha.driver import HostDriver
+from qdbpool.ha.hosts import HostState, HostStatus, Observation, Role
+
+logger = logging.getLogger("qdbpool")
+
+Selector = Callable[[Sequence[HostState]], HostState | None]
+
+
+class Topology:
+    def __init__(
+        self,
+        addresses: Sequence[HostPort],
+        driver: HostDriver,
+        *,
+        refresh_delay: float,
+        refresh_timeout: float,
+        urgent_interval: float = 0.005,
+        latency_window: int = 32,
+    ) -> None:
+        self._addresses = tuple(addresses)
+        self._driver = driver
+        self._refresh_delay = refresh_delay
+        self._refresh_timeout = refresh_timeout
+        self._urgent_interval = urgent_interval
+        self._latency_window = latency_window
+        self._reset_state()
+        _fork.watch(self)
+
+    def _reset_state(self) -> None:
+        self.hosts = [HostState(a, self._latency_window) for a in self._addresses]
+        # Moves on whenever any host changes role: what a read routed to the primary (for
+        # want of a replica) watches, so that it moves to a replica once one is up.
+        self.roles_changed = Generation()
+        self._changed = threading.Condition()  # guards host state; notified on every change
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._workers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._waiting = 0  # callers waiting in choose(): rounds go back to back meanwhile
+        self._closed = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the monitor (idempotent). Done lazily, so that a factory made before a
+        fork starts its thread in the process that uses it."""
+        with self._changed:
+            if self._thread is not None or self._closed:
+                return
+            names = ",".join(str(a) for a in self._addresses)
+            self._workers = concurrent.futures.ThreadPoolExecutor(
+                max_workers=len(self.hosts), thread_name_prefix="qdbpool-check"
+            )
+            self._thread = threading.Thread(
+                target=self._monitor, name=f"qdbpool-monitor[{names}]", daemon=True
+            )
+            self._thread.start()
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            thread, workers = self._thread, self._workers
+            probes = [h.probe for h in self.hosts if h.probe is not None]
+            for host in self.hosts:
+                host.probe = None
+            self._changed.notify_all()
+        self._stop.set()
+        self._wake.set()
+        for probe in probes:
+            self._driver.sever(probe)  # a check still blocked on it returns now
+            self._driver.close(probe)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=self._refresh_timeout + 1.0)
+        if workers is not None:
+            # A check still connecting to a stalled host finishes on its own and, seeing
+            # the topology closed, closes what it opened (see _check).
+            workers.shutdown(wait=False, cancel_futures=True)
+
+    def _after_fork_in_child(self) -> None:
+        # The monitor thread and workers do not exist here; the probe connections are the
+        # parent's and must be neither used nor closed.
+        for host in self.hosts:
+            if host.probe is not None:
+                _fork.keep_inherited(host.probe)
+        closed = self._closed
+        self._reset_state()
+        self._closed = closed
+
+    # -- what factories ask -------------------------------------------------------------
+
+    def choose(
+        self, select: Selector, timeout: float, what: str, *, shown_timeout: float | None = None
+    ) -> tuple[HostState, int, int]:
+        """A host picked by `select` among the current hosts, with its generation and the
+        value of `roles_changed`, read together; waits up to `timeout` for one to qualify,
+        then raises NoHostAvailableError (at once when every host refused our credentials
+        or options: waiting cannot help).
+
+        The host's `opening` count is raised before the lock is let go (so that threads
+        choosing together see each other's picks); the caller must `opened()` it."""
+        self.start()
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            self._waiting += 1
+            try:
+                while True:
+                    if self._closed:
+                        raise NoHostAvailableError(f"no {what}: the pool's factory is closed")
+                    host = select(self.hosts)
+                    if host is not None:
+                        host.opening += 1
+                        return host, host.generation.value, self.roles_changed.value
+                    remaining = deadline - time.monotonic()
+                    if all(h.refused_us for h in self.hosts):
+                        raise NoHostAvailableError(
+                            f"no {what}: every host refused the connection settings; "
+                            f"hosts: {self._describe()}"
+                        )
+                    if remaining <= 0:
+                        waited = timeout if shown_timeout is None else shown_timeout
+                        raise NoHostAvailableError(
+                            f"no {what} available within {waited:g}s; hosts: {self._describe()}"
+                        )
+                    self._wake.set()
+                    self._changed.wait(remaining)
+            finally:
+                self._waiting -= 1
+
+    def opened(self, host: HostState, conn: object | None) -> None:
+        """The end of an open that `choose` counted: `conn` joins the host's connections
+        (None: the open failed)."""
+        with self._changed:
+            host.opening -= 1
+            if conn is not None:
+                host.connections.add(conn)
+
+    def forget(self, host: HostState, conn: object) -> None:
+        with self._changed:
+            host.connections.discard(conn)
+
+    def describe(self) -> str:
+        """Every host's last known state, one line (for error messages)."""
+        with self._changed:
+            return self._describe()
+
+    def suspect(self, host: HostState, why: str, *, role_changed: bool = False) -> None:
+        """An error makes `host` doubtful: open no new connection there until a check,
+        started now rather than at the next tick, answers. With `role_changed` (a write
+        refused as read-only) the role is known to be wrong: connections to the host are
+        made unfit at once too."""
+        with self._changed:
+            if host.role in (Role.PRIMARY, Role.REPLICA):
+                if role_changed:
+                    host.set_role(Role.UNKNOWN, why)
+                    self.roles_changed.value += 1
+                else:
+                    host.suspect, host.error = True, why
+                logger.debug("host %s suspect: %s", host.address, why)
+                self._changed.notify_all()
+        self._wake.set()
+
+    def ready(self, primaries: int | None, replicas: int | None, timeout: float) -> None:
+        """Wait until at least `primaries` primaries and `replicas` replicas are up (or,
+        with neither given, until every host was checked once)."""
+        self.start()
+        deadline = time.monotonic() + timeout
+
+        def satisfied() -> bool:
+            if primaries is None and replicas is None:
+                return all(h.checks > 0 for h in self.hosts)
+            roles = [h.role for h in self.hosts]
+            return roles.count(Role.PRIMARY) >= (primaries or 0) and roles.count(Role.REPLICA) >= (
+                replicas or 0
+            )
+
+        with self._changed:
+            while not satisfied():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    wanted = (
+                        "every host checked once"
+                        if primaries is None and replicas is None
+                        else f"{primaries or 0} primary and {replicas or 0} replica hosts"
+                    )
+                    raise NoHostAvailableError(
+                        f"cluster not ready within {timeout:g}s (wanted {wanted}); "
+                        f"hosts: {self._describe()}"
+                    )
+                self._wake.set()
+                self._changed.wait(remaining)
+
+    def statuses(self) -> list[HostStatus]:
+        with self._changed:
+            return [h.status() for h in self.hosts]
+
+    def _describe(self) -> str:
+        return "; ".join(str(h.status()) for h in self.hosts)
+
+    # -- the monitor ----------------------------------------------------------------------
+
+    def _monitor(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._round()
+            except Exception:  # never let the monitor die: log and go on next tick
+                logger.exception("qdbpool monitor round failed")
+            with self._changed:
+                urgent = self._waiting > 0 or any(
+                    h.role is Role.UNKNOWN or h.suspect for h in self.hosts
+                )
+            self._wake.wait(self._urgent_interval if urgent else self._refresh_delay)
+            self._wake.clear()
+
+    def _round(self) -> None:
+        workers = self._workers
+        if workers is None:
+            return
+        running: dict[concurrent.futures.Future[None], HostState] = {}
+        for host in self.hosts:
+            if not host.checking:  # a stalled check from an earlier round is still out
+                host.checking = True
+                try:
+                    running[workers.submit(self._check, host)] = host
+                except RuntimeError:  # shut down under us: the topology is closing
+                    host.checking = False
+                    return
+        _, late = concurrent.futures.wait(running, timeout=self._refresh_timeout)
+        for future in late:
+            host = running[future]
+            self._mark_down(host, f"no answer within {self._refresh_timeout:g}s", sever=True)
+
+    def _check(self, host: HostState) -> None:
+        driver = self._driver
+        reused = host.probe is not None
+        try:
+            try:
+                self._observe(host)
+            except Exception:
+                if not reused:
+                    raise
+                # A probe can die alone (a KILL, an idle timeout on the server): one more
+                # try on a fresh connection before calling the host down.
+                self._drop_probe(host)
+                self._observe(host)
+        except Exception as exc:
+            self._drop_probe(host)
+            refused_us = driver.is_configuration_error(exc)
+            self._mark_down(host, driver.describe_error(exc), sever=False, refused_us=refused_us)
+        finally:
+            host.checking = False
+
+    def _observe(self, host: HostState) -> None:
+        driver = self._driver
+        probe = host.probe
+        if probe is None:
+            probe = driver.open_probe(host.address, self._refresh_timeout)
+            with self._changed:
+                if not self._closed:
+                    host.probe = probe
+            if host.probe is not probe:  # closed while we were connecting
+                driver.close(probe)
+                return
+        started = time.monotonic()
+        seen = driver.observe(probe)
+        self._record(host, seen, time.monotonic() - started)
+
+    def _drop_probe(self, host: HostState) -> None:
+        with self._changed:
+            probe, host.probe = host.probe, None
+        if probe is not None:
+            self._driver.close(probe)
+
+    def _record(self, host: HostState, seen: Observation, elapsed: float) -> None:
+        with self._changed:
+            host.latencies.append(elapsed)
+            host.replica_lag = seen.replica_lag
+            host.checks += 1
+            if host.set_role(seen.role, None):  # clears `suspect` too
+                self.roles_changed.value += 1
+                logger.info("host %s is now %s", host.address, seen.role.value)
+            self._changed.notify_all()
+
+    def _mark_down(
+        self, host: HostState, why: str, *, sever: bool, refused_us: bool = False
+    ) -> None:
+        with self._changed:
+            host.checks += 1
+            changed = host.set_role(Role.DOWN, why)  # also ends a suspect's connections
+            host.refused_us = refused_us
+            if changed:
+                self.roles_changed.value += 1
+            self._changed.notify_all()
+            victims = list(host.connections) if sever else []
+        if changed:
+            logger.warning("host %s is down: %s", host.address, why)
+        if sever:
+            # A host that stopped answering: unblock everyone waiting on it.
+            if host.probe is not None:
+                self._driver.sever(host.probe)
+            for conn in victims:
+                self._driver.sever(conn)
