@@ -1,0 +1,1 @@
+"""Real local servers and network faults for tests, demos and benchmarks."""

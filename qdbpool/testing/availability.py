@@ -1,0 +1,40 @@
+"""Whether the server binaries a test needs are here: skip where they may be missing, fail
+under CI (CI=true), where they must be, so that a CI machine without them cannot pass by
+skipping everything. For pytest suites: the functions call pytest.skip / pytest.fail."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NoReturn
+
+from qdbpool.testing import mariadb, postgres
+from qdbpool.testing._process import ServerUnavailable
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1")
+
+
+def _unavailable(reason: str) -> NoReturn:
+    import pytest
+
+    if under_ci():
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def require_postgres() -> Path:
+    """The PostgreSQL server binaries' directory, or skip (locally) / fail (under CI)."""
+    try:
+        return postgres.find_postgres_bindir()
+    except ServerUnavailable as exc:
+        _unavailable(f"PostgreSQL server binaries not installed: {exc}")
+
+
+def require_mariadb() -> tuple[str, str]:
+    """The paths of mariadbd and mariadb-install-db, or skip (locally) / fail (under CI)."""
+    try:
+        return mariadb.mariadb_binaries()
+    except ServerUnavailable as exc:
+        _unavailable(f"MariaDB server binaries not installed: {exc}")

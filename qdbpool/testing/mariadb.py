@@ -1,0 +1,754 @@
+"""Real, throw-away MariaDB servers on 127.0.0.1 for tests, demos and benchmarks.
+
+    with MariaDBServer() as srv:
+        srv.create_user("app", "secret", "appdb")
+        dsn = srv.dsn("app", "secret", "appdb")     # mysql://app:secret@127.0.0.1:PORT/appdb
+
+    with MariaDBCluster(replicas=1) as cl:          # primary + read-only GTID replica
+        cl.create_user("app", "secret", "appdb")
+        dsn = cl.multi_host_dsn("app", "secret", "appdb")
+        cl.switch_roles()                           # the replica becomes the primary
+
+Every server is our own child process (never mysqld_safe, never daemonized), on its own free
+port, with its own data directory under tmpfs, started with `--no-defaults` so that no
+/etc/mysql configuration (and no server already running on this machine) is ever touched.
+`mariadb-install-db` runs once per process; each server gets a copy of that template.
+Servers are stopped by their own pid and their directories removed on `close()`, and an
+atexit hook does the same for any server a crashed test left behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from collections.abc import Collection, Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import pymysql
+import pymysql.cursors
+
+from qdbpool.testing._process import (
+    LOOPBACK,
+    ChildProcess,
+    ServerUnavailable,
+    chown_to,
+    find_binary,
+    free_port,
+    scratch_root,
+    wait_until,
+)
+
+__all__ = [
+    "MariaDBCluster",
+    "MariaDBReplicaPair",
+    "MariaDBServer",
+    "MariaDBStartError",
+    "ServerUnavailable",
+    "mariadb_binaries",
+]
+
+log = logging.getLogger(__name__)
+
+#: Where distributions put the server binaries; `QDBPOOL_MARIADB_BINDIR` is searched first.
+_SEARCH_DIRS = ("/usr/sbin", "/usr/bin", "/usr/libexec", "/usr/local/mysql/bin")
+#: The OS user the server runs as when we are root (mariadbd refuses to run as root).
+_SERVER_USER = "mysql"
+#: Only plain identifiers are interpolated into SQL; everything else goes through parameters.
+_IDENTIFIER = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+
+#: Both install-db and the server need the same InnoDB sizes, or the server resizes the log.
+_INNODB_ARGS = (
+    "--innodb-buffer-pool-size=64M",
+    "--innodb-log-file-size=16M",
+    # Durability is pointless for a throw-away server on tmpfs, and fsyncs are slow here.
+    "--innodb-flush-log-at-trx-commit=0",
+    "--innodb-doublewrite=0",
+    "--innodb-buffer-pool-load-at-startup=OFF",
+    "--innodb-buffer-pool-dump-at-shutdown=OFF",
+)
+
+
+class MariaDBStartError(RuntimeError):
+    """The server process exited or never answered; the message carries its log tail."""
+
+
+# --------------------------------------------------------------------------- binaries
+
+
+def mariadb_binaries() -> tuple[str, str]:
+    """Paths of (`mariadbd`, `mariadb-install-db`); raises ServerUnavailable if missing."""
+    dirs = [d for d in (os.environ.get("QDBPOOL_MARIADB_BINDIR"), *_SEARCH_DIRS) if d]
+    return find_binary("mariadbd", *dirs), find_binary("mariadb-install-db", *dirs)
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _user_args() -> list[str]:
+    # mariadbd drops privileges itself, so the pid we hold stays the server's own pid
+    # (a runuser/su wrapper would sit in between and hide it).
+    return [f"--user={_SERVER_USER}"] if _is_root() else []
+
+
+def _make_private_dir(prefix: str) -> Path:
+    """A fresh directory under tmpfs that the server user can own and write."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_root()))
+    chown_to(path, _SERVER_USER)
+    return path
+
+
+# --------------------------------------------------------------------------- template
+
+_template_lock = threading.Lock()
+_template_dir: Path | None = None
+
+
+def _template_datadir() -> Path:
+    """The per-process datadir made by mariadb-install-db, created on first use only."""
+    global _template_dir
+    with _template_lock:
+        if _template_dir is None:
+            _template_dir = _install_template()
+        return _template_dir
+
+
+def _install_template() -> Path:
+    _, install_db = mariadb_binaries()
+    root = _make_private_dir(f"qdbpool-mariadb-template-{os.getpid()}-")
+    datadir = root / "data"
+    argv = [
+        install_db,
+        "--no-defaults",  # must come first: never read /etc/mysql
+        f"--datadir={datadir}",
+        *_user_args(),
+        "--auth-root-authentication-method=normal",  # root@127.0.0.1 with an empty password
+        "--skip-test-db",
+        "--skip-name-resolve",
+        *_INNODB_ARGS,
+    ]
+    started = time.monotonic()
+    proc = ChildProcess(argv, log_path=root / "install-db.log")
+    code = proc.wait(timeout=120)
+    if code is None:
+        proc.kill()
+    if code != 0:
+        tail = proc.log_tail()
+        shutil.rmtree(root, ignore_errors=True)
+        raise MariaDBStartError(f"mariadb-install-db failed (exit {code}):\n{tail}")
+    log.debug("mariadb-install-db took %.2fs", time.monotonic() - started)
+    return datadir
+
+
+def _remove_template() -> None:
+    global _template_dir
+    with _template_lock:
+        if _template_dir is not None:
+            shutil.rmtree(_template_dir.parent, ignore_errors=True)
+            _template_dir = None
+
+
+# --------------------------------------------------------------------------- safety net
+
+_live_lock = threading.Lock()
+_live: set[MariaDBServer] = set()
+_owner_pid = os.getpid()
+
+
+def _close_all_at_exit() -> None:
+    """Stop every server a test forgot (or failed) to close, then drop the template."""
+    if os.getpid() != _owner_pid:
+        return  # a forked child exiting must not take its parent's servers down
+    with _live_lock:
+        leftovers = list(_live)
+    for server in leftovers:
+        with contextlib.suppress(Exception):
+            server.close()
+    _remove_template()
+
+
+atexit.register(_close_all_at_exit)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _identifier(name: str) -> str:
+    """`name` quoted as a SQL identifier, after checking it is a plain one."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"not a plain SQL identifier: {name!r}")
+    return f"`{name}`"
+
+
+def _mysql_url(user: str, password: str, hostports: Sequence[str], database: str) -> str:
+    auth = quote(user, safe="")
+    if password:
+        auth += ":" + quote(password, safe="")
+    return f"mysql://{auth}@{','.join(hostports)}/{quote(database, safe='')}"
+
+
+def _gtid_seqs(gtid_pos: str) -> dict[int, int]:
+    """'0-1-42,1-3-7' -> {0: 42, 1: 7}: the last sequence number per replication domain.
+
+    Sequence numbers grow within a domain whichever server wrote them, so comparing them
+    tells whether one position includes another.
+    """
+    seqs: dict[int, int] = {}
+    for gtid in filter(None, (g.strip() for g in gtid_pos.split(","))):
+        domain, _server, seq = gtid.split("-")
+        seqs[int(domain)] = int(seq)
+    return seqs
+
+
+# --------------------------------------------------------------------------- one server
+
+
+class MariaDBServer:
+    """One mariadbd on 127.0.0.1:<free port> with a private tmpfs datadir.
+
+    The server starts in the constructor; use it as a context manager (or call `close()`)
+    to stop it by its own pid and delete its directory. `root` connects over TCP with an
+    empty password; only 127.0.0.1 is bound.
+    """
+
+    host: str = LOOPBACK
+
+    def __init__(
+        self,
+        *,
+        server_id: int = 1,
+        log_bin: bool = False,
+        read_only: bool = False,
+        extra_args: Sequence[str] = (),
+        start_timeout: float = 60.0,
+    ) -> None:
+        """Start a server. `log_bin` enables a ROW binlog with GTIDs (for primaries and
+        replicas that may be promoted); `read_only` starts it with `--read-only=ON`."""
+        # Everything close() needs is set before anything that can fail.
+        self._child: ChildProcess | None = None
+        self._base: Path | None = None
+        self._closed = False
+        self.server_id = server_id
+        self.log_bin = log_bin
+        self.read_only = read_only
+        self.extra_args = list(extra_args)
+        self.start_timeout = start_timeout
+        self.port = 0
+        self._cpus: set[int] | None = None
+        #: Seconds the last start() took from spawning mariadbd to the first answered query.
+        self.startup_seconds = 0.0
+        with _live_lock:
+            _live.add(self)
+        try:
+            self._base = _make_private_dir(f"qdbpool-mariadb-{os.getpid()}-")
+            self._copy_template()
+            self._start_on_a_free_port()
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- paths and identity
+
+    @property
+    def base_dir(self) -> Path:
+        """The directory holding the datadir, socket, pid file and logs."""
+        if self._base is None:
+            raise RuntimeError("server directory already removed")
+        return self._base
+
+    @property
+    def datadir(self) -> Path:
+        return self.base_dir / "data"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.base_dir / "mariadbd.sock"
+
+    @property
+    def error_log(self) -> Path:
+        return self.datadir / "mariadbd.err"
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the running mariadbd (our direct child), or None when it is down."""
+        if self._child is None or not self._child.running():
+            return None
+        return self._child.pid
+
+    @property
+    def running(self) -> bool:
+        return self.pid is not None
+
+    def __repr__(self) -> str:
+        state = f"pid={self.pid}" if self.running else "stopped"
+        return f"<MariaDBServer {self.host}:{self.port} id={self.server_id} {state}>"
+
+    # ---- lifecycle
+
+    def _copy_template(self) -> None:
+        shutil.copytree(_template_datadir(), self.datadir, symlinks=True)
+        chown_to(self.datadir, _SERVER_USER)
+
+    def _start_on_a_free_port(self, attempts: int = 3) -> None:
+        # free_port() cannot reserve the port: another process may grab it before mariadbd
+        # binds, so a bind failure is retried on a fresh port.
+        for attempt in range(1, attempts + 1):
+            self.port = free_port()
+            try:
+                self.start()
+                return
+            except MariaDBStartError as exc:
+                if attempt == attempts or "already in use" not in str(exc):
+                    raise
+                log.debug("port %d was taken, retrying on another one", self.port)
+
+    def _argv(self) -> list[str]:
+        mariadbd, _ = mariadb_binaries()
+        argv = [
+            mariadbd,
+            "--no-defaults",  # must come first: never read /etc/mysql or ~/.my.cnf
+            f"--datadir={self.datadir}",
+            f"--socket={self.socket_path}",
+            f"--port={self.port}",
+            f"--bind-address={self.host}",
+            f"--pid-file={self.base_dir / 'mariadbd.pid'}",
+            f"--log-error={self.error_log}",
+            "--skip-name-resolve",
+            *_user_args(),
+            f"--server-id={self.server_id}",
+            *_INNODB_ARGS,
+            "--max-connections=500",
+            f"--read-only={'ON' if self.read_only else 'OFF'}",
+            "--relay-log=relay-bin",  # not named after the host name
+            # Replicas reconnect quickly after their primary restarts (default: 60 s).
+            "--slave-net-timeout=10",
+        ]
+        if self.log_bin:
+            argv += [
+                "--log-bin=mariadb-bin",
+                "--binlog-format=ROW",
+                "--sync-binlog=0",
+                # A replica keeps what it applied in its own binlog, so it can be promoted.
+                "--log-slave-updates=ON",
+            ]
+        else:
+            argv.append("--skip-log-bin")
+        return argv + self.extra_args
+
+    def start(self) -> None:
+        """Start (or restart) mariadbd on the same port and datadir; waits until it answers."""
+        if self._closed:
+            raise RuntimeError("server is closed")
+        if self.running:
+            return
+        started = time.monotonic()
+        self._child = ChildProcess(self._argv(), log_path=self.base_dir / "mariadbd.out")
+        self._wait_ready()
+        self.startup_seconds = time.monotonic() - started
+        self._apply_affinity()
+        log.debug("%r ready in %.2fs", self, self.startup_seconds)
+
+    def _wait_ready(self) -> None:
+        child = self._child
+        assert child is not None
+
+        def probe() -> str | None:
+            if not child.running():
+                return "exited"  # stop polling: it will never answer
+            self.sql("SELECT 1", connect_timeout=1)
+            return "ready"
+
+        try:
+            outcome = wait_until(probe, timeout=self.start_timeout, what=f"mariadbd on {self.port}")
+        except TimeoutError as exc:
+            self._kill_child()
+            raise MariaDBStartError(f"{exc}\n{self.log_tail()}") from None
+        if outcome == "exited":
+            self._kill_child()  # reaps it
+            raise MariaDBStartError(f"mariadbd exited during startup:\n{self.log_tail()}")
+
+    def pin_to_cpus(self, cpus: Collection[int]) -> None:
+        """Pin every thread of the server to `cpus`, now and after each `start()`.
+
+        Benchmarks put the client and the server on the same CPU: loopback throughput
+        swings ~3x when they sit on different ones.
+        """
+        self._cpus = set(cpus)
+        self._apply_affinity()
+
+    def _apply_affinity(self) -> None:
+        pid = self.pid
+        if self._cpus is None or pid is None:
+            return
+        # sched_setaffinity(pid) moves a single thread, so every existing thread is moved;
+        # connection threads spawned later inherit the main thread's mask.
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+                os.sched_setaffinity(int(task.name), self._cpus)
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the server's error log (and of its stdout/stderr)."""
+        parts = []
+        with contextlib.suppress(OSError, RuntimeError):
+            parts.append(
+                "\n".join(self.error_log.read_text(errors="replace").splitlines()[-lines:])
+            )
+        if self._child is not None:
+            parts.append(self._child.log_tail(lines))
+        return "\n".join(p for p in parts if p)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Clean shutdown (SIGTERM), SIGKILL after `timeout`; always reaped. Data is kept."""
+        if self._child is not None:
+            self._child.stop(signal.SIGTERM, timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the server and reap it, like a crash; `start()` runs crash recovery."""
+        self._kill_child()
+
+    def _kill_child(self) -> None:
+        if self._child is not None:
+            self._child.kill()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Kill the server by its own pid, reap it and delete its directory. Idempotent."""
+        self._closed = True
+        try:
+            # The data is about to be deleted, so a clean shutdown would only cost time.
+            self._kill_child()
+        finally:
+            if self._base is not None:
+                shutil.rmtree(self._base, ignore_errors=True)
+                self._base = None
+            with _live_lock:
+                _live.discard(self)
+
+    def __enter__(self) -> MariaDBServer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ---- SQL
+
+    def dsn(self, user: str = "root", password: str = "", database: str = "") -> str:
+        """`mysql://user:password@127.0.0.1:PORT/database` (user and password %-encoded)."""
+        return _mysql_url(user, password, [f"{self.host}:{self.port}"], database)
+
+    def connect(
+        self,
+        user: str = "root",
+        password: str = "",
+        database: str | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """A new autocommit PyMySQL connection; the caller closes it."""
+        options: dict[str, Any] = {
+            "connect_timeout": 5,
+            # No query of ours should block forever on a stopped or frozen server.
+            "read_timeout": 60,
+            "write_timeout": 60,
+            "autocommit": True,
+        }
+        options.update(kwargs)
+        return pymysql.connect(
+            host=self.host,
+            port=self.port,
+            user=user,
+            password=password,
+            database=database,
+            **options,
+        )
+
+    def sql(self, query: str, params: Any = None, **connect_kwargs: Any) -> list[tuple[Any, ...]]:
+        """Run one statement as root on a fresh connection; returns its rows (maybe none)."""
+        with contextlib.closing(self.connect(**connect_kwargs)) as conn, conn.cursor() as cur:
+            cur.execute(query, params)
+            return list(cur.fetchall())
+
+    def sql_dicts(self, query: str, params: Any = None) -> list[dict[str, Any]]:
+        """Like `sql()`, with each row as a dict keyed by column name."""
+        connection = self.connect(cursorclass=pymysql.cursors.DictCursor)
+        with contextlib.closing(connection) as conn, conn.cursor() as cur:
+            cur.execute(query, params)
+            return list(cur.fetchall())
+
+    def create_user(self, name: str, password: str, database: str) -> None:
+        """Create `database` and user `name`@'%' with all privileges on it (and nothing else)."""
+        db = _identifier(database)
+        _identifier(name)
+        self.sql(f"CREATE DATABASE IF NOT EXISTS {db}")
+        self.sql("CREATE USER IF NOT EXISTS %s@'%%' IDENTIFIED BY %s", (name, password))
+        self.sql(f"GRANT ALL PRIVILEGES ON {db}.* TO %s@'%%'", (name,))
+
+    def set_global(self, name: str, value: Any) -> None:
+        """`SET GLOBAL name = value`, e.g. ('read_only', 'ON') or ('wait_timeout', 1).
+
+        Session variables such as wait_timeout are copied at connect time, so only
+        connections opened afterwards see the new value.
+        """
+        self.sql(f"SET GLOBAL {_identifier(name)} = %s", (value,))
+
+    def get_global(self, name: str) -> Any:
+        return self.sql(f"SELECT @@GLOBAL.{_identifier(name)}")[0][0]
+
+    def set_read_only(self, read_only: bool) -> None:
+        """Make the server read-only (for users without READ_ONLY ADMIN) or writable."""
+        self.set_global("read_only", "ON" if read_only else "OFF")
+
+    def kill_connection(self, connection_id: int) -> None:
+        """Server-side `KILL <id>`: the client sees its connection dropped on next use."""
+        self.sql(f"KILL CONNECTION {int(connection_id)}")
+
+    # ---- replication
+
+    def replica_status(self) -> dict[str, Any]:
+        """`SHOW SLAVE STATUS` as a dict; empty when this server replicates from nobody."""
+        rows = self.sql_dicts("SHOW SLAVE STATUS")
+        return rows[0] if rows else {}
+
+    def replicate_from(
+        self,
+        primary: MariaDBServer,
+        user: str,
+        password: str,
+        *,
+        use_gtid: str = "slave_pos",
+        timeout: float = 30.0,
+    ) -> None:
+        """Point this server at `primary` with GTID and wait until both threads run.
+
+        `use_gtid="slave_pos"` replays the primary's binlog from what this server applied
+        as a replica; "current_pos" also counts what it wrote itself (for a demoted primary).
+        """
+        if use_gtid not in ("slave_pos", "current_pos"):
+            raise ValueError(f"use_gtid must be slave_pos or current_pos, not {use_gtid!r}")
+        self.sql("STOP SLAVE")
+        self.sql(
+            "CHANGE MASTER TO MASTER_HOST=%s, MASTER_PORT=%s, MASTER_USER=%s,"
+            " MASTER_PASSWORD=%s, MASTER_CONNECT_RETRY=1, MASTER_HEARTBEAT_PERIOD=1,"
+            f" MASTER_USE_GTID={use_gtid}",
+            (primary.host, primary.port, user, password),
+        )
+        self.sql("START SLAVE")
+        self.wait_replicating(timeout=timeout)
+
+    def wait_replicating(self, timeout: float = 30.0) -> None:
+        """Wait until `SHOW SLAVE STATUS` shows the IO and SQL threads both running."""
+
+        def both_running() -> bool:
+            status = self.replica_status()
+            return (
+                status.get("Slave_IO_Running") == "Yes" and status.get("Slave_SQL_Running") == "Yes"
+            )
+
+        try:
+            wait_until(both_running, timeout=timeout, interval=0.05, what=f"{self!r} replicating")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; {self._replication_errors()}") from None
+
+    def stop_replicating(self) -> None:
+        """Stop and forget replication (`STOP SLAVE; RESET SLAVE ALL`)."""
+        self.sql("STOP SLAVE")
+        self.sql("RESET SLAVE ALL")
+
+    def wait_for_gtid(self, gtid_pos: str, timeout: float = 30.0) -> None:
+        """Wait until this server's GTID position has reached `gtid_pos` in every domain.
+
+        Compares with @@gtid_current_pos rather than using MASTER_GTID_WAIT(), which only
+        looks at gtid_slave_pos: a demoted primary never sees its own old writes there.
+        """
+        target = _gtid_seqs(gtid_pos)
+
+        def caught_up() -> bool:
+            reached = _gtid_seqs(str(self.get_global("gtid_current_pos")))
+            return all(reached.get(domain, -1) >= seq for domain, seq in target.items())
+
+        try:
+            wait_until(caught_up, timeout=timeout, what=f"{self!r} at GTID {gtid_pos}")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; {self._replication_errors()}") from None
+
+    def _replication_errors(self) -> str:
+        try:
+            status = self.replica_status()
+        except pymysql.MySQLError as exc:
+            return f"replica status unavailable: {exc}"
+        keys = ("Slave_IO_Running", "Slave_SQL_Running", "Last_IO_Error", "Last_SQL_Error")
+        return ", ".join(f"{k}={status.get(k)!r}" for k in keys)
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+class MariaDBCluster:
+    """A primary with a binlog and `replicas` read-only GTID replicas, all on 127.0.0.1.
+
+    Every node has a ROW binlog with `log_slave_updates`, so any replica can be promoted
+    (`switch_roles()` / `promote()`). Users created through the cluster are created on the
+    primary and reach the replicas by replication.
+    """
+
+    repl_user = "qdbpool_repl"
+
+    def __init__(self, replicas: int = 1, *, timeout: float = 60.0) -> None:
+        if replicas < 0:
+            raise ValueError("replicas must be >= 0")
+        self.timeout = timeout
+        self.repl_password = secrets.token_hex(12)
+        self._nodes: list[MariaDBServer] = []
+        try:
+            self._start(replicas)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, replicas: int) -> None:
+        started = time.monotonic()
+        primary = MariaDBServer(server_id=1, log_bin=True, start_timeout=self.timeout)
+        self._nodes.append(primary)
+        # Created before any replica attaches, it is in the binlog and so reaches every
+        # replica too: a promoted replica can serve the others without further setup.
+        primary.sql("CREATE USER %s@'%%' IDENTIFIED BY %s", (self.repl_user, self.repl_password))
+        primary.sql("GRANT REPLICATION SLAVE ON *.* TO %s@'%%'", (self.repl_user,))
+        for n in range(replicas):
+            replica = MariaDBServer(
+                server_id=2 + n, log_bin=True, read_only=True, start_timeout=self.timeout
+            )
+            self._nodes.append(replica)
+            replica.replicate_from(
+                primary, self.repl_user, self.repl_password, timeout=self.timeout
+            )
+        self.wait_replicated()
+        #: Seconds from the first spawn to every replica running and caught up.
+        self.startup_seconds = time.monotonic() - started
+
+    # ---- topology
+
+    @property
+    def primary(self) -> MariaDBServer:
+        return self._nodes[0]
+
+    @property
+    def replicas(self) -> list[MariaDBServer]:
+        return self._nodes[1:]
+
+    @property
+    def nodes(self) -> list[MariaDBServer]:
+        """All servers, primary first."""
+        return list(self._nodes)
+
+    def __iter__(self) -> Iterator[MariaDBServer]:
+        return iter(self.nodes)
+
+    def multi_host_dsn(self, user: str = "root", password: str = "", database: str = "") -> str:
+        """`mysql://user:pw@127.0.0.1:p1,127.0.0.1:p2/db`, primary first."""
+        return _mysql_url(user, password, [f"{n.host}:{n.port}" for n in self._nodes], database)
+
+    # ---- SQL on the primary
+
+    def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """Run one statement as root on the primary."""
+        return self.primary.sql(query, params)
+
+    def create_user(self, name: str, password: str, database: str) -> None:
+        """Create the user and database on the primary and wait until replicas have them."""
+        self.primary.create_user(name, password, database)
+        self.wait_replicated()
+
+    def wait_replicated(self, timeout: float | None = None) -> None:
+        """Wait until every replica has applied everything the primary has binlogged."""
+        gtid_pos = str(self.primary.get_global("gtid_binlog_pos"))
+        for replica in self.replicas:
+            replica.wait_for_gtid(gtid_pos, timeout=self.timeout if timeout is None else timeout)
+
+    # ---- role changes
+
+    def promote(self, new_primary: MariaDBServer) -> None:
+        """Planned switchover: `new_primary` (a replica) becomes writable primary and every
+        other node, the old primary included, a read-only replica of it."""
+        if new_primary not in self.replicas:
+            raise ValueError(f"{new_primary!r} is not a replica of this cluster")
+        old_primary = self.primary
+        # Stop client writes first so that nothing is lost between catch-up and switch.
+        old_primary.set_read_only(True)
+        self.wait_replicated()
+        new_primary.stop_replicating()
+        new_primary.set_read_only(False)
+        others = [n for n in self._nodes if n is not new_primary]
+        for node in others:
+            # current_pos: the old primary's own writes are in its binlog, not its slave pos.
+            node.replicate_from(
+                new_primary,
+                self.repl_user,
+                self.repl_password,
+                use_gtid="current_pos",
+                timeout=self.timeout,
+            )
+        self._nodes = [new_primary, *others]
+        self.wait_replicated()
+
+    def switch_roles(self) -> None:
+        """Promote the first replica (for a pair: primary and replica swap roles)."""
+        if not self.replicas:
+            raise ValueError("a cluster without replicas has no roles to switch")
+        self.promote(self.replicas[0])
+
+    # ---- cleanup
+
+    def close(self) -> None:
+        """Kill every node by its own pid and delete its directory. Idempotent."""
+        errors: list[BaseException] = []
+        for node in reversed(self._nodes):
+            try:
+                node.close()
+            except Exception as exc:  # keep closing the others
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> MariaDBCluster:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class MariaDBReplicaPair(MariaDBCluster):
+    """A primary and one read-only replica."""
+
+    def __init__(self, *, timeout: float = 60.0) -> None:
+        super().__init__(replicas=1, timeout=timeout)
+
+    @property
+    def replica(self) -> MariaDBServer:
+        return self._nodes[1]
+
+    def __enter__(self) -> MariaDBReplicaPair:
+        return self
