@@ -1,0 +1,461 @@
+"""BoundedPool: many threads over few connections (real sqlite3 connections).
+
+Threads hold connections until told to let go (Events), so every state a test checks is
+one it arranged; nothing here waits for time to pass except where time *is* the subject
+(timeouts, burst_idle), and then it polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import types
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import qdbpool
+import qdbpool.pool
+from qdbpool import PoolClosedError, PoolTimeoutError
+from qdbpool.testing._process import wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+WAIT = 10.0  # upper bound for anything that should happen "at once"
+
+
+class Holder:
+    """A thread that checks a connection out, says so, and holds it until told to let go."""
+
+    def __init__(self, pool: qdbpool.BoundedPool, start: Callable[..., threading.Thread]):
+        self.pool = pool
+        self.got = threading.Event()
+        self.let_go = threading.Event()
+        self.conn: sqlite3.Connection | None = None
+        self.thread = start(self._run)
+
+    def _run(self) -> None:
+        with self.pool.connect() as conn:
+            self.conn = conn.__wrapped__
+            self.got.set()
+            self.let_go.wait(WAIT)
+
+    def release(self) -> None:
+        self.let_go.set()
+        self.thread.join(WAIT)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def hold(threads: Callable[..., threading.Thread]) -> Any:
+    """hold(pool, n): n threads each holding one connection; all let go at teardown."""
+    holders: list[Holder] = []
+
+    def make(pool: qdbpool.BoundedPool, n: int = 1) -> list[Holder]:
+        batch = [Holder(pool, threads) for _ in range(n)]
+        holders.extend(batch)
+        for holder in batch:
+            assert holder.got.wait(WAIT), "a holder never got its connection"
+        return batch
+
+    yield make
+    for holder in holders:
+        holder.let_go.set()
+
+
+def _checkout_once(pool: qdbpool.BoundedPool) -> None:
+    with pool.connect():
+        pass
+
+
+# ------------------------------------------------------------------ construction
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"size": 0}, "size"),
+        ({"size": 4, "max_size": 2}, "max_size"),
+        ({"size": 2, "pre_create": 3}, "pre_create"),
+        ({"timeout": 0}, "timeout"),
+        ({"burst_idle": -1}, "burst_idle"),
+        ({"size": True}, "size"),
+    ],
+    ids=["size-0", "max-below-size", "pre-create-above-size", "timeout-0", "burst-neg", "bool"],
+)
+def test_invalid_limits_are_refused(
+    sqlite_factory: Any, kwargs: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        qdbpool.BoundedPool(sqlite_factory, **kwargs)
+
+
+def test_pre_create_opens_connections_up_front(
+    sqlite_factory: Any, make_pool: Callable[..., qdbpool.BoundedPool]
+) -> None:
+    pool = make_pool(sqlite_factory, size=3, pre_create=2)
+    assert len(sqlite_factory.created) == 2
+    stats = pool.stats()
+    assert (stats.open, stats.in_use) == (2, 0)
+
+
+def test_max_size_defaults_to_size(
+    sqlite_factory: Any, make_pool: Callable[..., qdbpool.BoundedPool]
+) -> None:
+    pool = make_pool(sqlite_factory, size=3)
+    assert (pool.size, pool.max_size) == (3, 3)
+
+
+# ------------------------------------------------------------------ sharing and exhaustion
+
+
+def test_concurrent_holders_each_get_their_own_connection(
+    sqlite_factory: Any, make_pool: Callable[..., qdbpool.BoundedPool], hold: Any
+) -> None:
+    pool = make_pool(sqlite_factory, size=3)
+    holders = hold(pool, 3)
+    assert len({id(h.conn) for h in holders}) == 3
+    assert pool.stats().in_use == 3
+
+
+def test_released_connection_is_reused_rather_than_a_new_one_opened(
+    sqlite_factory: Any, make_pool: Callable[..., qdbpool.BoundedPool]
+) -> None:
+    pool = make_pool(sqlite_factory, size=3)
+    for _ in range(5):
+        _checkout_once(pool)
+    assert len(sqlite_factory.created) == 1
+
+
+def test_exhausted_pool_times_out_saying_how_many_are_in_use(
+    sqlite_factory: Any, make_pool: Callable[..., qdbpool.BoundedPool], hold: Any
+) -> None:
+    pool = make_pool(sqlite_factory, size=2, max_size=3, timeout=0.3)
+    hold(pool, 3)
+    started = time.monotonic()
+    with pytest.raises(PoolTimeoutError, match=r"3 of 3 in use") as err:
+        pool.connect()
+    elapsed = time.monotonic() - started
+    assert 0.25 <= elapsed < 3.0, elapsed
+    assert "0.3s" in str(err.value)
+    assert len(sqlite_factory.created) == 3  # it never opened a fourth
+
+
+def test_timeout_is_counted_and_the_waiter_leaves_the_queue(
+    sqlite_factory: Any, make_pool: Callable[..., qdbpool.BoundedPool], hold: Any
+) -> None:
+    pool = make_pool(sqlite_factory, size=1, timeout=0.05)
+    hold(pool, 1)
+    with pytest.raises(PoolTimeoutError):
+        pool.connect()
+    stats = pool.stats()
+    assert (stats.timeouts, stats.waiting, stats.in_use) == (1, 0, 1)
+
+
+def test_waiter_is_served_when_a_connection_comes_back(
+    sqlite_factory: Any,
+    make_pool: Callable[..., qdbpool.BoundedPool],
+    hold: Any,
+    threads: Callable[..., threading.Thread],
+) -> None:
+    pool = make_pool(sqlite_factory, size=1, timeout=WAIT)
+    (holder,) = hold(pool, 1)
+    served: list[sqlite3.Connection] = []
+
+    def wait_for_one() -> None:
+        with pool.connect() as conn:
+            served.append(conn.__wrapped__)
+
+    waiter = threads(wait_for_one)
+    wait_until(lambda: pool.stats().waiting == 1, timeout=WAIT, what="the caller waiting")
+    holder.release()
+    waiter.join(WAIT)
+    assert served == [holder.conn]  # handed over, not a new connection
+    assert waiter.error is None  # type: ignore[attr-defined]
+
+
+def test_waiters_are_served_in_arrival_order(
+    sqlite_factory: Any,
+    make_pool: Callable[..., qdbpool.BoundedPool],
+    threads: Callable[..., threading.Thread],
+) -> None:
+    pool = make_pool(sqlite_factory, size=1, timeout=WAIT)
+    held = pool.connect()
+    served: list[int] = []
+    waiters = []
+    for n in range(6):
+
+        def wait_then_record(n: int = n) -> None:
+            with pool.connect():
+                served.append(n)
+
+        waiters.append(threads(wait_then_record))
+        # The next one starts only once this one is queued: arrival order is known.
+        wait_until(lambda n=n: pool.stats().waiting == n + 1, timeout=WAIT, what="queued")
+    held.close()
+    for waiter in waiters:
+        waiter.join(WAIT)
+    assert served == list(range(6))
+
+
+def test_connection_lost_in_use_gives_its_capacity_back_at_once(
+    sqlite_factory: Any,
+    make_pool: Callable[..., qdbpool.BoundedPool],
+    threads: Callable[..., threading.Thread],
+    closed_check: Callable[[sqlite3.Connection], bool],
+) -> None:
+    pool = make_pool(sqlite_factory, size=1, timeout=WAIT)
+    conn = pool.connect()
+    lost = conn.__wrapped__
+    served: list[sqlite3.Connection] = []
+
+    def wait_for_one() -> None:
+        with pool.connect() as c:
+            served.append(c.__wrapped__)
+            c.execute("SELECT 1")
+
+    waiter = threads(wait_for_one)
+    wait_until(lambda: pool.stats().waiting == 1, timeout=WAIT, what="the caller waiting")
+    with pytest.raises(ConnectionError), conn:
+        lost.close()  # the link is gone ...
+        raise ConnectionError("connection lost")  # ... and the user's code finds out
+    waiter.join(WAIT)
+    assert waiter.error is None  # type: ignore[attr-defined]
+    assert len(served) == 1 and served[0] is not lost and not closed_check(served[0])
+    stats = pool.stats()
+    assert (stats.discarded, stats.open) == (1, 1)
+
+
+# ------------------------------------------------------------------ burst and shrink
+
+
+def test_burst_opens_up_to_max_size(
+    sqlite_factory: Any, make_pool: Callable[..., qdbpool.BoundedPool], hold: Any
+) -> None:
+    pool = make_pool(sqlite_factory, size=2, max_size=4, timeout=0.2)
+    hold(pool, 4)
+    stats = pool.stats()
+    assert (stats.open, stats.in_use) == (4, 4)
+    with pytest.raises(PoolTimeoutError):
+        pool.connect()
+
+
+def test_burst_connections_close_once_idle_for_burst_idle(
+    sqlite_factory: Any,
+    make_pool: Callable[..., qdbpool.BoundedPool],
+    hold: Any,
+) -> None:
+    pool = make_pool(sqlite_factory, size=2, max_size=4, burst_idle=0.2, timeout=WAIT)
+    for holder in hold(pool, 4):
+        holder.release()
+    assert pool.stats().open == 4
+
+    def shrunk() -> bool:
+        _checkout_once(pool)  # the pool shrinks when it is used
+        return pool.stats().open == 2
+
+    wait_until(shrunk, timeout=WAIT, interval=0.05, what="shrink back to size")
+    stats = pool.stats()
+    assert (stats.open, stats.closed, stats.discarded) == (2, 2, 0)
+    assert len(sqlite_factory.open_connections()) == 2
+
+
+def test_burst_connections_stay_while_idle_less_than_burst_idle(
+    sqlite_factory: Any, make_pool: Callable[..., qdbpool.BoundedPool], hold: Any
+) -> None:
+    pool = make_pool(sqlite_factory, size=2, max_size=4, burst_idle=60, timeout=WAIT)
+    for holder in hold(pool, 4):
+        holder.release()
+    for _ in range(3):
+        _checkout_once(pool)
+    assert pool.stats().open == 4
+
+
+def test_shrink_never_closes_a_connection_in_use(
+    sqlite_factory: Any,
+    make_pool: Callable[..., qdbpool.BoundedPool],
+    hold: Any,
+    closed_check: Callable[[sqlite3.Connection], bool],
+) -> None:
+    pool = make_pool(sqlite_factory, size=1, max_size=3, burst_idle=0.05, timeout=WAIT)
+    (busy,) = hold(pool, 1)  # held throughout, far longer than burst_idle
+    for holder in hold(pool, 2):
+        holder.release()
+
+    def extras_closed() -> bool:
+        _checkout_once(pool)
+        return pool.stats().closed >= 2
+
+    wait_until(extras_closed, timeout=WAIT, interval=0.05, what="the idle extras closed")
+    assert busy.conn is not None and not closed_check(busy.conn)
+    assert busy.conn.execute("SELECT 1").fetchone() == (1,)
+    assert pool.stats().in_use == 1
+
+
+def test_max_lifetime_never_closes_a_connection_in_use(
+    sqlite_factory: Any,
+    make_pool: Callable[..., qdbpool.BoundedPool],
+    closed_check: Callable[[sqlite3.Connection], bool],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [1_000.0]
+    monkeypatch.setattr(qdbpool.pool, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    pool = make_pool(sqlite_factory, size=1, max_size=2, max_lifetime=5, timeout=WAIT)
+    conn = pool.connect()
+    raw = conn.__wrapped__
+    now[0] += 60  # far past its lifetime, while in use
+    for _ in range(3):
+        _checkout_once(pool)  # other traffic through the pool meanwhile
+    assert not closed_check(raw)
+    assert raw.execute("SELECT 1").fetchone() == (1,)
+    conn.close()  # released: now the lifetime applies, at the next checkout
+    _checkout_once(pool)
+    _checkout_once(pool)
+    assert closed_check(raw)
+
+
+# ------------------------------------------------------------------ close
+
+
+def test_close_wakes_waiters_with_pool_closed_error(
+    sqlite_factory: Any,
+    make_pool: Callable[..., qdbpool.BoundedPool],
+    threads: Callable[..., threading.Thread],
+) -> None:
+    pool = make_pool(sqlite_factory, size=1, timeout=30)
+    held = pool.connect()
+    outcome: list[tuple[type[BaseException], float]] = []
+
+    def wait_for_one() -> None:
+        started = time.monotonic()
+        try:
+            pool.connect()
+        except BaseException as exc:
+            outcome.append((type(exc), time.monotonic() - started))
+
+    waiters = [threads(wait_for_one) for _ in range(3)]
+    wait_until(lambda: pool.stats().waiting == 3, timeout=WAIT, what="three callers waiting")
+    pool.close(timeout=0)
+    for waiter in waiters:
+        waiter.join(WAIT)
+    assert [kind for kind, _ in outcome] == [PoolClosedError] * 3
+    assert all(waited < WAIT for _, waited in outcome)  # woken, not timed out (30 s)
+    held.close()
+
+
+def test_close_waits_for_a_connection_in_use_then_closes_it(
+    sqlite_factory: Any,
+    make_pool: Callable[..., qdbpool.BoundedPool],
+    hold: Any,
+    threads: Callable[..., threading.Thread],
+    closed_check: Callable[[sqlite3.Connection], bool],
+) -> None:
+    pool = make_pool(sqlite_factory, size=2)
+    (holder,) = hold(pool, 1)
+    closer = threads(lambda: pool.close(timeout=30))
+    wait_until(lambda: pool.closed, timeout=WAIT, what="close() under way")
+    assert closer.is_alive()  # waiting for our holder
+    assert holder.conn is not None and not closed_check(holder.conn)
+    assert holder.conn.execute("SELECT 1").fetchone() == (1,)
+    holder.release()
+    closer.join(WAIT)
+    assert not closer.is_alive()
+    assert closed_check(holder.conn)
+
+
+def test_connect_after_close_raises_pool_closed_error(
+    sqlite_factory: Any, make_pool: Callable[..., qdbpool.BoundedPool]
+) -> None:
+    pool = make_pool(sqlite_factory, size=1)
+    _checkout_once(pool)
+    pool.close()
+    with pytest.raises(PoolClosedError):
+        pool.connect()
+    assert sqlite_factory.open_connections() == []
+
+
+# ------------------------------------------------------------------ with_conn
+
+
+def test_initialize_with_a_bounded_pool_makes_it_the_global_pool(
+    sqlite_factory: Any, make_pool: Callable[..., qdbpool.BoundedPool]
+) -> None:
+    pool = make_pool(sqlite_factory, size=2)
+    assert qdbpool.initialize(pool) is pool
+    assert qdbpool.instance() is pool
+
+    @qdbpool.with_conn
+    def answer(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT 41 + 1").fetchone()[0])
+
+    assert answer() == 42
+    stats = pool.stats()
+    assert (stats.checkouts, stats.in_use, stats.open) == (1, 0, 1)
+
+
+def test_nested_with_conn_in_one_thread_reuses_the_checked_out_connection(
+    sqlite_factory: Any, make_pool: Callable[..., qdbpool.BoundedPool]
+) -> None:
+    pool = qdbpool.initialize(make_pool(sqlite_factory, size=2))
+
+    @qdbpool.with_conn
+    def inner(conn: sqlite3.Connection) -> tuple[sqlite3.Connection, int]:
+        return conn, pool.stats().in_use
+
+    @qdbpool.with_conn
+    def outer(conn: sqlite3.Connection) -> tuple[sqlite3.Connection, sqlite3.Connection, int]:
+        inner_conn, in_use = inner()
+        return conn, inner_conn, in_use
+
+    outer_conn, inner_conn, in_use_inside = outer()
+    assert inner_conn is outer_conn
+    assert in_use_inside == 1
+    stats = pool.stats()
+    assert (stats.created, stats.in_use) == (1, 0)
+
+
+def test_nested_with_conn_does_not_wait_for_its_own_connection(
+    sqlite_factory: Any, make_pool: Callable[..., qdbpool.BoundedPool]
+) -> None:
+    # With size=1, an inner call that queued for a connection would wait for itself.
+    pool = qdbpool.initialize(make_pool(sqlite_factory, size=1, timeout=0.5))
+
+    @qdbpool.with_conn
+    def inner(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT 1").fetchone()[0])
+
+    @qdbpool.with_conn
+    def outer(conn: sqlite3.Connection) -> int:
+        return inner() + inner()
+
+    assert outer() == 2
+    assert pool.stats().timeouts == 0
+
+
+def test_nested_with_conn_rolls_back_only_when_the_outermost_call_ends(
+    sqlite_factory: Any, make_pool: Callable[..., qdbpool.BoundedPool]
+) -> None:
+    pool = qdbpool.initialize(make_pool(sqlite_factory, size=1))
+
+    @qdbpool.with_conn
+    def inner(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO t VALUES (1)")  # opens a transaction
+
+    @qdbpool.with_conn
+    def outer(conn: sqlite3.Connection) -> tuple[bool, int]:
+        conn.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+        conn.commit()
+        inner()
+        rows = conn.execute("SELECT COUNT(*) FROM t").fetchone()[0]
+        return conn.in_transaction, int(rows)
+
+    assert outer() == (True, 1)  # the inner release did not roll the outer's work back
+
+    @qdbpool.with_conn
+    def count(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("SELECT COUNT(*) FROM t").fetchone()[0])
+
+    assert count() == 0  # the outermost release did
+    assert pool.stats().created == 1

@@ -1,0 +1,312 @@
+"""Races: threads using the pool while it is replaced and closed under them.
+
+A connection a thread was handed must never be closed under it: a checkout that races
+pool.close() either gets a working connection (closed when it is released) or
+PoolClosedError, and a connection being released or reset is not closed under it either.
+The stress test below looks for any interleaving that breaks this; the tests after it pin
+down, deterministically, interleavings that it hits only now and then.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import pytest
+
+import qdbpool
+from qdbpool import PoolClosedError, SingletonPool, with_conn
+
+JOIN = 60.0
+
+
+@with_conn
+def select_one(conn):
+    return conn.execute("SELECT 1").fetchone()[0]
+
+
+def hammer(recorder: Any, send: Any) -> None:
+    """64 threads use the global pool while another replaces and closes it, for ~1.5 s.
+
+    Runs in a forked child: a connection closed under a thread that is using it can crash
+    the interpreter (sqlite3 then frees what the other thread is reading), and a crash
+    must fail this test, not end the test run.
+    """
+    sys.setswitchinterval(2e-4)  # switch threads far more often than every 5 ms
+    workers, max_calls, max_churns, seconds = 64, 20_000, 5_000, 1.5
+    pools: list[SingletonPool] = []
+    errors: list[BaseException] = []
+    calls = [0] * workers
+    deadline = [0.0]
+
+    def set_deadline() -> None:  # run once, as the barrier lets everybody go
+        deadline[0] = time.monotonic() + seconds
+
+    start = threading.Barrier(workers + 2, action=set_deadline)
+
+    def work(n: int) -> None:
+        start.wait(JOIN)
+        for i in range(max_calls):
+            if time.monotonic() > deadline[0]:
+                return
+            if i % 4 == 0:
+                time.sleep(0)  # let the GIL go now and then: the churner must get turns too
+            try:
+                if i % 2:
+                    assert select_one() == 1
+                else:
+                    with qdbpool.instance().connect() as conn:
+                        assert conn.execute("SELECT 1").fetchone()[0] == 1
+                calls[n] += 1
+            except PoolClosedError:
+                pass
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    def reset(conn: Any) -> None:
+        # A reset hook that talks to its connection, as "DISCARD ALL" would: the connection
+        # must still be open while it runs (qdbpool would swallow this error: record it).
+        try:
+            conn.execute("SELECT 1").fetchone()
+        except BaseException as exc:
+            errors.append(exc)
+
+    def churn() -> None:
+        start.wait(JOIN)
+        for i in range(max_churns):
+            if time.monotonic() > deadline[0]:
+                return
+            try:
+                if i % 3 == 2:
+                    qdbpool.close()
+                elif i % 2:
+                    pools.append(qdbpool.initialize(recorder))
+                else:  # no fast path for @with_conn then: the pool's own checkout and release
+                    pools.append(qdbpool.initialize(recorder, reset=reset))
+            except BaseException as exc:
+                errors.append(exc)
+                return
+            time.sleep(0)
+
+    pools.append(qdbpool.initialize(recorder))
+    threads = [threading.Thread(target=work, args=(n,), daemon=True) for n in range(workers)]
+    threads.append(threading.Thread(target=churn, daemon=True))
+    for t in threads:
+        t.start()
+    start.wait(JOIN)
+    for t in threads:
+        t.join(JOIN)
+    stuck = sum(t.is_alive() for t in threads)
+    qdbpool.close()
+    send.send(
+        {
+            "stuck threads": stuck,
+            "errors": [repr(e) for e in errors[:3]],
+            "calls": sum(calls),
+            "pools": len(pools),
+            "pools not closed": sum(not p.closed for p in pools),
+            "connections open by stats": sum(p.stats().open for p in pools),
+            "connections really open": len(recorder.still_open()),
+        }
+    )
+    send.close()
+
+
+def test_hammering_the_global_pool_while_it_is_replaced_and_closed_leaks_nothing(recorder):
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=hammer, args=(recorder, send), daemon=True)
+    child.start()
+    send.close()
+    try:
+        got = recv.recv() if recv.poll(2 * JOIN) else None
+    except EOFError:
+        got = None
+    finally:
+        child.join(JOIN)
+        recv.close()
+
+    assert child.exitcode == 0, f"the hammering process died (exit code {child.exitcode})"
+    assert got is not None
+    summary = {k: v for k, v in got.items() if k not in ("calls", "pools")}
+    assert summary == {
+        "stuck threads": 0,
+        "errors": [],
+        "pools not closed": 0,
+        "connections open by stats": 0,
+        "connections really open": 0,
+    }
+    assert got["calls"] > 0
+    assert got["pools"] >= 3  # the global pool was replaced under the workers, more than once
+
+
+# ------------------------------------------------------------------ pinned-down interleavings
+#
+# These pause one thread at a chosen point inside qdbpool with a trace function (the
+# debugger's hook; nothing of qdbpool is replaced), let another thread run, then resume.
+
+
+class PauseAt:
+    """A trace function for one thread: pauses it at a named function's call or return."""
+
+    def __init__(self, function: str, event: str) -> None:
+        self.function, self.event = function, event
+        self.paused, self.resume = threading.Event(), threading.Event()
+
+    def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if event != "call" or frame.f_code.co_name != self.function or self.paused.is_set():
+            return None
+        if self.event == "call":
+            self._pause()
+            return None
+        return self._local
+
+    def _local(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "return" and not self.paused.is_set():
+            self._pause()
+        return self._local
+
+    def _pause(self) -> None:
+        self.paused.set()
+        self.resume.wait(JOIN)
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        sys.settrace(self)
+        try:
+            return fn(*args)
+        finally:
+            sys.settrace(None)
+
+    def wait_paused(self) -> None:
+        if not self.paused.wait(10):
+            pytest.fail(f"never paused at {self.function}: qdbpool changed, update this test")
+
+
+def conn_is_closed(conn: sqlite3.Connection) -> bool:
+    try:
+        conn.total_changes  # noqa: B018 - raises ProgrammingError once closed
+    except sqlite3.ProgrammingError:
+        return True
+    return False
+
+
+def outcome_of(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception as exc:
+        return exc
+
+
+def test_a_decorated_call_racing_close_never_gets_a_connection_closed_under_it(recorder):
+    """close() has seen this thread's connection idle and is about to close it, when the
+    thread starts a decorated call: it must get PoolClosedError, not the doomed connection."""
+    pool = qdbpool.initialize(recorder)
+    pause = PauseAt("_retire", "call")
+    owns_idle, go, reached, proceed = (threading.Event() for _ in range(4))
+    result: list[Any] = []
+
+    @with_conn
+    def use(conn):
+        reached.set()
+        proceed.wait(JOIN)
+        return conn.execute("SELECT 1").fetchone()
+
+    def user() -> None:
+        select_one()  # this thread now owns an idle connection
+        owns_idle.set()
+        go.wait(JOIN)
+        result.append(outcome_of(use))
+        reached.set()
+
+    user_thread = threading.Thread(target=user, daemon=True)
+    user_thread.start()
+    assert owns_idle.wait(JOIN)
+    closer = threading.Thread(target=pause.run, args=(pool.close,), daemon=True)
+    closer.start()
+    pause.wait_paused()  # close() found the connection idle and is about to close it
+
+    go.set()
+    assert reached.wait(JOIN)  # the call is under way (or already refused)
+    pause.resume.set()
+    closer.join(JOIN)
+    proceed.set()
+    user_thread.join(JOIN)
+
+    [outcome] = result
+    assert isinstance(outcome, PoolClosedError) or outcome == (1,), repr(outcome)
+    assert recorder.still_open() == []
+
+
+def test_a_connect_racing_close_never_gets_a_connection_closed_under_it(recorder, make_pool):
+    """close() runs while a new connection is being handed out (opened and registered,
+    not yet marked in use): the caller must get PoolClosedError, or a connection that works."""
+    pool = make_pool(recorder)
+    pause = PauseAt("_open", "return")
+    result: list[Any] = []
+
+    def user() -> None:
+        def connect_and_use() -> Any:
+            with pool.connect() as conn:
+                return conn.execute("SELECT 1").fetchone()
+
+        result.append(outcome_of(lambda: pause.run(connect_and_use)))
+
+    user_thread = threading.Thread(target=user, daemon=True)
+    user_thread.start()
+    pause.wait_paused()  # opened and registered by the pool, not yet handed out
+
+    closing = PauseAt("wait_for", "call")  # close() has dealt with idle connections
+    closer = threading.Thread(target=closing.run, args=(pool.close,), daemon=True)
+    closer.start()
+    closing.wait_paused()
+    pause.resume.set()
+    closing.resume.set()  # (it holds the pool's lock while paused: let it go on)
+    user_thread.join(JOIN)
+    closer.join(JOIN)
+
+    [outcome] = result
+    assert isinstance(outcome, PoolClosedError) or outcome == (1,), repr(outcome)
+    assert recorder.still_open() == []
+
+
+def test_a_release_racing_close_is_not_closed_under_the_reset_hook(recorder, make_pool):
+    """close() runs while a released connection is still being reset: the reset must finish
+    on an open connection (close() closes it afterwards), never on one closed under it."""
+    in_reset, go = threading.Event(), threading.Event()
+    closed_under_reset: list[bool] = []
+
+    def reset(conn) -> None:
+        if threading.current_thread() is user_thread:
+            in_reset.set()
+            go.wait(JOIN)
+            closed_under_reset.append(conn_is_closed(conn))
+
+    pool = make_pool(recorder, reset=reset)
+
+    def user() -> None:
+        with pool.connect() as conn:
+            conn.execute("SELECT 1")
+
+    user_thread = threading.Thread(target=user, daemon=True)
+    user_thread.start()
+    assert in_reset.wait(JOIN)
+
+    closing = PauseAt("wait_for", "call")  # close() has dealt with idle connections
+    closer = threading.Thread(target=closing.run, args=(pool.close, 30.0), daemon=True)
+    closer.start()
+    closing.wait_paused()
+    go.set()
+    closing.resume.set()
+    user_thread.join(JOIN)
+    closer.join(JOIN)
+
+    assert closed_under_reset == [False]
+    assert recorder.still_open() == []
+    assert pool.stats().open == 0

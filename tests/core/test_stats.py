@@ -1,0 +1,104 @@
+"""pool.stats(): a frozen snapshot of the pool's counters."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import pytest
+
+from qdbpool import PoolStats
+
+
+def test_stats_of_a_new_pool_are_all_zero(make_pool, recorder):
+    assert make_pool(recorder).stats() == PoolStats(
+        open=0,
+        in_use=0,
+        created=0,
+        closed=0,
+        discarded=0,
+        checkouts=0,
+        connect_errors=0,
+        waiting=0,
+        timeouts=0,
+    )
+
+
+def test_stats_is_frozen(make_pool, recorder):
+    stats = make_pool(recorder).stats()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stats.open = 5  # type: ignore[misc]
+
+
+def test_stats_is_a_snapshot_that_does_not_change_afterwards(make_pool, recorder):
+    pool = make_pool(recorder)
+    before = pool.stats()
+    with pool.connect():
+        pass
+    assert before.created == 0
+    assert pool.stats().created == 1
+
+
+def test_stats_count_open_in_use_and_idle_connections(make_pool, recorder):
+    pool = make_pool(recorder)
+    in_thread, finish = threading.Event(), threading.Event()
+
+    def hold_idle() -> None:
+        with pool.connect():
+            pass
+        in_thread.set()
+        finish.wait(30)
+
+    t = threading.Thread(target=hold_idle)
+    t.start()
+    assert in_thread.wait(30)
+    try:
+        with pool.connect():
+            stats = pool.stats()
+    finally:
+        finish.set()
+        t.join(30)
+
+    assert (stats.open, stats.in_use, stats.idle) == (2, 1, 1)
+
+
+def test_stats_count_checkouts_including_nested_ones(make_pool, recorder):
+    pool = make_pool(recorder)
+    with pool.connect(), pool.connect():
+        pass
+    with pool.connect():
+        pass
+    assert pool.stats().checkouts == 3
+    assert pool.stats().created == 1
+
+
+def test_stats_count_closed_and_discarded_connections(make_pool, recorder):
+    pool = make_pool(recorder)
+    with pool.connect() as conn:
+        conn.__wrapped__.close()  # lost: discarded
+    with pool.connect():
+        pass
+    pool.close()
+
+    stats = pool.stats()
+    assert (stats.created, stats.closed, stats.discarded, stats.open) == (2, 2, 1, 0)
+
+
+def test_stats_count_connect_errors(make_pool):
+    def refuse():
+        raise ConnectionRefusedError("no server")
+
+    pool = make_pool(refuse)
+    for _ in range(2):
+        with pytest.raises(ConnectionRefusedError):
+            pool.connect()
+    stats = pool.stats()
+    assert (stats.connect_errors, stats.created, stats.open) == (2, 0, 0)
+
+
+def test_idle_is_open_minus_in_use():
+    stats = PoolStats(
+        open=5, in_use=2, created=9, closed=4, discarded=1, checkouts=20, connect_errors=0
+    )
+    assert stats.idle == 3
+    assert (stats.waiting, stats.timeouts) == (0, 0)

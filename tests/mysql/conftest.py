@@ -1,0 +1,160 @@
+"""Fixtures for the MySQL factory suite: real MariaDB servers on 127.0.0.1.
+
+Every server, pool and factory made here is closed when its test (or module) ends, failed or
+not. Helpers are handed out as fixtures: the suite runs with --import-mode=importlib, so test
+modules cannot import this file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pymysql
+import pytest
+
+from qdbpool import _global
+from qdbpool.factories.mysql import MySQL
+from qdbpool.pool import Pool
+from qdbpool.testing.availability import require_mariadb
+from qdbpool.testing.mariadb import MariaDBReplicaPair, MariaDBServer
+
+APP_USER = "app"
+# Awkward on purpose: URL quoting is exercised wherever the password goes, and it is
+# long and distinctive enough that finding it in a message can only mean a leak.
+APP_PASSWORD = "Pw/@:%s3cr3t-7xq"
+APP_DB = "appdb"
+
+
+@pytest.fixture(autouse=True)
+def no_global_pool(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test starts with no global pool; whatever it initialized is closed after it."""
+    monkeypatch.setattr(_global, "current", None)
+    yield
+    pool = _global.current
+    if pool is not None:
+        pool.close(timeout=0)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[MariaDBServer]:
+    """One server per module, with the `app` user and `appdb`; tests must leave it running
+    and its globals as they found them."""
+    require_mariadb()
+    with MariaDBServer() as srv:
+        srv.create_user(APP_USER, APP_PASSWORD, APP_DB)
+        yield srv
+
+
+@pytest.fixture
+def own_server() -> Iterator[MariaDBServer]:
+    """A server this test alone uses: it may change globals (wait_timeout, ...)."""
+    require_mariadb()
+    with MariaDBServer() as srv:
+        srv.create_user(APP_USER, APP_PASSWORD, APP_DB)
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[MariaDBReplicaPair]:
+    """A primary and a replica that tests leave in their roles."""
+    require_mariadb()
+    with MariaDBReplicaPair() as p:
+        p.create_user(APP_USER, APP_PASSWORD, APP_DB)
+        yield p
+
+
+@pytest.fixture
+def own_pair() -> Iterator[MariaDBReplicaPair]:
+    """A primary and a replica whose roles this test may switch."""
+    require_mariadb()
+    with MariaDBReplicaPair() as p:
+        p.create_user(APP_USER, APP_PASSWORD, APP_DB)
+        yield p
+
+
+@pytest.fixture
+def app_dsn() -> Callable[[Any], str]:
+    """The app user's DSN for a server or a cluster (all its hosts, primary first)."""
+
+    def dsn(target: Any) -> str:
+        if isinstance(target, MariaDBServer):
+            return target.dsn(APP_USER, APP_PASSWORD, APP_DB)
+        return str(target.multi_host_dsn(APP_USER, APP_PASSWORD, APP_DB))
+
+    return dsn
+
+
+@pytest.fixture
+def closing() -> Iterator[Callable[[Any], Any]]:
+    """Register a pool or factory to be closed at the end of the test, whatever happens."""
+    things: list[Any] = []
+
+    def register(thing: Any) -> Any:
+        things.append(thing)
+        return thing
+
+    yield register
+    for thing in reversed(things):
+        with contextlib.suppress(Exception):
+            if isinstance(thing, Pool):
+                thing.close(timeout=0)
+            else:
+                thing.close()
+
+
+@pytest.fixture
+def make_factory(
+    closing: Callable[[Any], Any], app_dsn: Callable[[Any], str]
+) -> Callable[..., MySQL]:
+    """MySQL(app DSN of `target`, **kwargs), closed when the test ends."""
+
+    def make(target: Any, **kwargs: Any) -> MySQL:
+        factory: MySQL = closing(MySQL(app_dsn(target), **kwargs))
+        return factory
+
+    return make
+
+
+@pytest.fixture
+def sessions_of() -> Callable[[MariaDBServer], set[int]]:
+    """Connection ids of the app user's sessions on a server, seen from the server side."""
+
+    def sessions(srv: MariaDBServer) -> set[int]:
+        rows = srv.sql("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", (APP_USER,))
+        return {int(row[0]) for row in rows}
+
+    return sessions
+
+
+@pytest.fixture
+def connection_id() -> Callable[[Any], int]:
+    """CONNECTION_ID() of a PyMySQL connection, asked over that connection."""
+
+    def ask(conn: Any) -> int:
+        with conn.cursor() as cur:
+            cur.execute("SELECT CONNECTION_ID()")
+            (cid,) = cur.fetchone()
+        return int(cid)
+
+    return ask
+
+
+@pytest.fixture
+def scalar() -> Callable[..., Any]:
+    """Run one query on a connection and return the first column of its first row."""
+
+    def run(conn: Any, query: str, params: Any = None) -> Any:
+        with conn.cursor() as cur:
+            cur.execute(query, params)
+            row = cur.fetchone()
+        return None if row is None else row[0]
+
+    return run
+
+
+@pytest.fixture
+def lost_errors() -> tuple[type[BaseException], ...]:
+    """What a dropped MySQL session looks like to PyMySQL users."""
+    return (pymysql.err.OperationalError, pymysql.err.InterfaceError)
