@@ -1,0 +1,106 @@
+"""Benchmark method shared by every bench/ script (see shared DESIGN.md, "Benchmarks").
+
+Absolute timings move 2x between runs on our shared 2-core machines; ratios measured in
+the same run do not. So variants run interleaved in short slices, in a shuffled order each
+round, and we report the median of per-round ratios against a baseline.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+
+def pin_to_one_cpu() -> str:
+    """Pin this process (and servers it starts later) to one CPU: loopback client/server
+    throughput swings ~3x when they sit on different CPUs."""
+    if not hasattr(os, "sched_setaffinity"):
+        return "not pinned (no sched_setaffinity)"
+    cpu = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpu})
+    return f"pinned to CPU {cpu}"
+
+
+@dataclass
+class Variant:
+    name: str
+    make_call: Callable[[], Callable[[], object]]
+    """Called once per thread (in that thread): returns the zero-argument call to time."""
+    samples: list[float] = field(default_factory=list)  # ns per call, one per round
+
+
+def _time_slice(call: Callable[[], object], calls: int) -> float:
+    start = time.perf_counter_ns()
+    for _ in range(calls):
+        call()
+    return (time.perf_counter_ns() - start) / calls
+
+
+def _run_threads(variant: Variant, threads: int, calls: int) -> float:
+    """ns per call over `threads` threads each making `calls` calls (wall time / total calls)."""
+    if threads == 1:
+        return _time_slice(variant.make_call(), calls)
+    ready = threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            call = variant.make_call()
+            call()  # warm: the thread's connection exists before timing starts
+        except BaseException as exc:
+            errors.append(exc)
+            ready.abort()
+            return
+        ready.wait()
+        for _ in range(calls):
+            call()
+
+    workers = [threading.Thread(target=worker) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    ready.wait()
+    start = time.perf_counter_ns()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter_ns() - start
+    if errors:
+        raise errors[0]
+    return elapsed / (threads * calls)
+
+
+def compare(
+    variants: Sequence[Variant],
+    *,
+    threads: int,
+    rounds: int,
+    calls: int,
+    seed: int = 1,
+) -> list[Variant]:
+    """Run every variant once per round, in a fresh shuffled order each round."""
+    rng = random.Random(seed)
+    order = list(variants)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for v in order:
+            v.samples.append(_run_threads(v, threads, calls))
+    return list(variants)
+
+
+def ratio(v: Variant, base: Variant) -> float:
+    """Median over rounds of v's time / base's time in the same round."""
+    return statistics.median(a / b for a, b in zip(v.samples, base.samples, strict=True))
+
+
+def table(title: str, variants: Sequence[Variant], base: Variant) -> str:
+    width = max(len(v.name) for v in variants)
+    lines = [title, f"  {'variant':<{width}}  {'median ns/call':>14}  {'x ' + base.name:>14}"]
+    for v in variants:
+        lines.append(
+            f"  {v.name:<{width}}  {statistics.median(v.samples):>14.0f}  {ratio(v, base):>14.2f}"
+        )
+    return "\n".join(lines)

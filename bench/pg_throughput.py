@@ -1,0 +1,304 @@
+"""`SELECT 1` throughput against one local PostgreSQL primary, 1/4/16 threads, vs peers.
+
+Every thread runs `SELECT 1` in a loop (autocommit: one round trip per query) and fetches
+the row. Variants: a raw psycopg connection per thread (the floor: no pool at all);
+qdbpool's SingletonPool with the Postgres factory, through @with_conn; psycopg_pool's
+ConnectionPool (size = threads, `with pool.connection() as conn`); DBUtils PersistentDB
+(creator=psycopg). Each variant keeps its own worker threads (and so its connections)
+for the whole comparison; a round gives every variant one slice of work, in a freshly
+shuffled order. Printed: median queries per second over rounds, and the median over
+rounds of each variant's qps / the floor's qps in the same round.
+The benchmark process and the PostgreSQL server it starts are pinned to one CPU.
+Run: python bench/pg_throughput.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import Variant, pin_to_one_cpu
+
+import qdbpool
+from qdbpool.factories.postgres import Postgres
+from qdbpool.testing.postgres import Node, PostgresCluster
+
+QUERY = "SELECT 1"
+THREAD_COUNTS = (1, 4, 16)
+TARGET = 0.97  # qdbpool's qps / the raw floor's qps
+FLOOR = "raw psycopg (floor)"
+QDBPOOL = "qdbpool @with_conn"
+
+
+# --------------------------------------------------------------------------------------------
+# Pinning the server too
+# --------------------------------------------------------------------------------------------
+
+
+def pin_server(node: Node, cpus: set[int]) -> str:
+    """Pin a node's postmaster and its current children (backends forked later inherit)."""
+    pids = [pid for pid in (node.pid, *node.backend_pids()) if pid is not None]
+    pinned = 0
+    for pid in pids:
+        try:
+            os.sched_setaffinity(pid, cpus)
+        except (ProcessLookupError, PermissionError):
+            continue  # a child that just exited, or not ours to pin
+        pinned += os.sched_getaffinity(pid) == cpus
+    return f"server {node.name} pid {node.pid}: {pinned}/{len(pids)} processes on CPU {cpus}"
+
+
+# --------------------------------------------------------------------------------------------
+# Worker threads that live across rounds
+# --------------------------------------------------------------------------------------------
+
+
+class Gang:
+    """`threads` threads running one variant's call, each keeping its connection across rounds.
+
+    (The shared harness starts new threads every round, which would also open and close a
+    connection per thread per round: that backend churn lands in whichever slice runs next.)
+    """
+
+    def __init__(self, variant: Variant, threads: int, setup_timeout: float = 60.0) -> None:
+        self.variant = variant
+        self.threads = threads
+        self._ready = threading.Barrier(threads + 1, timeout=setup_timeout)
+        self._start = threading.Barrier(threads + 1)
+        self._done = threading.Barrier(threads + 1)
+        self._calls = 0
+        self._stopping = False
+        self._errors: list[BaseException] = []
+        self._workers = [
+            threading.Thread(target=self._work, name=f"{variant.name}#{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for worker in self._workers:
+            worker.start()
+        try:
+            self._ready.wait()  # every thread has its connection and made one warm call
+        except threading.BrokenBarrierError:
+            self.stop()
+            raise self._failure() from None
+
+    def _failure(self) -> BaseException:
+        if self._errors:
+            return self._errors[0]
+        return RuntimeError(f"{self.variant.name}: worker threads did not get ready")
+
+    def _work(self) -> None:
+        try:
+            call = self.variant.make_call()
+            call()
+        except BaseException as exc:
+            self._errors.append(exc)
+            self._ready.abort()
+            return
+        try:
+            self._ready.wait()
+            while True:
+                self._start.wait()
+                if self._stopping:
+                    return
+                for _ in range(self._calls):
+                    call()
+                self._done.wait()
+        except threading.BrokenBarrierError:
+            return
+        except BaseException as exc:
+            self._errors.append(exc)
+            self._done.abort()
+
+    def run(self, calls_per_thread: int) -> float:
+        """One slice: ns per call over all threads (wall time / total calls)."""
+        self._calls = calls_per_thread
+        self._start.wait()
+        start = time.perf_counter_ns()
+        try:
+            self._done.wait()
+        except threading.BrokenBarrierError:
+            raise self._failure() from None
+        return (time.perf_counter_ns() - start) / (self.threads * calls_per_thread)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self._start.abort()  # wakes every idle worker; they return
+        self._done.abort()
+        for worker in self._workers:
+            worker.join(timeout)
+
+
+# --------------------------------------------------------------------------------------------
+# The variants
+# --------------------------------------------------------------------------------------------
+
+
+def _select_one(conn: Any) -> None:
+    conn.execute(QUERY).fetchone()
+
+
+_qdbpool_select = cast("Callable[[], None]", qdbpool.with_conn()(_select_one))
+
+
+class Variants:
+    """The four ways to run the query, for one thread count; `close()` releases them all."""
+
+    def __init__(self, dsn: str, threads: int) -> None:
+        import psycopg
+        from dbutils.persistent_db import PersistentDB
+        from psycopg_pool import ConnectionPool
+
+        self._psycopg = psycopg
+        self._raw: list[Any] = []
+        self._raw_lock = threading.Lock()
+        self.dsn = dsn
+        self.pool = ConnectionPool(
+            dsn,
+            min_size=threads,
+            max_size=threads,
+            kwargs={"autocommit": True},
+            open=True,
+            name="bench",
+        )
+        self.pool.wait(timeout=30)
+        self.persistent = PersistentDB(psycopg, conninfo=dsn, autocommit=True)
+
+    def raw(self) -> Callable[[], object]:
+        conn = self._psycopg.connect(self.dsn, autocommit=True)
+        with self._raw_lock:
+            self._raw.append(conn)
+        return lambda: conn.execute(QUERY).fetchone()
+
+    def psycopg_pool(self) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(QUERY).fetchone()
+
+    def dbutils(self) -> None:
+        cursor = self.persistent.connection().cursor()
+        cursor.execute(QUERY)
+        cursor.fetchone()
+        cursor.close()
+
+    def all(self) -> list[Variant]:
+        return [
+            Variant(FLOOR, self.raw),
+            Variant(QDBPOOL, lambda: _qdbpool_select),
+            Variant("psycopg_pool ConnectionPool", lambda: self.psycopg_pool),
+            Variant("DBUtils PersistentDB", lambda: self.dbutils),
+        ]
+
+    def close(self) -> None:
+        self.pool.close()
+        with self._raw_lock:
+            for conn in self._raw:
+                conn.close()
+            self._raw.clear()
+
+
+# --------------------------------------------------------------------------------------------
+# Running and reporting
+# --------------------------------------------------------------------------------------------
+
+
+def compare_gangs(
+    variants: Sequence[Variant], threads: int, rounds: int, calls: int, rng: random.Random
+) -> None:
+    """Each round: every variant's gang runs one slice, in a fresh shuffled order."""
+    gangs: list[Gang] = []
+    try:
+        for variant in variants:
+            gangs.append(Gang(variant, threads))
+        per_thread = max(1, calls // threads)
+        for gang in gangs:  # one untimed slice each: caches, plans, the server's backends
+            gang.run(max(1, per_thread // 4))
+        order = list(gangs)
+        for _ in range(rounds):
+            rng.shuffle(order)
+            for gang in order:
+                gang.variant.samples.append(gang.run(per_thread))
+    finally:
+        for gang in gangs:
+            gang.stop()
+
+
+def qps_ratio(v: Variant, base: Variant) -> list[float]:
+    """Per round: v's qps / base's qps (= base's ns per call / v's)."""
+    return [b / a for a, b in zip(v.samples, base.samples, strict=True)]
+
+
+def qps_table(title: str, variants: Sequence[Variant], base: Variant) -> str:
+    width = max(len(v.name) for v in variants)
+    lines = [
+        title,
+        f"  {'variant':<{width}}  {'median qps':>10}  {'x floor':>7}  {'(q1 .. q3)':>14}",
+    ]
+    for v in variants:
+        ratios = qps_ratio(v, base)
+        q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios * 3)
+        lines.append(
+            f"  {v.name:<{width}}  {1e9 / statistics.median(v.samples):>10,.0f}"
+            f"  {statistics.median(ratios):>7.3f}  {f'({q1:.3f} .. {q3:.3f})':>14}"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a short smoke run (< 30 s)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the shuffled orders")
+    args = parser.parse_args()
+    rounds, calls = (5, 2_000) if args.quick else (25, 6_000)
+    began = time.monotonic()
+
+    pinned = pin_to_one_cpu()  # before the server starts: it inherits the affinity
+    cpus = os.sched_getaffinity(0)
+    print("bench/pg_throughput.py: SELECT 1 (autocommit, row fetched) in a loop per thread,")
+    print("  against one local PostgreSQL primary over loopback TCP.")
+    print(
+        f"  {rounds} rounds; each round runs every variant once ({calls} queries per slice, "
+        "split over the threads), in a shuffled order;"
+    )
+    print("  medians over rounds of qps, and of per-round qps ratios vs the raw floor.")
+    print("  Each variant keeps its threads and connections for the whole comparison.")
+    rng = random.Random(args.seed)
+    verdicts: list[str] = []
+    with PostgresCluster(standbys=0, user="bench") as cluster:
+        print(f"  client {pinned}; {pin_server(cluster.primary, cpus)}")
+        dsn = cluster.primary.dsn()
+        qdbpool.initialize(Postgres(dsn, autocommit=True))
+        try:
+            for threads in THREAD_COUNTS:
+                variants = Variants(dsn, threads)
+                try:
+                    vs = variants.all()
+                    compare_gangs(vs, threads, rounds, calls, rng)
+                finally:
+                    variants.close()
+                floor = next(v for v in vs if v.name == FLOOR)
+                ours = next(v for v in vs if v.name == QDBPOOL)
+                print()
+                print(qps_table(f"{threads} thread(s):", vs, floor))
+                got = statistics.median(qps_ratio(ours, floor))
+                verdicts.append(
+                    f"{threads:>2} thread(s): qdbpool = {got:.3f}x the raw floor "
+                    f"(target >= {TARGET}): {'OK' if got >= TARGET else 'MISSED'}"
+                )
+        finally:
+            qdbpool.close()
+    print("\n" + "\n".join(verdicts))
+    print(f"\n(total run time {time.monotonic() - began:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
