@@ -210,8 +210,11 @@ class Pool:
     def close(self, timeout: float = 5.0) -> None:
         """Close the pool: no more checkouts (PoolClosedError), idle connections closed now.
 
-        Connections in use by other threads are closed when released; after `timeout`
-        seconds the ones still out are closed anyway. Idempotent and thread-safe.
+        Connections in use are closed by their holders when released (or when the holder
+        thread ends); close() waits up to `timeout` seconds for that. The ones still out
+        then are interrupted (network connections get their socket shut down, so a query
+        blocked on them fails at once) but never freed under the thread using them.
+        Idempotent and thread-safe.
         """
         with self._lock:
             first = not self._closed
@@ -230,9 +233,19 @@ class Pool:
                 lambda: not any(p.depth > 0 and p.owner != me for p in self._live),
                 timeout=max(timeout, 0.0),
             )
-            leftovers = list(self._live)
-        for pooled in leftovers:
-            self._retire(pooled, "the pool closed while it was in use")
+            held = [p for p in self._live if p.depth > 0]
+            for pooled in held:
+                # Still in _live, so not closed by anyone yet: safe to interrupt here.
+                self._interrupt(pooled)
+            leftovers = [p for p in self._live if p.depth == 0]
+        if held:
+            logger.warning(
+                "pool closed with %d connection(s) still in use; each is closed when released",
+                len(held),
+            )
+        for pooled in leftovers:  # came back while we waited, or never counted as out
+            if self._claim_idle(pooled):
+                self._retire(pooled, "the pool closed")
         if first:
             self._factory.close()
 
@@ -421,6 +434,12 @@ class Pool:
         for route in ("rw", "ro"):
             if getattr(self._local, route, None) is pooled:
                 delattr(self._local, route)
+
+    def _interrupt(self, pooled: PooledConnection) -> None:
+        try:
+            self._factory.interrupt(pooled.raw)
+        except Exception as exc:
+            logger.debug("interrupting %#x raised %s (ignored)", id(pooled.raw), type(exc).__name__)
 
     def _close_raw(self, raw: Connection) -> None:
         try:

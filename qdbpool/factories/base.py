@@ -91,8 +91,19 @@ class ConnectionFactory:
         Factories that watch hosts may also use this moment to react (mark a host suspect)."""
         return isinstance(exc, (ConnectionError, EOFError)) or not self.is_usable(conn)
 
+    def interrupt(self, conn: Connection) -> None:
+        """Make a use of `conn` that another thread has in progress, or starts next, fail
+        soon, without freeing anything: called from a thread that does not own `conn`.
+
+        Closing a connection under the thread using it can crash the interpreter (C
+        drivers such as libpq and sqlite3 free memory that thread is reading), so the pool
+        never does that; it interrupts, and the holder closes the connection on release.
+        The default does nothing: the holder simply finishes what it is doing.
+        """
+
     def close_connection(self, conn: Connection) -> None:
-        """Close a driver connection for good."""
+        """Close a driver connection for good. Only ever called by the thread using it, or
+        for a connection nobody uses."""
         close = getattr(conn, "close", None)
         if close is not None:
             close()

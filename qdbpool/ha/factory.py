@@ -172,6 +172,10 @@ class RoutedFactory(ConnectionFactory):
     def ping(self, conn: Any) -> None:
         self._driver.ping(conn)
 
+    def interrupt(self, conn: Any) -> None:
+        # shutdown(2) on the socket: a read blocked in the driver returns and raises.
+        self._driver.sever(conn)
+
     def close_connection(self, conn: Any) -> None:
         tag = self._tags.pop(conn, None)
         if tag is not None:

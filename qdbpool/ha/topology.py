@@ -79,17 +79,25 @@ class Topology:
             self._thread.start()
 
     def close(self) -> None:
+        # A probe is closed only by a thread that is not using it: a check in progress
+        # owns its probe (closing it under the check would free what libpq is reading), so
+        # it is only severed here and the check closes it as it ends (see _check).
+        idle_probes = []
         with self._changed:
             self._closed = True
             thread, workers = self._thread, self._workers
-            probes = [h.probe for h in self.hosts if h.probe is not None]
             for host in self.hosts:
-                host.probe = None
+                if host.probe is None:
+                    continue
+                if host.checking:
+                    self._driver.sever(host.probe)  # a check blocked on it returns now
+                else:
+                    idle_probes.append(host.probe)
+                    host.probe = None
             self._changed.notify_all()
         self._stop.set()
         self._wake.set()
-        for probe in probes:
-            self._driver.sever(probe)  # a check still blocked on it returns now
+        for probe in idle_probes:
             self._driver.close(probe)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=self._refresh_timeout + 1.0)
@@ -239,13 +247,17 @@ class Topology:
             return
         running: dict[concurrent.futures.Future[None], HostState] = {}
         for host in self.hosts:
-            if not host.checking:  # a stalled check from an earlier round is still out
-                host.checking = True
-                try:
-                    running[workers.submit(self._check, host)] = host
-                except RuntimeError:  # shut down under us: the topology is closing
-                    host.checking = False
+            with self._changed:  # `checking` decides who may close the probe (see close)
+                if self._closed:
                     return
+                if host.checking:  # a stalled check from an earlier round is still out
+                    continue
+                host.checking = True
+            try:
+                running[workers.submit(self._check, host)] = host
+            except RuntimeError:  # shut down under us: the topology is closing
+                self._end_check(host)
+                return
         _, late = concurrent.futures.wait(running, timeout=self._refresh_timeout)
         for future in late:
             host = running[future]
@@ -258,18 +270,30 @@ class Topology:
             try:
                 self._observe(host)
             except Exception:
-                if not reused:
+                if not reused or self._closed:
                     raise
                 # A probe can die alone (a KILL, an idle timeout on the server): one more
                 # try on a fresh connection before calling the host down.
                 self._drop_probe(host)
                 self._observe(host)
         except Exception as exc:
+            if self._closed:  # severed by close(): says nothing about the host
+                return
             self._drop_probe(host)
             refused_us = driver.is_configuration_error(exc)
             self._mark_down(host, driver.describe_error(exc), sever=False, refused_us=refused_us)
         finally:
+            self._end_check(host)
+
+    def _end_check(self, host: HostState) -> None:
+        with self._changed:
             host.checking = False
+            # Closed during the check: close() left the probe to us.
+            probe = host.probe if self._closed else None
+            if probe is not None:
+                host.probe = None
+        if probe is not None:
+            self._driver.close(probe)
 
     def _observe(self, host: HostState) -> None:
         driver = self._driver
@@ -312,12 +336,13 @@ class Topology:
             if changed:
                 self.roles_changed.value += 1
             self._changed.notify_all()
-            victims = list(host.connections) if sever else []
+            if sever:
+                # A host that stopped answering: unblock everyone waiting on it. Under the
+                # lock: a connection still listed here (or a probe still set) has not been
+                # closed, so its socket number cannot have been reused by another one.
+                if host.probe is not None:
+                    self._driver.sever(host.probe)
+                for conn in host.connections:
+                    self._driver.sever(conn)
         if changed:
             logger.warning("host %s is down: %s", host.address, why)
-        if sever:
-            # A host that stopped answering: unblock everyone waiting on it.
-            if host.probe is not None:
-                self._driver.sever(host.probe)
-            for conn in victims:
-                self._driver.sever(conn)

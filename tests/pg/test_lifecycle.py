@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import subprocess
+import sys
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -183,3 +186,84 @@ def test_a_forked_child_neither_uses_nor_closes_the_parents_connections(
     # ... and so are the monitor's probe sessions: the child closed none of them.
     for node in lifecycle_cluster.nodes:
         assert set(probes[node.name]) <= set(monitor_backends(node)), node.name
+
+
+def test_pool_close_interrupts_a_query_in_progress_and_leaves_the_close_to_its_holder(
+    lifecycle_cluster: Any, make_pool: Any, poll: Any
+) -> None:
+    # Freeing a psycopg connection under the thread running a query on it is a
+    # use-after-free in libpq (an abort, the whole test run gone): close() must interrupt
+    # the query instead and let the holder close the connection when it gives it back.
+    pool = make_pool(lifecycle_cluster.multi_host_dsn())
+    pool.factory.ready(1, 2, timeout=10)
+    primary = lifecycle_cluster.nodes[0]
+    running = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def holder() -> None:
+        with pool.connect() as conn:
+            outcome["backend"] = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            running.set()
+            started = time.monotonic()
+            try:
+                conn.execute("SELECT pg_sleep(60)")
+            except Exception as exc:
+                outcome["error"] = type(exc).__name__
+            outcome["waited"] = time.monotonic() - started
+            outcome["in use while it failed"] = pool.stats().in_use
+        outcome["open after release"] = pool.stats().open
+
+    thread = threading.Thread(target=holder, name="pg-sleeper")
+    thread.start()
+    try:
+        assert running.wait(30)
+        poll(
+            lambda: primary.sql(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND state = 'active'",
+                [outcome["backend"]],
+                dbname="postgres",
+            ),
+            what="the pg_sleep query running",
+        )
+        pool.close(timeout=0.2)
+        thread.join(30)
+    finally:
+        lifecycle_cluster.nodes[0].sql(
+            "SELECT pg_terminate_backend(%s)", [outcome.get("backend", 0)], dbname="postgres"
+        )
+        thread.join(30)
+    assert not thread.is_alive()
+    assert outcome["error"] == "OperationalError"
+    assert outcome["waited"] < 30  # interrupted, not left to run its 60 s
+    assert outcome["in use while it failed"] == 1  # not retired under its holder
+    assert outcome["open after release"] == 0
+
+
+CLOSE_DURING_CHECKS = """
+import random, sys, time
+from qdbpool.factories.postgres import Postgres
+
+dsn, rounds = sys.stdin.read(), int(sys.argv[1])
+for _ in range(rounds):
+    factory = Postgres(dsn, refresh_delay=0.001)
+    factory.ready(1, 2, timeout=10)
+    time.sleep(random.random() * 0.003)  # close at a random point of a check round
+    factory.close()
+print("done", rounds)
+"""
+
+
+def test_closing_a_factory_while_its_checks_run_never_crashes(lifecycle_cluster: Any) -> None:
+    # Checks run every millisecond, and close() lands anywhere in one: a probe closed under
+    # its check aborted the interpreter within ~100 rounds before checks owned their probe.
+    # In a child process, so that a crash fails this test instead of ending the run.
+    child = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", CLOSE_DURING_CHECKS, "200"],
+        input=lifecycle_cluster.multi_host_dsn(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    assert child.stdout.split() == ["done", "200"]
+    assert "is down" not in child.stderr  # a check cut short by close() blames no host
