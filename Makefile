@@ -4,22 +4,24 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help install test test-core lint typecheck bench bench-quick demo clean
+.PHONY: help install test test-core lint typecheck bench bench-quick demo demo-ha docs docs-serve clean
 
 help:
-	@echo "make install   create .venv and install qdbpool with every extra (dev, bench)"
+	@echo "make install   create .venv and install qdbpool with every extra (dev, bench, docs)"
 	@echo "make test      run the whole test suite (starts its own PostgreSQL and MariaDB)"
 	@echo "make lint      ruff + mypy --strict"
 	@echo "make bench     benchmarks against peers, printing ratios measured in one run"
 	@echo "make bench-quick  the same, short (a smoke run)"
 	@echo "make demo      a small multi-threaded SQLite program using @with_conn"
+	@echo "make demo-ha   a live failover: 3-node local PostgreSQL, primary killed mid-run"
+	@echo "make docs      build the documentation site (mkdocs --strict) into site/"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
 install: $(PY)
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,bench,docs]'
 
 test: $(PY)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -31,6 +33,7 @@ lint: $(PY)
 	$(PY) -m ruff check qdbpool tests bench examples
 	$(PY) -m ruff format --check qdbpool tests bench examples
 	$(PY) -m mypy --strict qdbpool
+	$(PY) -m mypy --strict tests/typing
 
 typecheck: $(PY)
 	$(PY) -m mypy --strict qdbpool
@@ -45,6 +48,15 @@ bench-quick:
 
 demo: $(PY)
 	$(PY) examples/demo_sqlite.py
+
+demo-ha: $(PY)
+	$(PY) examples/demo_ha.py $(DEMO_ARGS)
+
+docs: $(PY)
+	$(PY) -m mkdocs build --strict
+
+docs-serve: $(PY)
+	$(PY) -m mkdocs serve
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info

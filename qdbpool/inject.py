@@ -17,7 +17,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import Any, Concatenate, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
 import wrapt
 
@@ -27,6 +27,41 @@ from qdbpool.pool import PooledConnection
 from qdbpool.session import SessionWrapper
 
 F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C")  # the injected parameter's type, or `self`'s for a method
+P = ParamSpec("P")
+Q = ParamSpec("Q")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class Injected(Generic[C, P, R_co]):
+    """How type checkers see a function decorated with `@with_conn` / `@with_conn()`.
+
+    Typing only: at run time the decorated function is a plain function (or a wrapt
+    wrapper for methods). Called directly it takes the parameters after the injected
+    first one (`P`). Looked up on an instance it is a method: the first parameter was
+    `self`, so the injected connection is the second one and the bound method takes the
+    rest (`Q`, what `P` holds after it).
+    """
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
+        raise NotImplementedError  # never instantiated: see the class docstring
+
+    @overload
+    def __get__(self, instance: None, owner: type[Any]) -> Injected[C, P, R_co]: ...
+    @overload
+    def __get__(
+        self: Injected[C, Concatenate[Any, Q], R], instance: C, owner: type[Any]
+    ) -> Callable[Q, R]: ...
+    def __get__(self, instance: Any, owner: Any) -> Any:
+        raise NotImplementedError
+
+
+class _InjectFirst(Protocol):
+    """What `@with_conn()` returns, for type checkers: the decorator of the positional form."""
+
+    def __call__(self, fn: Callable[Concatenate[C, P], R], /) -> Injected[C, P, R]: ...
+
 
 _NOT_INITIALIZED = (
     "the global connection pool is not initialized: call qdbpool.initialize(...) "
@@ -206,9 +241,14 @@ def _keep_metadata(wrapper: Callable[..., Any], fn: Callable[..., Any]) -> Calla
 
 
 @overload
-def with_conn(_fn: F, /) -> F: ...
+def with_conn(_fn: Callable[Concatenate[C, P], R], /) -> Injected[C, P, R]: ...
+# `arg=0` also fits the next overload; checkers take the first that fits, which is meant.
 @overload
-def with_conn(*, arg: int | str = 0, read_only: bool = False) -> Callable[[F], F]: ...
+def with_conn(  # type: ignore[overload-overlap]
+    *, arg: Literal[0] = 0, read_only: bool = False
+) -> _InjectFirst: ...
+@overload
+def with_conn(*, arg: int | str, read_only: bool = False) -> Callable[[F], F]: ...
 def with_conn(_fn: Any = None, /, *, arg: int | str = 0, read_only: bool = False) -> Any:
     """Inject the calling thread's connection from the global pool.
 
@@ -217,6 +257,11 @@ def with_conn(_fn: Any = None, /, *, arg: int | str = 0, read_only: bool = False
     keyword argument; `read_only=True` asks for a replica from factories that route.
     A caller that passes its own connection there gets no injection. Nested decorated
     calls in one thread share one connection.
+
+    Typing: in the positional form at position 0 (`@with_conn`, `@with_conn()`,
+    `@with_conn(read_only=True)`) type checkers see the function without its connection
+    parameter and check the rest of every call, for functions and methods alike (see
+    `Injected`). With another `arg` the signature is left as written.
     """
     # A bad `arg` is reported when the function is known, so that the error can name it.
     if not isinstance(read_only, bool):
