@@ -212,7 +212,7 @@ class BoundedPool(Pool):
             pooled.depth = 0
             self._retire(pooled, "the pool closed")
             return
-        state = self._state_after_use(pooled.raw)
+        state = self._look_after_use(pooled.raw)
         if (state or self._user_reset is not None) and not self._after_use(pooled, state):
             pooled.depth = 0
             return  # dropped

@@ -186,10 +186,17 @@ def _injecting(
             pool._on_error(pooled, exc)
             raise
         finally:
-            if fast and pooled.depth == 1 and not pool._state_after_use(raw):
-                pooled.depth = 0  # clean: stays this thread's, nothing to do ...
-                if pool._closed or pooled.closed:  # ... unless closed meanwhile
-                    pool._retire(pooled, "the pool closed")
+            if fast and pooled.depth == 1:
+                try:
+                    dirty = pool._state_after_use(raw)  # may raise: then it is LOST
+                except Exception:
+                    dirty = True
+                if dirty:
+                    pool._checkin(pooled)
+                else:
+                    pooled.depth = 0  # clean: stays this thread's, nothing to do ...
+                    if pool._closed or pooled.closed:  # ... unless closed meanwhile
+                        pool._retire(pooled, "the pool closed")
             else:
                 pool._checkin(pooled)
 

@@ -435,6 +435,12 @@ class Pool:
             if getattr(self._local, route, None) is pooled:
                 delattr(self._local, route)
 
+    def _look_after_use(self, raw: Connection) -> int:
+        try:
+            return int(self._state_after_use(raw))
+        except Exception:  # see ConnectionFactory.state_after_use: raising means LOST
+            return LOST
+
     def _interrupt(self, pooled: PooledConnection) -> None:
         try:
             self._factory.interrupt(pooled.raw)
@@ -505,7 +511,7 @@ class SingletonPool(Pool):
         # Still marked in use while we look at it and reset it, so that close() leaves it
         # alone until we are done (it would otherwise close it under the reset hook).
         if not (pooled.closed or self._closed):
-            state = self._state_after_use(pooled.raw)
+            state = self._look_after_use(pooled.raw)
             if (state or self._user_reset is not None or self._timed) and not self._after_use(
                 pooled, state
             ):

@@ -80,7 +80,9 @@ class ConnectionFactory:
         """CLEAN, NEEDS_RESET or LOST, without I/O: asked each time a connection comes back.
 
         The default combines `is_usable` and `needs_reset`; a factory may answer both with
-        one look at the driver (it is on every call's path)."""
+        one look at the driver (it is on every call's path). Raising counts as LOST, so a
+        factory may hand over a C-level getter whose truth means NEEDS_RESET and which
+        raises on a closed connection (SQLite's is `operator.attrgetter("in_transaction")`)."""
         if not self.is_usable(conn):
             return LOST
         return NEEDS_RESET if self.needs_reset(conn) else CLEAN

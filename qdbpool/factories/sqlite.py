@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import operator
 import os
 import sqlite3
 from typing import Any
 
-from qdbpool.factories.base import CLEAN, LOST, NEEDS_RESET, ConnectionFactory, _sqlite_is_usable
+from qdbpool.factories.base import ConnectionFactory, _sqlite_is_usable
 
 
 class SQLite(ConnectionFactory):
@@ -39,12 +40,10 @@ class SQLite(ConnectionFactory):
     def reset(self, conn: sqlite3.Connection) -> None:
         conn.rollback()
 
-    def state_after_use(self, conn: sqlite3.Connection) -> int:
-        # One attribute read answers both questions: it raises once the handle is closed.
-        try:
-            return NEEDS_RESET if conn.in_transaction else CLEAN
-        except sqlite3.ProgrammingError:
-            return LOST
+    # One attribute read answers both questions: true means a transaction is open
+    # (NEEDS_RESET), and it raises once the handle is closed (LOST). A C-level getter, as
+    # it runs after every call (see ConnectionFactory.state_after_use).
+    state_after_use = operator.attrgetter("in_transaction")  # type: ignore[assignment]
 
     def is_disconnect(self, conn: sqlite3.Connection, exc: BaseException) -> bool:
         # An embedded database has no link to lose: only a closed handle is unusable.
