@@ -57,7 +57,23 @@ class BoundedPool(Pool):
     """A shared pool: `connect()` hands out an idle connection, or opens one while fewer
     than `size` exist (up to `max_size` under load), or waits up to `timeout` seconds and
     then raises PoolTimeoutError. Nested `@with_conn` calls in one thread reuse the
-    connection that thread already has checked out."""
+    connection that thread already has checked out.
+
+    Args:
+        get_conn: As for `Pool`: a callable or a factory (without it, `quasardb.Cluster`).
+        size: Connections for the steady load.
+        max_size: Connections at most, under a burst (default: `size`).
+        pre_create: Connections opened when the pool is made (at most `size`).
+        timeout: Seconds a caller waits, in line, for a connection before
+            `PoolTimeoutError`.
+        burst_idle: Seconds of idleness after which a connection beyond `size` is closed
+            (at a later checkout or release).
+        **pool_kwargs: The options of `Pool`: `pre_ping`, `max_lifetime`, `max_idle`,
+            `configure`, `reset` (or, without `get_conn`, `quasardb.Cluster` arguments).
+
+    Raises:
+        ValueError: A size or a number of seconds is out of range.
+    """
 
     def __init__(
         self,
@@ -96,10 +112,12 @@ class BoundedPool(Pool):
 
     @property
     def size(self) -> int:
+        """Connections for the steady load."""
         return self._size
 
     @property
     def max_size(self) -> int:
+        """Connections at most, under a burst."""
         return self._max_size
 
     # -- checkout ------------------------------------------------------------------------
@@ -222,9 +240,10 @@ class BoundedPool(Pool):
     def _give_back(self, pooled: PooledConnection) -> None:
         route = "ro" if pooled.read_only and self._routes else "rw"
         expired: list[PooledConnection] = []
+        closed = False
         with self._lock:
             if self._closed:
-                mismatch = True
+                closed = mismatch = True
             else:
                 waiter = self._waiters[0] if self._waiters else None
                 mismatch = waiter is not None and waiter.route != route
@@ -244,7 +263,7 @@ class BoundedPool(Pool):
         # The longest waiter wants the other route (or the pool closed): this connection's
         # retirement hands its capacity on.
         pooled.depth = 0
-        self._retire(pooled, "a waiter needed the other route" if mismatch else "closed")
+        self._retire(pooled, "the pool closed" if closed else "a waiter needed the other route")
 
     # -- capacity bookkeeping (under the lock) --------------------------------------------
 

@@ -30,7 +30,7 @@ Decisions worth knowing:
   percent-encoded. A raw ``'@'`` after the host list is rejected, since it almost always means an
   unencoded password, and the error then quotes no part of the DSN.
 * Passwords never appear in ``repr()``, ``str()``, ``to_url(redact=True)`` or in any
-  :class:`~qdbpool.errors.ConfigurationError` message; neither do the values of parameters
+  `ConfigurationError` message; neither do the values of parameters
   whose name contains ``pass``, ``secret`` or ``token`` (e.g. ``sslpassword``).
 """
 
@@ -248,7 +248,7 @@ class ParsedDSN:
 
     @classmethod
     def parse(cls, dsn: str, *, default_port: int | None = None) -> ParsedDSN:
-        """Same as :func:`parse_dsn`."""
+        """Same as `parse_dsn`."""
         return parse_dsn(dsn, default_port=default_port)
 
     @property
@@ -297,7 +297,7 @@ class ParsedDSN:
         """The DSN as a URL, every host with an explicit port.
 
         With ``redact=True`` (the default) the password and secret parameters read ``***``;
-        with ``redact=False`` the result parses back to an equal :class:`ParsedDSN`.
+        with ``redact=False`` the result parses back to an equal `ParsedDSN`.
         """
         parts = [self.scheme, "://"]
         if self.user is not None or self.password is not None:
@@ -331,10 +331,10 @@ class ParsedDSN:
 
 
 def parse_dsn(dsn: str, *, default_port: int | None = None) -> ParsedDSN:
-    """Parse a URL or libpq key/value DSN into a :class:`ParsedDSN`.
+    """Parse a URL or libpq key/value DSN into a `ParsedDSN`.
 
     ``default_port`` overrides the scheme's default (5432 for PostgreSQL, 3306 for MySQL)
-    for hosts given without a port. Raises :class:`~qdbpool.errors.ConfigurationError`
+    for hosts given without a port. Raises `ConfigurationError`
     naming the malformed part; the message never contains the password.
     """
     if not isinstance(dsn, str):

@@ -114,9 +114,27 @@ def _check_pre_ping(value: bool | float) -> float | None:
 class Pool:
     """The base of every pool: validation, lifetime, hooks, stats, close and fork rules.
 
-    Subclasses decide which connection a checkout gets (`_checkout` / `_checkin`).
-    Without `get_conn`, the keyword arguments go to `quasardb.Cluster(**kwargs)`, exactly
-    as in `quasardb.pool`.
+    Subclasses (`SingletonPool`, `BoundedPool`) decide which connection a checkout gets
+    (`_checkout` / `_checkin`); this class is not used on its own.
+
+    Args:
+        get_conn: A zero-argument callable that returns a new connection, or a factory
+            from `qdbpool.factories`. Without it, the keyword arguments go to
+            `quasardb.Cluster(**kwargs)`, exactly as in `quasardb.pool`.
+        pre_ping: False (never), True (a round trip at every outermost checkout), or
+            seconds: a round trip only when the connection has been idle that long.
+        max_lifetime: Seconds after which a connection is replaced at its next checkout.
+        max_idle: Seconds of idleness after which a connection is replaced at checkout.
+        configure: Called once with each new connection, before its first use.
+        reset: Called with the connection each time an outermost use ends, after the
+            factory's own reset (which rolls back an open transaction).
+        **kwargs: Without `get_conn`, arguments of `quasardb.Cluster`; with it, refused
+            (TypeError).
+
+    Raises:
+        TypeError: `get_conn` or a hook is not callable, or keyword arguments were given
+            with `get_conn`.
+        ValueError: `pre_ping`, `max_lifetime` or `max_idle` is out of range.
     """
 
     def __init__(
@@ -189,6 +207,7 @@ class Pool:
 
     @property
     def closed(self) -> bool:
+        """Whether `close()` was called."""
         return self._closed
 
     def connect(self, *, read_only: bool = False) -> SessionWrapper:
@@ -264,6 +283,7 @@ class Pool:
         return True
 
     def stats(self) -> PoolStats:
+        """A snapshot of the pool's counters."""
         with self._lock:
             live = [p for p in self._live if not p.closed]
             return PoolStats(
@@ -464,7 +484,10 @@ class Pool:
 
 class SingletonPool(Pool):
     """One connection per thread (per route: a thread may hold a primary and a replica
-    connection). A thread's connection is closed when the thread ends."""
+    connection). A thread's connection is closed when the thread ends.
+
+    Takes the arguments of `Pool`.
+    """
 
     _keeps_connection_per_thread = True
 

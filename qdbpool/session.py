@@ -15,7 +15,8 @@ class SessionWrapper(wrapt.ObjectProxy[Any]):
     """Behaves as the driver's connection (attributes, isinstance, repr), except that
     `with conn:` and `conn.close()` give it back to the pool instead of closing it.
 
-    One wrapper is one checkout: releasing it twice releases once.
+    One wrapper is one checkout: releasing it twice releases once. Made by
+    `Pool.connect()`; not meant to be constructed directly. It cannot be pickled or copied.
     """
 
     def __init__(self, pool: Pool, pooled: PooledConnection) -> None:

@@ -206,6 +206,33 @@ class MySQL(RoutedFactory):
     or `host`/`port`/`user`/`password`/`database` for one server. Other keyword
     arguments go to `pymysql.connect` for every connection. Replica lag is read from the
     replication status only when `max_replica_lag` is set.
+
+    Args:
+        dsn: A `mysql://` or `mariadb://` URL, or None to use the keywords below.
+        host: The one server's host (without a DSN).
+        port: Its port (default 3306).
+        user: The user name.
+        password: The password.
+        database: The default database.
+        refresh_delay: Seconds between two rounds of checks of every host.
+        refresh_timeout: Seconds a host may take to answer a check; one that does not is
+            marked down and the sockets of its connections are shut down.
+        acquire_timeout: Seconds a new connection may wait for a host of the wanted role,
+            then `NoHostAvailableError`.
+        fallback_master: Reads go to the primary while no replica is up.
+        master_as_replica_weight: Probability (0 to 1) that the primary competes with
+            the replicas for a new read connection.
+        balancer: How a replica is picked: "greedy" (the one this process has the fewest
+            connections to), "round_robin" or "random_weighted" (by inverse median
+            response time).
+        max_replica_lag: Seconds; replicas further behind, or whose lag is unknown, serve
+            reads only when nothing else can. None: lag is not considered.
+        **connect_kwargs: Go to `pymysql.connect` for every connection
+            (`connect_timeout` defaults to 5).
+
+    Raises:
+        ConfigurationError: A malformed DSN, both a DSN and keywords, an argument
+            `pymysql.connect` does not take, or an option out of range.
     """
 
     def __init__(

@@ -174,9 +174,28 @@ def _check_connect_kwargs(connect_kwargs: dict[str, Any]) -> None:
 class Postgres(RoutedFactory):
     """psycopg 3 connections to the primary (or, with `read_only=True`, a replica).
 
-    `dsn`: a URL (`postgresql://user:pw@h1:5432,h2,h3/db?sslmode=...`) or a libpq
-    key/value string (`host=h1,h2 port=5432,5433 dbname=db`). Extra keyword arguments go to
-    `psycopg.connect` for every connection. See RoutedFactory for the routing knobs.
+    Args:
+        dsn: A URL (`postgresql://user:pw@h1:5432,h2,h3/db?sslmode=...`) or a libpq
+            key/value string (`host=h1,h2 port=5432,5433 dbname=db`).
+        refresh_delay: Seconds between two rounds of checks of every host.
+        refresh_timeout: Seconds a host may take to answer a check; one that does not is
+            marked down and the sockets of its connections are shut down.
+        acquire_timeout: Seconds a new connection may wait for a host of the wanted role,
+            then `NoHostAvailableError`.
+        fallback_master: Reads go to the primary while no replica is up.
+        master_as_replica_weight: Probability (0 to 1) that the primary competes with
+            the replicas for a new read connection.
+        balancer: How a replica is picked: "greedy" (the one this process has the fewest
+            connections to), "round_robin" or "random_weighted" (by inverse median
+            response time).
+        max_replica_lag: Seconds; replicas further behind, or whose lag is unknown, serve
+            reads only when nothing else can. None: lag is not considered.
+        **connect_kwargs: Go to `psycopg.connect` for every connection (psycopg's own
+            keywords and libpq options; `connect_timeout` defaults to 2).
+
+    Raises:
+        ConfigurationError: A malformed DSN, an unknown libpq option, or an option out of
+            range.
     """
 
     def __init__(

@@ -53,6 +53,9 @@ def _seconds(name: str, value: float, *, allow_zero: bool = False) -> float:
 
 
 class RoutedFactory(ConnectionFactory):
+    """The base of `Postgres` and `MySQL`: connections routed to the primary, or with
+    `read_only=True` to a replica, among hosts that a monitor thread keeps checking."""
+
     routes_reads = True
 
     def __init__(

@@ -14,6 +14,8 @@ from qdbpool.factories.base import Generation
 
 
 class Role(enum.Enum):
+    """A host's role, as the last check (or error) found it."""
+
     UNKNOWN = "unknown"  # not checked yet, or suspect after an error until checked again
     PRIMARY = "primary"  # accepts writes
     REPLICA = "replica"  # read-only: a standby, or a primary made read-only
@@ -22,14 +24,20 @@ class Role(enum.Enum):
 
 @dataclass(frozen=True)
 class HostStatus:
-    """A host's last known state, as shown in errors, `ready()` and `qdbpool probe`."""
+    """A host's last known state, as `hosts()` returns it and error messages list it."""
 
     address: HostPort
+    """The host and port."""
     role: Role
-    response_time: float | None  # median seconds of recent checks
-    replica_lag: float | None  # seconds behind the primary (replicas)
-    error: str | None  # why it is down or suspect; never holds credentials
-    connections: int  # open connections from this process
+    """Its role at the last check."""
+    response_time: float | None
+    """Median seconds of recent checks (None before the first answer)."""
+    replica_lag: float | None
+    """Seconds behind the primary (replicas only; None when unknown)."""
+    error: str | None
+    """Why it is down or suspect; never holds credentials."""
+    connections: int
+    """Open connections from this process."""
 
     def __str__(self) -> str:
         parts = [f"{self.address} {self.role.value}"]
@@ -53,8 +61,9 @@ class Observation:
 class HostState:
     """Mutable state of one host, owned by a Topology and changed under its lock.
 
-    `generation` moves on whenever the role changes or the host is found down or suspect:
-    a connection opened at an older value is not handed out again (the pool compares).
+    `generation` moves on whenever the role changes (being found down included; being
+    suspect is not): a connection opened at an older value is not handed out again (the
+    pool compares).
     """
 
     def __init__(self, address: HostPort, latency_window: int) -> None:

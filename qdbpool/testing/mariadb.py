@@ -216,7 +216,7 @@ def _gtid_seqs(gtid_pos: str) -> dict[int, int]:
 
 
 class MariaDBServer:
-    """One mariadbd on 127.0.0.1:<free port> with a private tmpfs datadir.
+    """One mariadbd on 127.0.0.1, on a free port, with a private tmpfs datadir.
 
     The server starts in the constructor; use it as a context manager (or call `close()`)
     to stop it by its own pid and delete its directory. `root` connects over TCP with an
