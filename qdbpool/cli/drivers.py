@@ -1,0 +1,93 @@
+"""From a DSN to the host driver that checks roles, and to a scrubber for its secrets.
+
+The drivers are the ones the Postgres and MySQL factories use, so `qdbpool probe` judges
+roles exactly as the pools route (a primary made read-only counts as a replica).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from urllib.parse import quote, quote_plus
+
+from qdbpool.dsn import REDACTED, ParsedDSN, _is_secret_key
+from qdbpool.errors import ConfigurationError
+from qdbpool.ha.driver import HostDriver
+
+# libpq options that choose among the hosts of a multi-host DSN. The probe connects to one
+# host at a time and must reach replicas too, so they are left out (target_session_attrs=
+# read-write would make every replica look down).
+_HOST_SELECTION_PARAMS = frozenset({"target_session_attrs", "load_balance_hosts"})
+
+_LIBPQ_MIN_CONNECT_TIMEOUT = 2  # libpq rounds anything lower up to 2 s
+
+
+class DriverUnavailable(Exception):
+    """The database driver for this DSN's family is not installed."""
+
+
+def make_driver(parsed: ParsedDSN, timeout: float) -> HostDriver:
+    """The driver for `parsed`'s family; raises ConfigurationError for options the driver
+    does not take (so that they fail once, as bad usage, not once per host)."""
+    if parsed.family == "postgresql":
+        return _postgres_driver(parsed, timeout)
+    return _mysql_driver(parsed)
+
+
+def _postgres_driver(parsed: ParsedDSN, timeout: float) -> HostDriver:
+    try:
+        from qdbpool.factories import postgres
+    except ImportError as exc:
+        raise DriverUnavailable(str(exc)) from None
+    params = {k: v for k, v in parsed.params.items() if k not in _HOST_SELECTION_PARAMS}
+    postgres._check_connect_kwargs(params)
+    # The round's deadline bounds the check anyway; this bounds the thread behind it, which
+    # cannot be cut off while it connects (there is no socket to shut down yet).
+    connect_timeout = max(_LIBPQ_MIN_CONNECT_TIMEOUT, math.ceil(timeout))
+    return postgres._PsycopgDriver(
+        replace(parsed, params=params), {"connect_timeout": connect_timeout}
+    )
+
+
+def _mysql_driver(parsed: ParsedDSN) -> HostDriver:
+    try:
+        from qdbpool.factories import mysql
+    except ImportError as exc:
+        raise DriverUnavailable(str(exc)) from None
+    unknown = sorted(set(parsed.params) - mysql._PYMYSQL_KWARGS)
+    if unknown:
+        raise ConfigurationError(f"pymysql.connect() takes no option(s) {', '.join(unknown)}")
+    mysql._typed_params(dict(parsed.params))  # raises for a non-numeric timeout, say
+    # open_probe applies the timeout to connect, read and write itself.
+    return mysql._PyMySQLDriver(parsed, {}, check_lag=True)
+
+
+def secrets_of(parsed: ParsedDSN) -> list[str]:
+    """The password and the values of secret-looking parameters (e.g. sslpassword)."""
+    found = [parsed.password] if parsed.password else []
+    found += [v for k, v in parsed.params.items() if v and _is_secret_key(k)]
+    return found
+
+
+class Scrubber:
+    """Replaces every secret in a text, as is and in the forms a URL or repr() gives it."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        forms: set[str] = set()
+        for secret in secrets:
+            forms.update(
+                (
+                    secret,
+                    quote(secret, safe=""),
+                    quote(secret),
+                    quote_plus(secret),
+                    repr(secret)[1:-1],
+                )
+            )
+        # Longest first, so that a form containing another is replaced whole.
+        self._forms = sorted((f for f in forms if f), key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for form in self._forms:
+            text = text.replace(form, REDACTED)
+        return text
