@@ -11,7 +11,6 @@ from dataclasses import replace
 from urllib.parse import quote, quote_plus
 
 from qdbpool.dsn import REDACTED, ParsedDSN, _is_secret_key
-from qdbpool.errors import ConfigurationError
 from qdbpool.ha.driver import HostDriver
 
 # libpq options that choose among the hosts of a multi-host DSN. The probe connects to one
@@ -54,10 +53,7 @@ def _mysql_driver(parsed: ParsedDSN) -> HostDriver:
         from qdbpool.factories import mysql
     except ImportError as exc:
         raise DriverUnavailable(str(exc)) from None
-    unknown = sorted(set(parsed.params) - mysql._PYMYSQL_KWARGS)
-    if unknown:
-        raise ConfigurationError(f"pymysql.connect() takes no option(s) {', '.join(unknown)}")
-    mysql._typed_params(dict(parsed.params))  # raises for a non-numeric timeout, say
+    mysql._check_options(dict(parsed.params), "DSN parameter(s)")
     # open_probe applies the timeout to connect, read and write itself.
     return mysql._PyMySQLDriver(parsed, {}, check_lag=True)
 

@@ -84,6 +84,17 @@ def _typed_params(params: dict[str, Any]) -> dict[str, Any]:
     return typed
 
 
+def _check_options(options: dict[str, Any], where: str) -> None:
+    """Fail once, at construction, for what pymysql.connect() would refuse at every connect:
+    an option it does not take, or a DSN parameter that is not a number where one is due."""
+    unknown = sorted(set(options) - _PYMYSQL_KWARGS)
+    if unknown:
+        raise ConfigurationError(
+            f"MySQL: pymysql.connect() takes no {where} {', '.join(unknown)}"
+        )
+    _typed_params(options)
+
+
 class _PyMySQLDriver(HostDriver):
     def __init__(self, dsn: ParsedDSN, connect_kwargs: dict[str, Any], check_lag: bool) -> None:
         self._dsn = dsn
@@ -253,12 +264,9 @@ class MySQL(RoutedFactory):
         max_replica_lag: float | None = None,
         **connect_kwargs: Any,
     ) -> None:
-        unknown = sorted(set(connect_kwargs) - _PYMYSQL_KWARGS)
-        if unknown:
-            raise ConfigurationError(
-                f"MySQL: pymysql.connect() takes no argument(s) {', '.join(unknown)}"
-            )
+        _check_options(connect_kwargs, "argument(s)")
         parsed = self._parse(dsn, host, port, user, password, database)
+        _check_options(dict(parsed.params), "DSN parameter(s)")
         self.dsn = parsed
         super().__init__(
             parsed.hosts,

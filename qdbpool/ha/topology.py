@@ -81,7 +81,7 @@ class Topology:
     def close(self) -> None:
         # A probe is closed only by a thread that is not using it: a check in progress
         # owns its probe (closing it under the check would free what libpq is reading), so
-        # it is only severed here and the check closes it as it ends (see _check).
+        # it is only severed here and the check closes it as it ends (see _end_check).
         idle_probes = []
         with self._changed:
             self._closed = True

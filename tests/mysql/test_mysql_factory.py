@@ -149,6 +149,18 @@ def test_bad_routing_option_is_refused(kwargs: dict[str, Any]) -> None:
     assert SECRET not in _everything_said_about(err.value)
 
 
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [("bogus_option=1", "bogus_option"), ("connect_timeout=soon", "connect_timeout")],
+    ids=["unknown", "not-a-number"],
+)
+def test_a_bad_dsn_parameter_is_refused_at_construction_naming_it(query: str, named: str) -> None:
+    # As for keywords: refused once, not at every connect until acquire_timeout.
+    with pytest.raises(ConfigurationError, match=named) as err:
+        MySQL(f"mysql://app:{SECRET}@127.0.0.1/appdb?{query}")
+    assert SECRET not in _everything_said_about(err.value)
+
+
 def test_unknown_pymysql_keyword_is_refused_at_once_naming_it(
     server: MariaDBServer, closing: Callable[[Any], Any]
 ) -> None:
