@@ -89,9 +89,7 @@ def _check_options(options: dict[str, Any], where: str) -> None:
     an option it does not take, or a DSN parameter that is not a number where one is due."""
     unknown = sorted(set(options) - _PYMYSQL_KWARGS)
     if unknown:
-        raise ConfigurationError(
-            f"MySQL: pymysql.connect() takes no {where} {', '.join(unknown)}"
-        )
+        raise ConfigurationError(f"MySQL: pymysql.connect() takes no {where} {', '.join(unknown)}")
     _typed_params(options)
 
 
