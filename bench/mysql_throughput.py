@@ -34,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pymysql
-from _harness import Variant, pin_to_one_cpu
+from _harness import Variant, pin_to_one_cpu, run_threads
 
 import qdbpool
 from qdbpool import _global
@@ -101,54 +101,6 @@ class RawPerThread:
 class Contender:
     variant: Variant
     before: Callable[[], None]  # untimed, before each slice (e.g. choose the global pool)
-
-
-def run_threads(variant: Variant, threads: int, calls: int) -> float:
-    """ns per call over `threads` threads each making `calls` calls (wall time / calls).
-
-    Like bench/_harness's runner, except that the clock stops when the last thread has
-    made its calls, not when it has exited: a thread's exit is where SingletonPool closes
-    that thread's connection, a cost of short-lived threads, not of each query.
-    """
-    if threads == 1:
-        call = variant.make_call()
-        start = time.perf_counter_ns()
-        for _ in range(calls):
-            call()
-        return (time.perf_counter_ns() - start) / calls
-    ready = threading.Barrier(threads + 1)
-    done = threading.Barrier(threads + 1)
-    errors: list[BaseException] = []
-
-    def worker() -> None:
-        try:
-            call = variant.make_call()
-            call()  # warm: the thread's connection exists before timing starts
-            ready.wait()
-            for _ in range(calls):
-                call()
-        except BaseException as exc:
-            errors.append(exc)
-            ready.abort()
-            done.abort()
-            return
-        done.wait()
-
-    workers = [threading.Thread(target=worker) for _ in range(threads)]
-    for w in workers:
-        w.start()
-    try:
-        ready.wait()
-        start = time.perf_counter_ns()
-        done.wait()
-        elapsed = time.perf_counter_ns() - start
-    except threading.BrokenBarrierError:
-        elapsed = 0
-    for w in workers:
-        w.join()
-    if errors:
-        raise errors[0]
-    return elapsed / (threads * calls)
 
 
 def compare_with_setup(

@@ -101,7 +101,9 @@ def main() -> int:
     for body_fn, label in ((query, "conn.cursor()"), (commit, "conn.commit(), idle")):
         body = body_fn
         for threads in (1, 8):
-            vs = compare(variants(), threads=threads, rounds=rounds, calls=calls // threads)
+            # Every thread makes `calls` calls: shorter slices would time mostly the
+            # threads' wake-ups and GIL hand-overs (noise of +-10% between runs).
+            vs = compare(variants(), threads=threads, rounds=rounds, calls=calls)
             hand, ours, original = vs[1], vs[2], vs[4]
             print(table(f"\nbody {label}, {threads} thread(s):", vs, hand))
             verdicts.append(

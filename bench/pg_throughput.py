@@ -122,8 +122,10 @@ class Gang:
     def run(self, calls_per_thread: int) -> float:
         """One slice: ns per call over all threads (wall time / total calls)."""
         self._calls = calls_per_thread
-        self._start.wait()
+        # The clock starts first: a worker released by the barrier could otherwise run
+        # (holding the GIL) before this thread gets to read it.
         start = time.perf_counter_ns()
+        self._start.wait()
         try:
             self._done.wait()
         except threading.BrokenBarrierError:
