@@ -37,6 +37,11 @@ logger = logging.getLogger("qdbpool")
 Hook = Callable[[Connection], object]
 
 
+#: The generation of a closed connection. No Generation counter ever holds it, so the one
+#: generation compare at a checkout also turns away closed connections.
+_CLOSED_GENERATION = -1
+
+
 class PooledConnection:
     """A driver connection and what the pool knows about it.
 
@@ -77,6 +82,11 @@ class PooledConnection:
         self.checkouts = 0
         self.closed = False
         self.owner = threading.get_ident()
+
+    def mark_closed(self) -> None:
+        """No checkout may take it any more (whether or not the driver connection is shut)."""
+        self.closed = True
+        self.generation = _CLOSED_GENERATION
 
     def __del__(self) -> None:
         # The last reference went away: for SingletonPool, the thread that held it ended.
@@ -245,6 +255,8 @@ class Pool:
         for pooled in live:
             if self._claim_idle(pooled):
                 self._retire(pooled, "the pool closed")
+            else:  # in use: its holder sees the mark when it releases it, and closes it
+                pooled.mark_closed()
         me = threading.get_ident()
         with self._lock:
             # The caller's own checkouts cannot come back while it waits here.
@@ -254,7 +266,7 @@ class Pool:
             )
             held = [p for p in self._live if p.depth > 0]
             for pooled in held:
-                # Still in _live, so not closed by anyone yet: safe to interrupt here.
+                # Still in _live, so not retired by anyone yet: safe to interrupt here.
                 self._interrupt(pooled)
             leftovers = [p for p in self._live if p.depth == 0]
         if held:
@@ -272,20 +284,22 @@ class Pool:
     def _claim_idle(pooled: PooledConnection) -> bool:
         """Claim an idle connection for closing, against a checkout racing us without a
         lock. Both sides write their own flag, then read the other's (Dekker's way): a
-        checkout sets `depth` then reads `closed`; we set `closed` then read `depth`. So
-        either the checkout sees `closed` and backs off, or we see `depth` and let go."""
+        checkout sets `depth` then reads `closed` (or the generation, which `mark_closed`
+        sets too); we mark it closed then read `depth`. So either the checkout sees it
+        closed and backs off, or we see `depth` and let go."""
         if pooled.depth:
             return False
-        pooled.closed = True
-        if pooled.depth:
-            pooled.closed = False  # in use after all: it is closed when released
+        generation = pooled.generation
+        pooled.mark_closed()
+        if pooled.depth:  # in use after all: it is closed when released
+            pooled.closed, pooled.generation = False, generation
             return False
         return True
 
     def stats(self) -> PoolStats:
         """A snapshot of the pool's counters."""
         with self._lock:
-            live = [p for p in self._live if not p.closed]
+            live = list(self._live)  # in use after close() counts until its holder closes it
             return PoolStats(
                 open=len(live),
                 in_use=sum(1 for p in live if p.depth > 0),
@@ -358,7 +372,7 @@ class Pool:
                 raise
         with self._lock:
             if self._closed:  # closed while we were connecting: nobody may get this one
-                pooled.closed = True
+                pooled.mark_closed()
                 closed_meanwhile = True
             else:
                 closed_meanwhile = False
@@ -431,9 +445,9 @@ class Pool:
         """Close a connection for good. Idempotent; safe from any thread."""
         with self._lock:
             if pooled not in self._live:  # retired already (or never registered)
-                pooled.closed = True
+                pooled.mark_closed()
                 return
-            pooled.closed = True
+            pooled.mark_closed()
             self._live.discard(pooled)
             self._closed_count += 1
             self._discarded += discarded
@@ -476,7 +490,7 @@ class Pool:
     def _after_fork_in_child(self) -> None:
         inherited = list(self._live)
         for pooled in inherited:
-            pooled.closed = True  # so that no finalizer or release ever closes it here
+            pooled.mark_closed()  # so that no finalizer or release ever closes it here
             _fork.keep_inherited(pooled.raw)
         self._init_state()
         self._factory.after_fork_in_child()

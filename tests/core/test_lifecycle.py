@@ -236,6 +236,49 @@ def test_close_waits_for_a_connection_in_use_by_another_thread_then_closes_it(
     assert pool.stats().open == 0
 
 
+def test_close_returns_as_soon_as_a_decorated_call_in_another_thread_ends(
+    global_pool, recorder, closed_check
+):
+    # @with_conn releases a clean connection without calling into the pool: close() must
+    # still hear of it, rather than wait out its timeout.
+    in_call, may_return, returned, may_end = (threading.Event() for _ in range(4))
+
+    @with_conn
+    def hold(conn, wait):
+        if wait:
+            in_call.set()
+            may_return.wait(JOIN)
+        return conn.execute("SELECT 5").fetchone()
+
+    def user() -> None:
+        hold(False)  # the thread's connection now exists: the next call takes the fast path
+        results.append(hold(True))
+        returned.set()
+        may_end.wait(JOIN)  # the end of the thread would close its connection anyway
+
+    hold(False)
+    results: list[object] = []
+    t = start(user)
+    assert in_call.wait(JOIN)
+
+    closer = start(global_pool.close, JOIN)
+    deadline = time.monotonic() + JOIN
+    while len(recorder.still_open()) > 1 and time.monotonic() < deadline:
+        time.sleep(0.001)  # until close() has closed the main thread's idle connection
+    held_by_t = recorder.still_open()
+    assert len(held_by_t) == 1 and global_pool.closed and closer.is_alive()
+
+    released = time.monotonic()
+    may_return.set()
+    closer.join(JOIN)
+    assert not closer.is_alive() and time.monotonic() - released < JOIN / 2
+    assert returned.wait(JOIN) and results == [(5,)] and t.is_alive()
+    assert closed_check(held_by_t[0])
+    assert global_pool.stats().open == 0
+    may_end.set()
+    t.join(JOIN)
+
+
 def test_close_with_timeout_returns_but_never_closes_a_connection_under_its_holder(
     make_pool, recorder, closed_check
 ):
