@@ -2,7 +2,9 @@
 
 Every thread runs `SELECT 1` in a loop (autocommit: one round trip per query) and fetches
 the row. Variants: a raw psycopg connection per thread (the floor: no pool at all);
-qdbpool's SingletonPool with the Postgres factory, through @with_conn; psycopg_pool's
+a hand-written threading.local decorator over such connections (the cost of a decorator
+layer alone, no checks); qdbpool's SingletonPool with the Postgres factory, through
+@with_conn; psycopg_pool's
 ConnectionPool (size = threads, `with pool.connection() as conn`); DBUtils PersistentDB
 (creator=psycopg). Each variant keeps its own worker threads (and so its connections)
 for the whole comparison; a round gives every variant one slice of work, in a freshly
@@ -15,6 +17,7 @@ Run: python bench/pg_throughput.py [--quick]
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import statistics
@@ -38,6 +41,7 @@ THREAD_COUNTS = (1, 4, 16)
 TARGET = 0.97  # qdbpool's qps / the raw floor's qps
 FLOOR = "raw psycopg (floor)"
 QDBPOOL = "qdbpool @with_conn"
+HAND_WRITTEN = "hand-written decorator"
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,6 +156,28 @@ def _select_one(conn: Any) -> None:
 _qdbpool_select = cast("Callable[[], None]", qdbpool.with_conn()(_select_one))
 
 
+class HandWritten:
+    """The ten-line threading.local decorator a team writes without a library: the cost
+    of a decorator layer alone, with no checks (no reconnect, no role, no reset)."""
+
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self._connect = connect
+        self._local = threading.local()
+        self.select = self.decorate(_select_one)
+
+    def decorate(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        local, connect = self._local, self._connect
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            conn = getattr(local, "conn", None)
+            if conn is None:
+                conn = local.conn = connect()
+            return fn(conn, *args, **kwargs)
+
+        return wrapper
+
+
 class Variants:
     """The four ways to run the query, for one thread count; `close()` releases them all."""
 
@@ -174,11 +200,16 @@ class Variants:
         )
         self.pool.wait(timeout=30)
         self.persistent = PersistentDB(psycopg, conninfo=dsn, autocommit=True)
+        self.hand_written = HandWritten(self._open_raw)
 
-    def raw(self) -> Callable[[], object]:
+    def _open_raw(self) -> Any:
         conn = self._psycopg.connect(self.dsn, autocommit=True)
         with self._raw_lock:
             self._raw.append(conn)
+        return conn
+
+    def raw(self) -> Callable[[], object]:
+        conn = self._open_raw()
         return lambda: conn.execute(QUERY).fetchone()
 
     def psycopg_pool(self) -> None:
@@ -194,6 +225,7 @@ class Variants:
     def all(self) -> list[Variant]:
         return [
             Variant(FLOOR, self.raw),
+            Variant(HAND_WRITTEN, lambda: self.hand_written.select),
             Variant(QDBPOOL, lambda: _qdbpool_select),
             Variant("psycopg_pool ConnectionPool", lambda: self.psycopg_pool),
             Variant("DBUtils PersistentDB", lambda: self.dbutils),
@@ -288,12 +320,15 @@ def main() -> int:
                     variants.close()
                 floor = next(v for v in vs if v.name == FLOOR)
                 ours = next(v for v in vs if v.name == QDBPOOL)
+                hand = next(v for v in vs if v.name == HAND_WRITTEN)
                 print()
                 print(qps_table(f"{threads} thread(s):", vs, floor))
                 got = statistics.median(qps_ratio(ours, floor))
                 verdicts.append(
                     f"{threads:>2} thread(s): qdbpool = {got:.3f}x the raw floor "
-                    f"(target >= {TARGET}): {'OK' if got >= TARGET else 'MISSED'}"
+                    f"(target >= {TARGET}): {'OK' if got >= TARGET else 'MISSED'}; "
+                    f"hand-written decorator = {statistics.median(qps_ratio(hand, floor)):.3f}x;"
+                    f" qdbpool = {statistics.median(qps_ratio(ours, hand)):.3f}x hand-written"
                 )
         finally:
             qdbpool.close()

@@ -189,8 +189,14 @@ def _injecting(
         pooled.checkouts += 1
         raw = pooled.raw
         try:
-            if first:  # `**kwargs` would build a dict even when it is empty
-                return fn(raw, *args, **kwargs) if kwargs else fn(raw, *args)
+            if first:
+                if kwargs:
+                    return fn(raw, *args, **kwargs)
+                if not args:
+                    return fn(raw)
+                if len(args) == 1:
+                    return fn(raw, args[0])
+                return fn(raw, *args)
             if keyword is not None:
                 kwargs[keyword] = raw
                 return fn(*args, **kwargs)
