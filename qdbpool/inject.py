@@ -162,7 +162,8 @@ def _injecting(
         fills = plan.fills_all + offset
 
     def call(*args: Any, **kwargs: Any) -> Any:
-        if (len(args) >= fills or (kwargs and name in kwargs)) and (
+        n = len(args)
+        if (n >= fills or (kwargs and name in kwargs)) and (
             not ambiguous or name in kwargs or _is_connection(args[index])
         ):
             return fn(*args, **kwargs)  # the caller passed its own connection
@@ -190,12 +191,16 @@ def _injecting(
         raw = pooled.raw
         try:
             if first:
+                # Calls with exact arguments run in the caller's eval loop (3.11 inlines
+                # them); `*args` builds a tuple, `**kwargs` a dict, and neither is inlined.
                 if kwargs:
                     return fn(raw, *args, **kwargs)
-                if not args:
+                if n == 0:
                     return fn(raw)
-                if len(args) == 1:
+                if n == 1:
                     return fn(raw, args[0])
+                if n == 2:
+                    return fn(raw, args[0], args[1])
                 return fn(raw, *args)
             if keyword is not None:
                 kwargs[keyword] = raw
