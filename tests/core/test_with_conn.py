@@ -35,6 +35,22 @@ def test_called_decorator_injects_the_driver_connection_as_first_argument(global
     assert not isinstance(conn, SessionWrapper)
 
 
+@pytest.mark.parametrize("args", [(), (1,), (1, 2), (1, 2, 3)])
+@pytest.mark.parametrize("kwargs", [{}, {"z": 9}])
+def test_a_warm_thread_passes_every_argument_through_in_order(global_pool, recorder, args, kwargs):
+    # Calls with few positional arguments take their own call shapes on the fast path.
+    @with_conn
+    def use(conn, a=None, b=None, *rest, **named):
+        return conn, a, b, rest, named
+
+    use()  # the thread's connection exists: the calls below take the fast path
+    padded = (*args, None, None)
+    expected = (recorder.created[0], padded[0], padded[1], args[2:], kwargs)
+    assert use(*args, **kwargs) == expected
+    assert use(*args, **kwargs) == expected  # again, now that nothing is new
+    assert global_pool.stats().created == 1
+
+
 def test_arg_position_injects_at_that_position(global_pool, recorder):
     @with_conn(arg=1)
     def use(a, conn, b):
