@@ -375,6 +375,28 @@ def test_sqlite_factory_rolls_back_an_open_transaction_at_release(tmp_path):
         observer.close()
 
 
+def test_a_warm_threads_decorated_call_has_its_open_transaction_rolled_back(tmp_path):
+    # The thread already holds its connection, so @with_conn releases it without going
+    # through the pool's checkin: the rollback must happen there all the same.
+    path = tmp_path / "db.sqlite"
+    qdbpool.initialize(SQLite(path))
+
+    @with_conn
+    def write(conn, commit):
+        conn.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+        conn.execute("INSERT INTO t VALUES (1)")
+        if commit:
+            conn.commit()
+        return conn
+
+    first = write(True)
+    again = write(False)
+
+    assert again is first and not again.in_transaction
+    assert again.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    assert qdbpool.instance().stats().created == 1
+
+
 def test_sqlite_factory_keeps_what_was_committed(tmp_path):
     path = tmp_path / "db.sqlite"
     qdbpool.initialize(SQLite(path))
