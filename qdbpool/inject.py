@@ -23,6 +23,7 @@ import wrapt
 
 from qdbpool import _global
 from qdbpool.errors import PoolNotInitializedError
+from qdbpool.factories.base import LOST
 from qdbpool.pool import PooledConnection
 from qdbpool.session import SessionWrapper
 
@@ -215,15 +216,16 @@ def _injecting(
             else:
                 look = pool._state_after_use  # cheaper than a method call
                 try:
-                    dirty = look(raw)  # raising means LOST
+                    state = look(raw)  # false means CLEAN
                 except Exception:
-                    dirty = True
-                if dirty:
-                    pool._checkin(pooled)
-                else:
-                    pooled.depth = 0  # clean: stays this thread's as it is,
-                    if pooled.closed:  # unless the pool closed meanwhile
-                        pool._retire(pooled, "the pool closed")
+                    state = LOST
+                if state and not pooled.closed:
+                    # A transaction left open, or a lost connection: reset it or drop it
+                    # while still marked in use, so that close() leaves it alone meanwhile.
+                    pool._after_use(pooled, int(state))
+                pooled.depth = 0  # stays this thread's as it is,
+                if pooled.closed:  # unless it was dropped, or the pool closed meanwhile
+                    pool._retire(pooled, "the pool closed")
 
     return call
 

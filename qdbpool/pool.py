@@ -514,9 +514,9 @@ class SingletonPool(Pool):
         # use (and leaves it for our release) or has already marked it closed (seen below).
         depth = pooled.depth = pooled.depth + 1
         if (
-            pooled.closed
-            or self._closed
-            or pooled.watched.value != pooled.generation  # e.g. its host changed role
+            self._closed
+            # Its host changed role, or it was closed (see PooledConnection.mark_closed).
+            or pooled.watched.value != pooled.generation
             # Liveness was checked when it last came back; again only if it never came back
             # (a nested or a leaked checkout).
             or (depth > 1 and not self._is_usable(pooled.raw))
