@@ -1,8 +1,10 @@
 """@with_conn: inject the calling thread's connection into a function.
 
 Measured on our machines, a wrapt FunctionWrapper costs ~1 us per call and a method call
-through an ObjectProxy ~0.6 us more, while a closure costs ~0.3 us. So:
-- plain functions get a closure (functools.update_wrapper keeps name, doc and signature);
+through an ObjectProxy ~0.6 us more, while a plain function costs ~0.3 us. So:
+- plain functions get a plain function, compiled from inject_source's template for the
+  function's own parameters where they allow it (functools.update_wrapper keeps name, doc
+  and signature);
 - functions defined in a class body get wrapt's FunctionWrapper, whose descriptor binding is
   right whatever `staticmethod`/`classmethod` is stacked on top;
 - the function receives the driver's connection itself, not a proxy: the decorator owns
@@ -15,16 +17,15 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
 import wrapt
 
-from qdbpool import _global
+from qdbpool import _global, inject_source
 from qdbpool.errors import PoolNotInitializedError
-from qdbpool.factories.base import LOST
-from qdbpool.pool import PooledConnection
+from qdbpool.inject_source import ABSENT, build, exact_shape, generic_shape
 from qdbpool.session import SessionWrapper
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -79,6 +80,10 @@ class _Plan:
     name: str | None  # the parameter's name at that position (callers may pass it by name)
     fills_all: int  # len(args) at which the caller has already filled the position
     ambiguous: bool  # caller-passed connection can only be told by its type
+    # Every parameter's name, connection first, when all of them are plain (positional or
+    # keyword, no default) and the connection is the first: such a function gets a wrapper
+    # with exact parameters (see inject_source.py).
+    plain: tuple[str, ...] | None = None
 
 
 def _plan(fn: Callable[..., Any], arg: int | str, skip_first: bool) -> _Plan:
@@ -122,12 +127,19 @@ def _plan(fn: Callable[..., Any], arg: int | str, skip_first: bool) -> _Plan:
     # parameter has passed its own connection; otherwise only the argument's type can tell.
     later_defaults = any(p.default is not kind.empty for p in positional[arg:])
     unlimited = var_positional
+    plain = arg == 0 and all(
+        p.kind is kind.POSITIONAL_OR_KEYWORD
+        and p.default is kind.empty
+        and inject_source.usable_name(p.name)
+        for p in params
+    )
     return _Plan(
         keyword=None,
         index=arg,
         name=name,
         fills_all=1 << 30 if unlimited else len(positional),
         ambiguous=unlimited or later_defaults,
+        plain=tuple(p.name for p in params) if plain else None,
     )
 
 
@@ -143,101 +155,59 @@ def _injecting(
 ) -> Callable[..., Any]:
     """The wrapper around `fn`; `offset` counts a bound self/cls at the head of its args.
 
-    This is every decorated call's path, so it is written for speed. On this CPython a
-    bytecode costs ~40 machine instructions, so whatever can be is decided here, once,
-    and the common case (this thread already holds an idle connection and the pool needs
-    no checks at checkout) is handled inline with no call into the pool but the factory's
-    one no-I/O look at the connection after use. Every other case goes through the pool's
-    full `_checkout` / `_checkin`.
+    This is every decorated call's path, so whatever can be is decided here, once: the
+    per-call code is inject_source's template, filled in for this function's shape.
     """
     index = plan.index + offset
-    keyword, name, ambiguous = plan.keyword, plan.name, plan.ambiguous
-    first = keyword is None and index == 0  # the common case: fn(conn, ...)
-    # The call may hold its own connection once it names the parameter or reaches its
-    # position (where, if `ambiguous`, only the argument's type can tell).
-    if keyword is not None:
-        fills = 1 << 30  # never, by position
-    elif ambiguous:
-        fills = index + 1
+    checked_out = functools.partial(_call_checked_out, read_only, fn, plan.keyword, index)
+    if offset == 0 and plan.plain is not None:
+        conn_name, *rest = plan.plain
+        shape = exact_shape(conn_name, rest, read_only)
+        by_caller: Callable[..., Any] | None = _own_connection_call(fn, conn_name, rest)
     else:
-        fills = plan.fills_all + offset
+        shape = generic_shape(
+            keyword=plan.keyword,
+            index=index,
+            name=plan.name,
+            fills=index + 1 if plan.ambiguous else plan.fills_all + offset,
+            ambiguous=plan.ambiguous,
+            read_only=read_only,
+        )
+        by_caller = None
+    return build(
+        shape, fn, by_caller, checked_out, _global, _not_initialized, ABSENT, _is_connection
+    )
 
-    def call(*args: Any, **kwargs: Any) -> Any:
-        n = len(args)
-        if (n >= fills or (kwargs and name in kwargs)) and (
-            not ambiguous or name in kwargs or _is_connection(args[index])
-        ):
-            return fn(*args, **kwargs)  # the caller passed its own connection
-        pool = _global.current
-        if pool is None:
-            raise PoolNotInitializedError(_NOT_INITIALIZED)
-        # Each test below jumps only a few bytecodes: CPython 3.11 does not specialize a
-        # compare whose jump is far enough to need an EXTENDED_ARG.
-        if not pool._fast_path:
-            return _call_checked_out(pool, read_only, fn, args, kwargs, keyword, index)
-        try:
-            pooled: PooledConnection = (
-                pool._local.ro if read_only and pool._routes else pool._local.rw
-            )
-        except AttributeError:  # this thread holds no connection yet
-            return _call_checked_out(pool, read_only, fn, args, kwargs, keyword, index)
-        if pooled.depth != 0:  # nested in another call of this thread
-            return _call_checked_out(pool, read_only, fn, args, kwargs, keyword, index)
-        pooled.depth = 1  # in use *before* the test below: see Pool._claim_idle
-        # Stale if its host changed role, or closed (see PooledConnection.mark_closed).
-        if pooled.watched.value != pooled.generation:
-            pooled.depth = 0
-            return _call_checked_out(pool, read_only, fn, args, kwargs, keyword, index)
-        pooled.checkouts += 1
-        raw = pooled.raw
-        try:
-            if first:
-                # Calls with exact arguments run in the caller's eval loop (3.11 inlines
-                # them); `*args` builds a tuple, `**kwargs` a dict, and neither is inlined.
-                if kwargs:
-                    return fn(raw, *args, **kwargs)
-                if n == 0:
-                    return fn(raw)
-                if n == 1:
-                    return fn(raw, args[0])
-                if n == 2:
-                    return fn(raw, args[0], args[1])
-                return fn(raw, *args)
-            if keyword is not None:
-                kwargs[keyword] = raw
-                return fn(*args, **kwargs)
-            return fn(*args[:index], raw, *args[index:], **kwargs)
-        except BaseException as exc:
-            pool._on_error(pooled, exc)
-            raise
-        finally:
-            if pooled.depth != 1:  # released or retired during the call
-                pool._checkin(pooled)
-            else:
-                look = pool._state_after_use  # cheaper than a method call
-                try:
-                    state = look(raw)  # false means CLEAN
-                except Exception:
-                    state = LOST
-                if state and not pooled.closed:
-                    # A transaction left open, or a lost connection: reset it or drop it
-                    # while still marked in use, so that close() leaves it alone meanwhile.
-                    pool._after_use(pooled, int(state))
-                pooled.depth = 0  # stays this thread's as it is,
-                if pooled.closed:  # unless it was dropped, or the pool closed meanwhile
-                    pool._retire(pooled, "the pool closed")
+
+def _not_initialized() -> PoolNotInitializedError:
+    return PoolNotInitializedError(_NOT_INITIALIZED)
+
+
+def _own_connection_call(
+    fn: Callable[..., Any], conn_name: str, rest: Sequence[str]
+) -> Callable[..., Any]:
+    """For the exact wrapper (see inject_source.exact_shape): the call of a caller who
+    passed a connection, as one positional argument more than the wrapper's or by name."""
+
+    def call(*values: Any) -> Any:
+        *given, more, conn = values
+        if conn is ABSENT:  # fn's arguments, all of them by position
+            return fn(*given, more)
+        if more is ABSENT:  # the connection by name, and the rest bound by the wrapper
+            return fn(conn, *given)
+        return fn(*given, more, **{conn_name: conn})  # both: fn says what is wrong
 
     return call
 
 
 def _call_checked_out(
-    pool: Any,
     read_only: bool,
     fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
     keyword: str | None,
     index: int,
+    pool: Any,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> Any:
     """The full path: the pool's own checkout (validation, opening) and checkin (reset)."""
     pooled = pool._checkout(read_only)

@@ -184,6 +184,8 @@ class Pool:
         self._configure = configure
         self._user_reset = reset
         self._state_after_use = self._factory.state_after_use
+        # What @with_conn's fast path looks at after each call (see inject_source.py).
+        self._after_use_hint = self._factory.after_use_hint or self._state_after_use
         self._routes = self._factory.routes_reads
         # @with_conn may skip the pool's methods (see inject.py) when a thread keeps its
         # connection between calls and nothing needs checking at checkout or release
@@ -422,6 +424,15 @@ class Pool:
         if self._timed:
             pooled.last_used = time.monotonic()
         return True
+
+    def _settle_after_use(self, pooled: PooledConnection) -> None:
+        """@with_conn's fast path, when the factory's hint did not say clean: look properly,
+        then reset or drop the connection. It is still marked in use, so that close()
+        leaves it alone meanwhile."""
+        if not pooled.closed:
+            state = self._look_after_use(pooled.raw)
+            if state != CLEAN:
+                self._after_use(pooled, state)
 
     def _on_error(self, pooled: PooledConnection, exc: BaseException) -> None:
         """User code raised while holding `pooled`: discard it if the connection is lost."""

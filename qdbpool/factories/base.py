@@ -87,6 +87,13 @@ class ConnectionFactory:
             return LOST
         return NEEDS_RESET if self.needs_reset(conn) else CLEAN
 
+    #: Optional: a cheaper look than `state_after_use`, for the decorated call's fast path.
+    #: Falsy means CLEAN for certain; anything else (or raising) sends the connection to
+    #: `state_after_use` for the precise answer. Best a C-level getter: it runs after every
+    #: call, where a Python method costs a frame (psycopg's is the libpq transaction status,
+    #: which is 0 only when idle). None: `state_after_use` serves as its own hint.
+    after_use_hint: Callable[[Connection], object] | None = None
+
     def is_disconnect(self, conn: Connection, exc: BaseException) -> bool:
         """Whether `exc`, raised while using `conn`, means the connection itself is lost.
 

@@ -9,6 +9,7 @@ one host must be a primary for writes). Role: primary iff not in recovery and no
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 from qdbpool.dsn import HostPort, ParsedDSN, parse_dsn
@@ -140,6 +141,10 @@ class _PsycopgDriver(HostDriver):
             conn.execute("")
         finally:
             conn.autocommit = False
+
+    # libpq's transaction status is IDLE (0) only on a healthy connection with nothing
+    # open: a C-level getter that the fast path can trust when it reads 0.
+    after_use_hint = operator.attrgetter("pgconn.transaction_status")
 
     def state_after_use(self, conn: Any) -> int:
         # libpq's own status, one read (conn.info.transaction_status costs 20x more): it is

@@ -6,6 +6,7 @@ import abc
 import contextlib
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from qdbpool.dsn import HostPort
@@ -74,6 +75,9 @@ class HostDriver(abc.ABC):
     @abc.abstractmethod
     def ping(self, conn: Connection) -> None:
         """A round trip that opens no transaction; raises if it fails."""
+
+    #: See ConnectionFactory.after_use_hint: falsy means clean, for certain.
+    after_use_hint: Callable[[Connection], object] | None = None
 
     def state_after_use(self, conn: Connection) -> int:
         """CLEAN / NEEDS_RESET / LOST (see qdbpool.factories.base), without I/O."""

@@ -88,6 +88,7 @@ class RoutedFactory(ConnectionFactory):
         self._tags: weakref.WeakKeyDictionary[Any, _Tag] = weakref.WeakKeyDictionary()
         # Asked at every release: hand the pool the driver's own method, one call less.
         self.state_after_use = driver.state_after_use  # type: ignore[method-assign]
+        self.after_use_hint = driver.after_use_hint
 
     # -- cluster ------------------------------------------------------------------------
 

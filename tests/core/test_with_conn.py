@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import sqlite3
 import threading
+import traceback
 
 import pytest
 
@@ -49,6 +50,94 @@ def test_a_warm_thread_passes_every_argument_through_in_order(global_pool, recor
     assert use(*args, **kwargs) == expected
     assert use(*args, **kwargs) == expected  # again, now that nothing is new
     assert global_pool.stats().created == 1
+
+
+# A function whose parameters are all plain gets a wrapper with exactly those parameters
+# (after the connection): see qdbpool/inject_source.py. These pin its call forms.
+
+
+def plain_0(conn):
+    return (conn,)
+
+
+def plain_1(conn, a):
+    return conn, a
+
+
+def plain_3(conn, a, b, c):
+    return conn, a, b, c
+
+
+@pytest.mark.parametrize(
+    ("fn", "args", "kwargs", "given"),
+    [
+        (plain_0, (), {}, ()),
+        (plain_1, (1,), {}, (1,)),
+        (plain_1, (), {"a": 1}, (1,)),
+        (plain_3, (1, 2, 3), {}, (1, 2, 3)),
+        (plain_3, (1,), {"c": 3, "b": 2}, (1, 2, 3)),
+    ],
+)
+def test_a_plain_function_on_a_warm_thread_takes_its_arguments_by_position_or_name(
+    global_pool, recorder, fn, args, kwargs, given
+):
+    use = with_conn(fn)
+    for _ in range(3):  # the first call opens the connection; the others take the fast path
+        assert use(*args, **kwargs) == (recorder.created[0], *given)
+    assert global_pool.stats().created == 1
+    assert global_pool.stats().checkouts == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [
+        (("own", 1, 2, 3), {}),  # every parameter by position
+        ((1, 2, 3), {"conn": "own"}),  # the others by position, the connection by name
+        ((), {"c": 3, "conn": "own", "a": 1, "b": 2}),  # everything by name
+    ],
+)
+def test_a_plain_function_given_a_connection_in_any_form_runs_with_it(
+    global_pool, recorder, own_conn, args, kwargs
+):
+    use = with_conn(plain_3)
+    use(1, 2, 3)  # warm: the thread holds a connection
+    args = tuple(own_conn if a == "own" else a for a in args)
+    kwargs = {k: own_conn if v == "own" else v for k, v in kwargs.items()}
+    assert use(*args, **kwargs) == (own_conn, 1, 2, 3)
+    assert global_pool.stats().checkouts == 1  # the caller's own calls check nothing out
+
+
+def test_a_plain_function_called_wrongly_raises_typeerror_naming_it(global_pool, own_conn):
+    use = with_conn(plain_3)
+    with pytest.raises(TypeError, match=r"plain_3\(\) missing 1 required positional argument: 'c'"):
+        use(1, 2)
+    with pytest.raises(TypeError, match="plain_3"):
+        use(own_conn, 1, 2, 3, 4)  # one more than the function takes
+    with pytest.raises(TypeError, match="multiple values for argument 'conn'"):
+        use(own_conn, 1, 2, 3, conn=own_conn)
+    assert global_pool.stats().checkouts == 0
+
+
+def test_parameters_named_like_the_wrappers_own_variables_are_passed_through(global_pool, recorder):
+    @with_conn
+    def use(conn, _qdb_pool, _qdb_raw, pool, raw):
+        return conn, _qdb_pool, _qdb_raw, pool, raw
+
+    for _ in range(2):
+        assert use(1, 2, 3, 4) == (recorder.created[0], 1, 2, 3, 4)
+
+
+def test_a_traceback_through_the_wrapper_shows_its_source_lines(global_pool):
+    @with_conn
+    def fails(conn, x):
+        raise ValueError(x)
+
+    for _ in range(2):  # the slow path, then the fast path
+        with pytest.raises(ValueError) as caught:
+            fails(1)
+        shown = "".join(traceback.format_tb(caught.value.__traceback__))
+        assert "qdbpool.with_conn wrapper" in shown
+        assert "    return _qdb_" in shown  # the line itself, read from linecache
 
 
 def test_arg_position_injects_at_that_position(global_pool, recorder):

@@ -3,11 +3,13 @@ when its host changed role or was marked down, and only then."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import psycopg
 import pytest
 
+import qdbpool
 from qdbpool.ha.hosts import Role
 
 
@@ -32,3 +34,41 @@ def test_one_lost_session_leaves_other_threads_connections_to_a_healthy_primary_
     port, pid = bystander.check_out_again()
     assert (port, pid) == (primary.port, bystander.pid)
     assert pool.stats().discarded == 1  # the lost connection, and no other
+
+
+@pytest.mark.parametrize("ending", ["transaction open", "transaction failed", "closed"])
+def test_a_warm_threads_call_leaves_no_transaction_open_and_no_closed_connection_behind(
+    shared_cluster: Any, make_pool: Any, poll: Any, ending: str
+) -> None:
+    # A warm thread's call takes @with_conn's fast path, which trusts the factory's one
+    # no-I/O look at libpq's transaction status (after_use_hint) to say the session is idle.
+    pool = qdbpool.initialize(make_pool(shared_cluster.primary.dsn()))  # autocommit off
+    primary = shared_cluster.primary
+
+    @qdbpool.with_conn()
+    def use(conn: Any, ending: str) -> int:
+        pid: int = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # opens a transaction
+        if ending == "transaction failed":
+            with contextlib.suppress(psycopg.errors.DivisionByZero):
+                conn.execute("SELECT 1/0")
+        elif ending == "closed":
+            conn.close()
+        return pid
+
+    first = use("transaction open")  # opens the connection: the pool's full path
+    assert primary.sql("SELECT state FROM pg_stat_activity WHERE pid = %s", [first]) == [("idle",)]
+    assert use(ending) == first  # the fast path
+    if ending == "closed":
+        assert use("transaction open") != first  # a new connection, not the closed one
+        assert pool.stats().discarded == 1
+        poll(
+            lambda: not primary.sql("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [first]),
+            what="the closed session to end",
+        )
+    else:
+        # Rolled back: the session is idle, and the thread keeps its connection.
+        assert primary.sql("SELECT state FROM pg_stat_activity WHERE pid = %s", [first]) == [
+            ("idle",)
+        ]
+        assert use("transaction open") == first
+        assert pool.stats().discarded == 0
