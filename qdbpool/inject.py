@@ -174,13 +174,7 @@ def _injecting(
             read_only=read_only,
         )
         by_caller = None
-    return build(
-        shape, fn, by_caller, checked_out, _global, _not_initialized, ABSENT, _is_connection
-    )
-
-
-def _not_initialized() -> PoolNotInitializedError:
-    return PoolNotInitializedError(_NOT_INITIALIZED)
+    return build(shape, fn, by_caller, checked_out, _global, ABSENT, _is_connection)
 
 
 def _own_connection_call(
@@ -210,6 +204,8 @@ def _call_checked_out(
     kwargs: dict[str, Any],
 ) -> Any:
     """The full path: the pool's own checkout (validation, opening) and checkin (reset)."""
+    if pool is None:
+        raise PoolNotInitializedError(_NOT_INITIALIZED)
     pooled = pool._checkout(read_only)
     try:
         if keyword is not None:

@@ -39,20 +39,16 @@ PREFIX = "_qdb_"
 # at checkout, so nothing of the pool's runs but one no-I/O look at the connection after use.
 # Every other case goes through the pool's own `_checkout` / `_checkin`.
 _TEMPLATE = """\
-def _qdb_build(_qdb_fn, _qdb_by_caller, _qdb_checked_out, _qdb_global, _qdb_not_initialized,
-               _qdb_absent, _qdb_is_connection):
+def _qdb_build(_qdb_fn, _qdb_by_caller, _qdb_checked_out, _qdb_global, _qdb_absent,
+               _qdb_is_connection):
     def _qdb_wrapper({params}):
 {by_caller}
         _qdb_pool = _qdb_global.current
-        if _qdb_pool is None:
-            raise _qdb_not_initialized()
         # Each test below jumps only a few bytecodes: CPython 3.11 does not specialize a
         # compare whose jump is far enough to need an EXTENDED_ARG.
-        if not _qdb_pool._fast_path:
-            return _qdb_checked_out(_qdb_pool, {args}, {kwargs})
         try:
             _qdb_held = {slot}
-        except AttributeError:  # this thread holds no connection yet
+        except AttributeError:  # no pool, a pool without this path, or no connection yet
             return _qdb_checked_out(_qdb_pool, {args}, {kwargs})
         if _qdb_held.depth != 0:  # nested in another call of this thread
             return _qdb_checked_out(_qdb_pool, {args}, {kwargs})
@@ -61,7 +57,11 @@ def _qdb_build(_qdb_fn, _qdb_by_caller, _qdb_checked_out, _qdb_global, _qdb_not_
         if _qdb_held.watched.value != _qdb_held.generation:
             _qdb_held.depth = 0
             return _qdb_checked_out(_qdb_pool, {args}, {kwargs})
-        _qdb_held.checkouts += 1
+        _qdb_count = _qdb_held.checkouts + 1
+        if _qdb_count < 256:  # a cached small int: counting allocates nothing
+            _qdb_held.checkouts = _qdb_count
+        else:
+            _qdb_pool._count_checkouts(_qdb_held, _qdb_count)
         _qdb_raw = _qdb_held.raw
         try:
 {call}
@@ -85,8 +85,8 @@ def _qdb_build(_qdb_fn, _qdb_by_caller, _qdb_checked_out, _qdb_global, _qdb_not_
     return _qdb_wrapper
 """
 
-_ROUTE_RW = "_qdb_pool._local.rw"
-_ROUTE_RO = "(_qdb_pool._local.ro if _qdb_pool._routes else _qdb_pool._local.rw)"
+_ROUTE_RW = "_qdb_pool._fast_local.rw"
+_ROUTE_RO = "(_qdb_pool._fast_local.ro if _qdb_pool._routes else _qdb_pool._fast_local.rw)"
 
 
 class _Absent:

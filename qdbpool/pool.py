@@ -40,6 +40,8 @@ Hook = Callable[[Connection], object]
 #: The generation of a closed connection. No Generation counter ever holds it, so the one
 #: generation compare at a checkout also turns away closed connections.
 _CLOSED_GENERATION = -1
+# Has no attributes: reading a thread's slot from it fails as for a thread without one.
+_NO_FAST_PATH = object()
 
 
 class PooledConnection:
@@ -52,6 +54,7 @@ class PooledConnection:
         "__weakref__",
         "born",
         "checkouts",
+        "checkouts_before",
         "closed",
         "depth",
         "generation",
@@ -79,7 +82,10 @@ class PooledConnection:
         self.born = now
         self.last_used = now
         self.depth = 0  # nested checkouts in progress; 0 = idle
+        # Counted by its owner thread; @with_conn keeps `checkouts` below 256 (a cached
+        # small int, so counting allocates nothing) by moving it into `checkouts_before`.
         self.checkouts = 0
+        self.checkouts_before = 0
         self.closed = False
         self.owner = threading.get_ident()
 
@@ -207,6 +213,9 @@ class Pool:
         # Per thread and route ("rw"/"ro"): the connection this thread holds. SingletonPool
         # keeps it there between calls; other pools only while it is checked out.
         self._local = threading.local()
+        # What @with_conn's fast path reads the thread's connection from: nothing, for a
+        # pool without that path (see inject_source.py).
+        self._fast_local = self._local if self._fast_path else _NO_FAST_PATH
         self._created = self._closed_count = self._discarded = 0
         self._connect_errors = self._retired_checkouts = 0
 
@@ -308,7 +317,8 @@ class Pool:
                 created=self._created,
                 closed=self._closed_count,
                 discarded=self._discarded,
-                checkouts=self._retired_checkouts + sum(p.checkouts for p in live),
+                checkouts=self._retired_checkouts
+                + sum(p.checkouts + p.checkouts_before for p in live),
                 connect_errors=self._connect_errors,
                 **self._extra_stats(),
             )
@@ -425,6 +435,12 @@ class Pool:
             pooled.last_used = time.monotonic()
         return True
 
+    def _count_checkouts(self, pooled: PooledConnection, count: int) -> None:
+        """@with_conn's fast path: `count` checkouts so far; start its small counter afresh."""
+        with self._lock:  # stats() sees the count before this or after it, never half of it
+            pooled.checkouts_before += count
+            pooled.checkouts = 0
+
     def _settle_after_use(self, pooled: PooledConnection) -> None:
         """@with_conn's fast path, when the factory's hint did not say clean: look properly,
         then reset or drop the connection. It is still marked in use, so that close()
@@ -462,7 +478,7 @@ class Pool:
             self._live.discard(pooled)
             self._closed_count += 1
             self._discarded += discarded
-            self._retired_checkouts += pooled.checkouts
+            self._retired_checkouts += pooled.checkouts + pooled.checkouts_before
             self._forget(pooled, from_finalizer=not forget)
             self._changed.notify_all()
         logger.debug("closing connection %#x: %s", id(pooled.raw), why)

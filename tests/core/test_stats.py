@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+import qdbpool
 from qdbpool import PoolStats
 
 
@@ -70,6 +71,27 @@ def test_stats_count_checkouts_including_nested_ones(make_pool, recorder):
         pass
     assert pool.stats().checkouts == 3
     assert pool.stats().created == 1
+
+
+def test_stats_count_every_decorated_call_past_the_fast_paths_small_counter(recorder):
+    # @with_conn's fast path counts in a small int and moves it aside every 256 calls.
+    pool = qdbpool.initialize(recorder)
+    try:
+
+        @qdbpool.with_conn
+        def use(conn):
+            return conn
+
+        for calls in range(1, 1_001):
+            use()
+            if calls in (255, 256, 257, 512, 1_000):
+                assert pool.stats().checkouts == calls
+        with pool.connect() as conn:
+            conn.__wrapped__.close()  # lost, so retired: its count moves to the pool's
+        assert pool.stats().checkouts == 1_001
+        assert pool.stats().discarded == 1
+    finally:
+        qdbpool.close()
 
 
 def test_stats_count_closed_and_discarded_connections(make_pool, recorder):
