@@ -234,7 +234,9 @@ def build(shape: Shape, fn: Callable[..., Any], *closure: Any) -> Callable[..., 
     changes: dict[str, Any] = {}
     if isinstance(name, str) and name.isidentifier():
         # TypeErrors about the call's arguments ("f() missing 1 required ...") name it.
-        changes.update(co_name=name, co_qualname=getattr(fn, "__qualname__", name))
+        changes["co_name"] = name
+        if hasattr(code, "co_qualname"):  # CPython 3.11+
+            changes["co_qualname"] = getattr(fn, "__qualname__", name)
     if shape.real_names is not None:
         count = code.co_argcount
         changes["co_varnames"] = shape.real_names + code.co_varnames[count:]
