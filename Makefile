@@ -3,12 +3,16 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# The oldest Python pyproject.toml admits: `make test-oldest` runs the server-free tests on it.
+OLDEST_PY ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.10*/bin/python3.10) $(shell command -v python3.10 2>/dev/null))
+OLDEST_VENV ?= .venv-py310
 
-.PHONY: help install test test-core lint typecheck bench bench-quick demo demo-ha docs docs-serve clean
+.PHONY: help install test test-core test-oldest lint typecheck bench bench-quick demo demo-ha docs docs-serve clean
 
 help:
 	@echo "make install   create .venv and install qdbpool with every extra (dev, bench, docs)"
 	@echo "make test      run the whole test suite (starts its own PostgreSQL and MariaDB)"
+	@echo "make test-oldest  the server-free tests on Python 3.10, the oldest we support"
 	@echo "make lint      ruff + mypy --strict"
 	@echo "make bench     benchmarks against peers, printing ratios measured in one run"
 	@echo "make bench-quick  the same, short (a smoke run)"
@@ -28,6 +32,12 @@ test: $(PY)
 
 test-core: $(PY)
 	$(PY) -m pytest tests/core tests/dsn $(PYTEST_ARGS)
+
+test-oldest:
+	@test -n "$(OLDEST_PY)" || { echo "test-oldest: no python3.10 found; set OLDEST_PY=/path/to/python3.10"; exit 1; }
+	test -x $(OLDEST_VENV)/bin/python || $(OLDEST_PY) -m venv $(OLDEST_VENV)
+	$(OLDEST_VENV)/bin/python -m pip install --quiet -e '.[dev,bench]'
+	$(OLDEST_VENV)/bin/python -m pytest -p no:cacheprovider tests/core tests/dsn $(PYTEST_ARGS)
 
 lint: $(PY)
 	$(PY) -m ruff check qdbpool tests bench examples
@@ -59,4 +69,4 @@ docs-serve: $(PY)
 	$(PY) -m mkdocs serve
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info
+	rm -rf $(VENV) $(OLDEST_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info
