@@ -114,6 +114,42 @@ def ratio(v: Variant, base: Variant) -> float:
     return statistics.median(a / b for a, b in zip(v.samples, base.samples, strict=True))
 
 
+def median_ci(
+    values: Sequence[float], *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float]:
+    """A bootstrap confidence interval for the median of per-round values.
+
+    Rounds are independent draws of the machine's noise, so resampling them shows how far
+    the median of another run of the same length could land: on our shared machines a
+    single run's median ratio can move by 1-2%, as much as some targets' margins.
+    """
+    if len(values) < 2:
+        return (values[0], values[0]) if values else (float("nan"), float("nan"))
+    rng = random.Random(seed)
+    medians = sorted(
+        statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples)
+    )
+    tail = (1.0 - confidence) / 2
+    return medians[int(tail * resamples)], medians[int((1.0 - tail) * resamples) - 1]
+
+
+def verdict(values: Sequence[float], target: float) -> str:
+    """'OK' or 'MISSED' for the median of per-round ratios (higher is better) against
+    `target`, and whether this run's 95% interval decides it or the noise could."""
+    got = statistics.median(values)
+    low, high = median_ci(values)
+    if low >= target:
+        sure = "the whole interval meets it"
+    elif high < target:
+        sure = "the whole interval misses it"
+    else:
+        sure = "the interval spans the target: this run cannot tell"
+    return (
+        f"{got:.3f} (95% CI {low:.3f}..{high:.3f}; target >= {target}): "
+        f"{'OK' if got >= target else 'MISSED'}, {sure}"
+    )
+
+
 def table(title: str, variants: Sequence[Variant], base: Variant) -> str:
     width = max(len(v.name) for v in variants)
     lines = [title, f"  {'variant':<{width}}  {'median ns/call':>14}  {'x ' + base.name:>14}"]
