@@ -7,10 +7,12 @@ layer alone, no checks); qdbpool's SingletonPool with the Postgres factory, thro
 @with_conn; psycopg_pool's
 ConnectionPool (size = threads, `with pool.connection() as conn`); DBUtils PersistentDB
 (creator=psycopg). Each variant keeps its own worker threads (and so its connections)
-for the whole comparison; a round gives every variant one slice of work, in a freshly
-shuffled order. Printed: median queries per second over rounds, and the median over
-rounds of each variant's qps / the floor's qps in the same round, with a bootstrap 95%
-interval for that median (how far another run could land).
+for the whole comparison. A round gives every variant one slice of work, in a freshly
+shuffled order, with a slice of the floor's before and after each: the machine's noise
+drifts over a few slices, so each ratio is taken against the floor's slices beside it.
+Printed: median queries per second over rounds, and the median over rounds of each
+variant's qps / the floor's, with a bootstrap 95% interval for that median (how far
+another run could land).
 The benchmark process and the PostgreSQL server it starts are pinned to one CPU.
 Run: python bench/pg_throughput.py [--quick]
 """
@@ -247,42 +249,57 @@ class Variants:
 
 def compare_gangs(
     variants: Sequence[Variant], threads: int, rounds: int, calls: int, rng: random.Random
-) -> None:
-    """Each round: every variant's gang runs one slice, in a fresh shuffled order."""
+) -> dict[str, list[float]]:
+    """`variants[0]` is the floor. Each round: its gang runs a slice, then every other
+    variant's gang one slice
+    followed by another of the floor's, in a fresh shuffled order.
+
+    Returns, per variant, its qps / the floor's in each round, where the floor's is that
+    of the two floor slices just around the variant's. The machine's noise drifts over a
+    few slices (here: an autocorrelation of 0.7 between a slice and the next, 0.05 ten
+    slices apart, and slices 18% apart at worst), so a ratio to the slices beside it
+    cancels most of it: the ratio of two adjacent slices of the same variant spread
+    +/-2% (quartiles), that of two slices anywhere in the run +/-10%.
+    """
+    floor = variants[0]
     gangs: list[Gang] = []
+    ratios: dict[str, list[float]] = {v.name: [] for v in variants}
     try:
         for variant in variants:
             gangs.append(Gang(variant, threads))
+        floor_gang, *other_gangs = gangs
         per_thread = max(1, calls // threads)
         for gang in gangs:  # one untimed slice each: caches, plans, the server's backends
             gang.run(max(1, per_thread // 4))
-        order = list(gangs)
         for _ in range(rounds):
-            rng.shuffle(order)
-            for gang in order:
-                gang.variant.samples.append(gang.run(per_thread))
+            rng.shuffle(other_gangs)
+            before = floor_gang.run(per_thread)
+            floor.samples.append(before)
+            ratios[floor.name].append(1.0)
+            for gang in other_gangs:
+                ns = gang.run(per_thread)
+                after = floor_gang.run(per_thread)
+                floor.samples.append(after)
+                gang.variant.samples.append(ns)
+                ratios[gang.variant.name].append((before + after) / 2 / ns)
+                before = after
     finally:
         for gang in gangs:
             gang.stop()
+    return ratios
 
 
-def qps_ratio(v: Variant, base: Variant) -> list[float]:
-    """Per round: v's qps / base's qps (= base's ns per call / v's)."""
-    return [b / a for a, b in zip(v.samples, base.samples, strict=True)]
-
-
-def qps_table(title: str, variants: Sequence[Variant], base: Variant) -> str:
+def qps_table(title: str, variants: Sequence[Variant], ratios: dict[str, list[float]]) -> str:
     width = max(len(v.name) for v in variants)
     lines = [
         title,
         f"  {'variant':<{width}}  {'median qps':>10}  {'x floor':>7}  {'(95% CI)':>16}",
     ]
     for v in variants:
-        ratios = qps_ratio(v, base)
-        low, high = median_ci(ratios)
+        low, high = median_ci(ratios[v.name])
         lines.append(
             f"  {v.name:<{width}}  {1e9 / statistics.median(v.samples):>10,.0f}"
-            f"  {statistics.median(ratios):>7.3f}  {f'({low:.3f} .. {high:.3f})':>16}"
+            f"  {statistics.median(ratios[v.name]):>7.3f}  {f'({low:.3f} .. {high:.3f})':>16}"
         )
     return "\n".join(lines)
 
@@ -292,13 +309,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a short smoke run (< 30 s)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the shuffled orders")
     parser.add_argument(
-        "--rounds", type=int, default=None, help="rounds per thread count (default 60)"
+        "--rounds", type=int, default=None, help="rounds per thread count (default 40)"
     )
     args = parser.parse_args()
-    # Many short slices rather than a few long ones: the machine's noise comes in bursts,
-    # and more rounds narrow the interval around the median ratio (printed with it). A
+    # Many short slices rather than a few long ones: more rounds narrow the interval around
+    # the median ratio (printed with it), and each ratio's floor slices lie closer to it. A
     # slice still gives each of 16 threads more work than Python's 5 ms switch interval.
-    rounds, calls = (5, 2_000) if args.quick else (60, 3_000)
+    rounds, calls = (5, 2_000) if args.quick else (40, 3_000)
     if args.rounds is not None:
         if args.rounds < 1:
             parser.error("--rounds must be at least 1")
@@ -311,8 +328,9 @@ def main() -> int:
     print("  against one local PostgreSQL primary over loopback TCP.")
     print(
         f"  {rounds} rounds; each round runs every variant once ({calls} queries per slice, "
-        "split over the threads), in a shuffled order;"
+        "split over the threads), in a shuffled order,"
     )
+    print("  with a slice of the raw floor before and after each (the ratio's reference);")
     print("  medians over rounds of qps, and of per-round qps ratios vs the raw floor,")
     print("  with a bootstrap 95% interval for that median (resampling the rounds).")
     print("  Each variant keeps its threads and connections for the whole comparison.")
@@ -327,20 +345,18 @@ def main() -> int:
                 variants = Variants(dsn, threads)
                 try:
                     vs = variants.all()
-                    compare_gangs(vs, threads, rounds, calls, rng)
+                    ratios = compare_gangs(vs, threads, rounds, calls, rng)
                 finally:
                     variants.close()
-                floor = next(v for v in vs if v.name == FLOOR)
-                ours = next(v for v in vs if v.name == QDBPOOL)
-                hand = next(v for v in vs if v.name == HAND_WRITTEN)
+                ours, hand = ratios[QDBPOOL], ratios[HAND_WRITTEN]
                 print()
-                print(qps_table(f"{threads} thread(s):", vs, floor))
+                print(qps_table(f"{threads} thread(s):", vs, ratios))
+                per_round = [a / b for a, b in zip(ours, hand, strict=True)]
                 verdicts.append(
                     f"{threads:>2} thread(s): qdbpool's qps / the raw floor's = "
-                    f"{verdict(qps_ratio(ours, floor), TARGET)}\n"
-                    f"    hand-written decorator = {statistics.median(qps_ratio(hand, floor)):.3f}x"
-                    f" the floor; qdbpool = {statistics.median(qps_ratio(ours, hand)):.3f}x"
-                    " hand-written"
+                    f"{verdict(ours, TARGET)}\n"
+                    f"    hand-written decorator = {statistics.median(hand):.3f}x the floor;"
+                    f" qdbpool = {statistics.median(per_round):.3f}x hand-written"
                 )
         finally:
             qdbpool.close()
