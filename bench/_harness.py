@@ -115,29 +115,40 @@ def ratio(v: Variant, base: Variant) -> float:
 
 
 def median_ci(
-    values: Sequence[float], *, confidence: float = 0.95, resamples: int = 2000, seed: int = 0
+    groups: Sequence[Sequence[float]],
+    *,
+    confidence: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
 ) -> tuple[float, float]:
-    """A bootstrap confidence interval for the median of per-round values.
+    """A bootstrap confidence interval for the median of per-round values, given in groups
+    that each ran on their own threads and connections (one group: plain rounds).
 
-    Rounds are independent draws of the machine's noise, so resampling them shows how far
-    the median of another run of the same length could land: on our shared machines a
-    single run's median ratio can move by 1-2%, as much as some targets' margins.
+    Resampling shows how far the median of another run could land. Groups are resampled
+    first, then rounds within each: a group's connections and processes can be slower or
+    faster as a whole (where their memory landed, say), and a run's rounds alone would
+    not show that.
     """
+    values = [v for group in groups for v in group]
     if len(values) < 2:
         return (values[0], values[0]) if values else (float("nan"), float("nan"))
     rng = random.Random(seed)
-    medians = sorted(
-        statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples)
-    )
+    medians = []
+    for _ in range(resamples):
+        drawn: list[float] = []
+        for group in rng.choices(groups, k=len(groups)):
+            drawn.extend(rng.choices(group, k=len(group)))
+        medians.append(statistics.median(drawn))
+    medians.sort()
     tail = (1.0 - confidence) / 2
     return medians[int(tail * resamples)], medians[int((1.0 - tail) * resamples) - 1]
 
 
-def verdict(values: Sequence[float], target: float) -> str:
+def verdict(groups: Sequence[Sequence[float]], target: float) -> str:
     """'OK' or 'MISSED' for the median of per-round ratios (higher is better) against
     `target`, and whether this run's 95% interval decides it or the noise could."""
-    got = statistics.median(values)
-    low, high = median_ci(values)
+    got = statistics.median(v for group in groups for v in group)
+    low, high = median_ci(groups)
     if low >= target:
         sure = "the whole interval meets it"
     elif high < target:

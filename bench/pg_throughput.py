@@ -4,23 +4,24 @@ Every thread runs `SELECT 1` in a loop (autocommit: one round trip per query) an
 the row. Variants: a raw psycopg connection per thread (the floor: no pool at all);
 a hand-written threading.local decorator over such connections (the cost of a decorator
 layer alone, no checks); qdbpool's SingletonPool with the Postgres factory, through
-@with_conn; psycopg_pool's
-ConnectionPool (size = threads, `with pool.connection() as conn`); DBUtils PersistentDB
-(creator=psycopg). Each variant keeps its own worker threads (and so its connections)
-for the whole comparison. A round gives every variant one slice of work, in a freshly
-shuffled order, with a slice of the floor's before and after each: the machine's noise
-drifts over a few slices, so each ratio is taken against the floor's slices beside it.
-Printed: median queries per second over rounds, and the median over rounds of each
-variant's qps / the floor's, with a bootstrap 95% interval for that median (how far
-another run could land).
+@with_conn; psycopg_pool's ConnectionPool (size = threads, `with pool.connection()`);
+DBUtils PersistentDB (creator=psycopg). The run is made of blocks; in each, every
+variant gets fresh worker threads (and so fresh connections) that it keeps for the
+block's rounds. A round gives every variant one slice of work, in a freshly shuffled
+order, with a slice of the floor's before and after each: the machine's noise drifts
+over a few slices, so each ratio is taken against the floor's slices beside it. Printed:
+median queries per second over rounds, and the median over rounds of each variant's
+qps / the floor's, with a bootstrap 95% interval for that median (how far another run
+could land).
 The benchmark process and the PostgreSQL server it starts are pinned to one CPU.
-Run: python bench/pg_throughput.py [--quick]
+Run: python bench/pg_throughput.py [--quick] [--blocks N] [--rounds N]
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import os
 import random
 import statistics
@@ -234,12 +235,17 @@ class Variants:
             Variant("DBUtils PersistentDB", lambda: self.dbutils),
         ]
 
-    def close(self) -> None:
-        self.pool.close()
+    def close_connections(self) -> None:
+        """Close the raw connections opened so far (those of the floor and the hand-written
+        decorator: their threads have ended)."""
         with self._raw_lock:
             for conn in self._raw:
                 conn.close()
             self._raw.clear()
+
+    def close(self) -> None:
+        self.pool.close()
+        self.close_connections()
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,49 +253,71 @@ class Variants:
 # --------------------------------------------------------------------------------------------
 
 
+Ratios = dict[str, list[list[float]]]  # per variant, per block: its ratio in each round
+
+
 def compare_gangs(
-    variants: Sequence[Variant], threads: int, rounds: int, calls: int, rng: random.Random
-) -> dict[str, list[float]]:
-    """`variants[0]` is the floor. Each round: its gang runs a slice, then every other
-    variant's gang one slice
-    followed by another of the floor's, in a fresh shuffled order.
+    variants: Variants,
+    threads: int,
+    blocks: int,
+    rounds: int,
+    calls: int,
+    rng: random.Random,
+) -> tuple[list[Variant], Ratios]:
+    """`blocks` times: fresh threads (and so connections) for every variant, then `rounds`
+    rounds. A round runs the floor's slice, then every other variant's slice followed by
+    another of the floor's, in a fresh shuffled order.
 
-    Returns, per variant, its qps / the floor's in each round, where the floor's is that
-    of the two floor slices just around the variant's. The machine's noise drifts over a
-    few slices (here: an autocorrelation of 0.7 between a slice and the next, 0.05 ten
-    slices apart, and slices 18% apart at worst), so a ratio to the slices beside it
-    cancels most of it: the ratio of two adjacent slices of the same variant spread
-    +/-2% (quartiles), that of two slices anywhere in the run +/-10%.
+    Returns, per variant and block, its qps / the floor's in each round, where the floor's
+    is that of the two floor slices just around the variant's. The machine's noise drifts
+    over a few slices (here: an autocorrelation of 0.7 between a slice and the next, 0.05
+    ten slices apart), so a ratio to the slices beside it cancels most of it: the ratio of
+    two adjacent slices of the same variant spread +/-2% (quartiles), that of two slices
+    anywhere in the run +/-10%. Blocks exist because a set of threads and connections can
+    also be a few percent slower or faster as a whole for as long as it lives (one run gave
+    the hand-written decorator 1.077x qdbpool, the next 0.953x): fresh ones per block put
+    that into the median and its interval instead of into one run's verdict.
     """
-    floor = variants[0]
-    gangs: list[Gang] = []
-    ratios: dict[str, list[float]] = {v.name: [] for v in variants}
-    try:
-        for variant in variants:
-            gangs.append(Gang(variant, threads))
-        floor_gang, *other_gangs = gangs
-        per_thread = max(1, calls // threads)
-        for gang in gangs:  # one untimed slice each: caches, plans, the server's backends
-            gang.run(max(1, per_thread // 4))
-        for _ in range(rounds):
-            rng.shuffle(other_gangs)
-            before = floor_gang.run(per_thread)
-            floor.samples.append(before)
-            ratios[floor.name].append(1.0)
-            for gang in other_gangs:
-                ns = gang.run(per_thread)
-                after = floor_gang.run(per_thread)
-                floor.samples.append(after)
-                gang.variant.samples.append(ns)
-                ratios[gang.variant.name].append((before + after) / 2 / ns)
-                before = after
-    finally:
-        for gang in gangs:
-            gang.stop()
-    return ratios
+    vs = variants.all()
+    floor = vs[0]
+    ratios: Ratios = {v.name: [] for v in vs}
+    per_thread = max(1, calls // threads)
+    for _ in range(blocks):
+        gangs: list[Gang] = []
+        block = {v.name: list[float]() for v in vs}
+        try:
+            for variant in vs:
+                gangs.append(Gang(variant, threads))
+            floor_gang, *other_gangs = gangs
+            for gang in gangs:  # one untimed slice each: caches, plans, the server's backends
+                gang.run(max(1, per_thread // 4))
+            for _ in range(rounds):
+                rng.shuffle(other_gangs)
+                before = floor_gang.run(per_thread)
+                floor.samples.append(before)
+                block[floor.name].append(1.0)
+                for gang in other_gangs:
+                    ns = gang.run(per_thread)
+                    after = floor_gang.run(per_thread)
+                    floor.samples.append(after)
+                    gang.variant.samples.append(ns)
+                    block[gang.variant.name].append((before + after) / 2 / ns)
+                    before = after
+        finally:
+            for gang in gangs:
+                gang.stop()
+            gc.collect()  # DBUtils closes a dead thread's connection only when it is freed
+            variants.close_connections()
+        for name, values in block.items():
+            ratios[name].append(values)
+    return vs, ratios
 
 
-def qps_table(title: str, variants: Sequence[Variant], ratios: dict[str, list[float]]) -> str:
+def _pooled(groups: list[list[float]]) -> list[float]:
+    return [v for group in groups for v in group]
+
+
+def qps_table(title: str, variants: Sequence[Variant], ratios: Ratios) -> str:
     width = max(len(v.name) for v in variants)
     lines = [
         title,
@@ -299,7 +327,8 @@ def qps_table(title: str, variants: Sequence[Variant], ratios: dict[str, list[fl
         low, high = median_ci(ratios[v.name])
         lines.append(
             f"  {v.name:<{width}}  {1e9 / statistics.median(v.samples):>10,.0f}"
-            f"  {statistics.median(ratios[v.name]):>7.3f}  {f'({low:.3f} .. {high:.3f})':>16}"
+            f"  {statistics.median(_pooled(ratios[v.name])):>7.3f}"
+            f"  {f'({low:.3f} .. {high:.3f})':>16}"
         )
     return "\n".join(lines)
 
@@ -309,34 +338,42 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="a short smoke run (< 30 s)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the shuffled orders")
     parser.add_argument(
-        "--rounds", type=int, default=None, help="rounds per thread count (default 40)"
+        "--blocks",
+        type=int,
+        default=None,
+        help="fresh threads and connections this many times per thread count (default 5)",
     )
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per block (default 8)")
     args = parser.parse_args()
     # Many short slices rather than a few long ones: more rounds narrow the interval around
     # the median ratio (printed with it), and each ratio's floor slices lie closer to it. A
     # slice still gives each of 16 threads more work than Python's 5 ms switch interval.
-    rounds, calls = (5, 2_000) if args.quick else (40, 3_000)
-    if args.rounds is not None:
-        if args.rounds < 1:
-            parser.error("--rounds must be at least 1")
-        rounds = args.rounds
+    blocks, rounds, calls = (2, 3, 2_000) if args.quick else (5, 8, 3_000)
+    for name in ("blocks", "rounds"):
+        given = getattr(args, name)
+        if given is not None and given < 1:
+            parser.error(f"--{name} must be at least 1")
+    blocks = args.blocks or blocks
+    rounds = args.rounds or rounds
     began = time.monotonic()
 
     pinned = pin_to_one_cpu()  # before the server starts: it inherits the affinity
     cpus = os.sched_getaffinity(0)
     print("bench/pg_throughput.py: SELECT 1 (autocommit, row fetched) in a loop per thread,")
     print("  against one local PostgreSQL primary over loopback TCP.")
+    print(f"  {blocks} blocks of {rounds} rounds, each block with fresh threads and connections;")
     print(
-        f"  {rounds} rounds; each round runs every variant once ({calls} queries per slice, "
-        "split over the threads), in a shuffled order,"
+        f"  a round runs every variant once ({calls} queries per slice, split over the threads),"
+        " in a shuffled order,"
     )
     print("  with a slice of the raw floor before and after each (the ratio's reference);")
     print("  medians over rounds of qps, and of per-round qps ratios vs the raw floor,")
-    print("  with a bootstrap 95% interval for that median (resampling the rounds).")
-    print("  Each variant keeps its threads and connections for the whole comparison.")
+    print("  with a bootstrap 95% interval for that median (resampling blocks, then rounds).")
     rng = random.Random(args.seed)
     verdicts: list[str] = []
-    with PostgresCluster(standbys=0, user="bench") as cluster:
+    # Each block opens up to 5 x 16 fresh connections while the last block's backends may
+    # still be exiting: more than the default 100 slots.
+    with PostgresCluster(standbys=0, user="bench", settings={"max_connections": 400}) as cluster:
         print(f"  client {pinned}; {pin_server(cluster.primary, cpus)}")
         dsn = cluster.primary.dsn()
         qdbpool.initialize(Postgres(dsn, autocommit=True))
@@ -344,19 +381,18 @@ def main() -> int:
             for threads in THREAD_COUNTS:
                 variants = Variants(dsn, threads)
                 try:
-                    vs = variants.all()
-                    ratios = compare_gangs(vs, threads, rounds, calls, rng)
+                    vs, ratios = compare_gangs(variants, threads, blocks, rounds, calls, rng)
                 finally:
                     variants.close()
                 ours, hand = ratios[QDBPOOL], ratios[HAND_WRITTEN]
                 print()
                 print(qps_table(f"{threads} thread(s):", vs, ratios))
-                per_round = [a / b for a, b in zip(ours, hand, strict=True)]
+                per_round = [a / b for a, b in zip(_pooled(ours), _pooled(hand), strict=True)]
                 verdicts.append(
                     f"{threads:>2} thread(s): qdbpool's qps / the raw floor's = "
                     f"{verdict(ours, TARGET)}\n"
-                    f"    hand-written decorator = {statistics.median(hand):.3f}x the floor;"
-                    f" qdbpool = {statistics.median(per_round):.3f}x hand-written"
+                    f"    hand-written decorator = {statistics.median(_pooled(hand)):.3f}x the"
+                    f" floor; qdbpool = {statistics.median(per_round):.3f}x hand-written"
                 )
         finally:
             qdbpool.close()
