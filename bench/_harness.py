@@ -91,6 +91,83 @@ def run_threads(variant: Variant, threads: int, calls: int) -> float:
     return elapsed / (threads * calls)
 
 
+class Gang:
+    """`threads` threads running one variant's call, each keeping its connection across rounds.
+
+    (run_threads starts new threads every slice, which would also open and close a
+    connection per thread per round: that backend churn lands in whichever slice runs next.)
+    """
+
+    def __init__(self, variant: Variant, threads: int, setup_timeout: float = 60.0) -> None:
+        self.variant = variant
+        self.threads = threads
+        self._ready = threading.Barrier(threads + 1, timeout=setup_timeout)
+        self._start = threading.Barrier(threads + 1)
+        self._done = threading.Barrier(threads + 1)
+        self._calls = 0
+        self._stopping = False
+        self._errors: list[BaseException] = []
+        self._workers = [
+            threading.Thread(target=self._work, name=f"{variant.name}#{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for worker in self._workers:
+            worker.start()
+        try:
+            self._ready.wait()  # every thread has its connection and made one warm call
+        except threading.BrokenBarrierError:
+            self.stop()
+            raise self._failure() from None
+
+    def _failure(self) -> BaseException:
+        if self._errors:
+            return self._errors[0]
+        return RuntimeError(f"{self.variant.name}: worker threads did not get ready")
+
+    def _work(self) -> None:
+        try:
+            call = self.variant.make_call()
+            call()
+        except BaseException as exc:
+            self._errors.append(exc)
+            self._ready.abort()
+            return
+        try:
+            self._ready.wait()
+            while True:
+                self._start.wait()
+                if self._stopping:
+                    return
+                for _ in range(self._calls):
+                    call()
+                self._done.wait()
+        except threading.BrokenBarrierError:
+            return
+        except BaseException as exc:
+            self._errors.append(exc)
+            self._done.abort()
+
+    def run(self, calls_per_thread: int) -> float:
+        """One slice: ns per call over all threads (wall time / total calls)."""
+        self._calls = calls_per_thread
+        # The clock starts first: a worker released by the barrier could otherwise run
+        # (holding the GIL) before this thread gets to read it.
+        start = time.perf_counter_ns()
+        self._start.wait()
+        try:
+            self._done.wait()
+        except threading.BrokenBarrierError:
+            raise self._failure() from None
+        return (time.perf_counter_ns() - start) / (self.threads * calls_per_thread)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        self._start.abort()  # wakes every idle worker; they return
+        self._done.abort()
+        for worker in self._workers:
+            worker.join(timeout)
+
+
 def compare(
     variants: Sequence[Variant],
     *,

@@ -10,8 +10,9 @@ Variants, each with 1, 4 and 16 threads, all on one server started here:
 Every connection is autocommit (pymysql-pool's default, set for the others too) and
 ssl_disabled (PyMySQL otherwise builds a fresh TLS context per connect: ~20 ms of CPU that
 would only slow down the untimed set-up). The benchmark process and the server are pinned
-to the same CPU. Variants run interleaved in short slices, in a shuffled order each round;
-ratios are medians of per-round ratios (see bench/_harness.py).
+to the same CPU. Variants run interleaved in short slices, in a shuffled order each round,
+each on its own threads for the whole comparison (bench/_harness.Gang); ratios are medians
+of per-round ratios, with bootstrap 95% intervals (see bench/_harness.py).
 Targets: SingletonPool >= 0.97x the floor; BoundedPool(4) >= pymysql-pool at every
 thread count. Run: python bench/mysql_throughput.py [--quick]
 """
@@ -34,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pymysql
-from _harness import Variant, pin_to_one_cpu, run_threads
+from _harness import Gang, Variant, pin_to_one_cpu, verdict
 
 import qdbpool
 from qdbpool import _global
@@ -105,22 +106,43 @@ class Contender:
 
 def compare_with_setup(
     contenders: Sequence[Contender], *, threads: int, rounds: int, calls: int, seed: int = 1
-) -> None:
-    """bench/_harness.compare, plus an untimed `before()` per slice and a warm-up round."""
+) -> list[list[float]]:
+    """Every round, each contender's `before()` (untimed) and then one slice, in a fresh
+    shuffled order. Each contender keeps its threads (and so its connections) for the
+    whole comparison: fresh threads per slice would open and close a connection per
+    thread per slice, and the server's teardown of the last slice's connections would
+    land in whichever slice runs next (at 16 threads that once made SingletonPool's
+    median per-round ratio 0.958 while its median time per call beat the floor's).
+    Returns the rounds' slice times, one list per contender."""
     rng = random.Random(seed)
-    order = list(contenders)
-    for round_no in range(rounds + 1):
-        rng.shuffle(order)
-        for c in order:
+    gangs: list[tuple[Contender, Gang]] = []
+    try:
+        for c in contenders:
+            c.before()  # the gang's threads make their first (warm-up) call right away
+            gangs.append((c, Gang(c.variant, threads)))
+        for c, gang in gangs:  # an untimed slice each: pools grown, caches warm
             c.before()
-            ns = run_threads(c.variant, threads, calls)
-            if round_no:  # round 0 warms up: connections opened, pools grown
-                c.variant.samples.append(ns)
+            gang.run(max(1, calls // 4))
+        order = list(gangs)
+        for _ in range(rounds):
+            rng.shuffle(order)
+            for c, gang in order:
+                c.before()
+                c.variant.samples.append(gang.run(calls))
+    finally:
+        for _, gang in gangs:
+            gang.stop()
+    return [c.variant.samples for c in contenders]
+
+
+def qps_ratios(v: Variant, base: Variant) -> list[float]:
+    """Per round: v's throughput / base's throughput in the same round."""
+    return [b / a for a, b in zip(v.samples, base.samples, strict=True)]
 
 
 def qps_ratio(v: Variant, base: Variant) -> float:
     """Median over rounds of v's throughput / base's throughput in the same round."""
-    return statistics.median(b / a for a, b in zip(v.samples, base.samples, strict=True))
+    return statistics.median(qps_ratios(v, base))
 
 
 def render(title: str, variants: Sequence[Variant], base: Variant) -> str:
@@ -160,7 +182,7 @@ def main() -> int:
         server.create_user(USER, PASSWORD, DATABASE)
         print(
             f"bench/mysql_throughput.py: benchmark {pinned}, MariaDB server (pid {server.pid}) "
-            f"pinned to the same CPU; {rounds} rounds (+1 warm-up), shuffled, medians of "
+            f"pinned to the same CPU; {rounds} rounds, shuffled, threads kept; medians of "
             f"per-round ratios; SELECT 1, autocommit, ssl_disabled"
         )
         run(server, rounds, per_thread)
@@ -227,12 +249,10 @@ def run(server: MariaDBServer, rounds: int, per_thread: dict[int, int]) -> None:
                 f"  (open connections now: BoundedPool(4) {bounded.stats().open}, "
                 f"BoundedPool(4/16) {bounded16.stats().open}, pymysql-pool {peer.total_num})"
             )
-            s_ratio, b_ratio = qps_ratio(single, floor), qps_ratio(bnd, pp)
             verdicts.append(
-                f"{threads:>2} thread(s): SingletonPool = {s_ratio:.3f}x the floor "
-                f"(target >= 0.97: {'met' if s_ratio >= 0.97 else 'MISSED'}); "
-                f"BoundedPool(4) = {b_ratio:.3f}x pymysql-pool "
-                f"(target >= 1.0: {'met' if b_ratio >= 1.0 else 'MISSED'})"
+                f"{threads:>2} thread(s): SingletonPool / the floor = "
+                f"{verdict([qps_ratios(single, floor)], 0.97)}\n"
+                f"    BoundedPool(4) / pymysql-pool = {verdict([qps_ratios(bnd, pp)], 1.0)}"
             )
     finally:
         _global.current = None
@@ -241,7 +261,10 @@ def run(server: MariaDBServer, rounds: int, per_thread: dict[int, int]) -> None:
         raw.close()
         while peer._pool:  # pymysql-pool has no close(): detach, then really close
             pymysql.connections.Connection.close(peer._pool.pop())
-    print("\nqueries/s ratios, medians of per-round ratios:\n" + "\n".join(verdicts))
+    print(
+        "\nqueries/s ratios, medians of per-round ratios, with bootstrap 95% intervals:\n"
+        + "\n".join(verdicts)
+    )
 
 
 if __name__ == "__main__":
