@@ -201,10 +201,10 @@ def median_ci(
     """A bootstrap confidence interval for the median of per-round values, given in groups
     that each ran on their own threads and connections (one group: plain rounds).
 
-    Resampling shows how far the median of another run could land. Groups are resampled
-    first, then rounds within each: a group's connections and processes can be slower or
-    faster as a whole (where their memory landed, say), and a run's rounds alone would
-    not show that.
+    The interval says how closely this run pins down the median ratio of the setup it
+    measured; the median of another run scatters wider. Groups are resampled first, then
+    rounds within each: a group's threads and connections can be slower or faster as a
+    whole, and a run's rounds alone would not show that.
     """
     values = [v for group in groups for v in group]
     if len(values) < 2:

@@ -12,7 +12,9 @@ ssl_disabled (PyMySQL otherwise builds a fresh TLS context per connect: ~20 ms o
 would only slow down the untimed set-up). The benchmark process and the server are pinned
 to the same CPU. Variants run interleaved in short slices, in a shuffled order each round,
 each on its own threads for the whole comparison (bench/_harness.Gang); ratios are medians
-of per-round ratios, with bootstrap 95% intervals (see bench/_harness.py).
+of per-round ratios, with bootstrap 95% intervals over the rounds (one set of threads per
+variant, so unlike bench/pg_throughput.py's they leave out how fast a set of threads and
+connections happens to be as a whole).
 Targets: SingletonPool >= 0.97x the floor; BoundedPool(4) >= pymysql-pool at every
 thread count. Run: python bench/mysql_throughput.py [--quick]
 """
@@ -262,8 +264,8 @@ def run(server: MariaDBServer, rounds: int, per_thread: dict[int, int]) -> None:
         while peer._pool:  # pymysql-pool has no close(): detach, then really close
             pymysql.connections.Connection.close(peer._pool.pop())
     print(
-        "\nqueries/s ratios, medians of per-round ratios, with bootstrap 95% intervals:\n"
-        + "\n".join(verdicts)
+        "\nqueries/s ratios, medians of per-round ratios, with bootstrap 95% intervals over"
+        " the rounds (one set of threads per variant):\n" + "\n".join(verdicts)
     )
 
 

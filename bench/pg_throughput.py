@@ -6,13 +6,12 @@ a hand-written threading.local decorator over such connections (the cost of a de
 layer alone, no checks); qdbpool's SingletonPool with the Postgres factory, through
 @with_conn; psycopg_pool's ConnectionPool (size = threads, `with pool.connection()`);
 DBUtils PersistentDB (creator=psycopg). The run is made of blocks; in each, every
-variant gets fresh worker threads (and so fresh connections) that it keeps for the
-block's rounds. A round gives every variant one slice of work, in a freshly shuffled
-order, with a slice of the floor's before and after each: the machine's noise drifts
-over a few slices, so each ratio is taken against the floor's slices beside it. Printed:
-median queries per second over rounds, and the median over rounds of each variant's
-qps / the floor's, with a bootstrap 95% interval for that median (how far another run
-could land).
+variant gets fresh worker threads (and so fresh connections, but for psycopg_pool's)
+that it keeps for the block's rounds. A round gives every variant one slice of work, in
+a freshly shuffled order, each followed by a slice of the floor's: the machine's noise
+drifts over a few slices, so each ratio is taken against the floor's slices just before
+and after. Printed: median queries per second over rounds, and the median over rounds
+of each variant's qps / the floor's, with a bootstrap 95% interval for that median.
 The benchmark process and the PostgreSQL server it starts are pinned to one CPU.
 Run: python bench/pg_throughput.py [--quick] [--blocks N] [--rounds N]
 """
@@ -29,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -174,6 +174,17 @@ class Variants:
 Ratios = dict[str, list[list[float]]]  # per variant, per block: its ratio in each round
 
 
+@dataclass
+class Comparison:
+    variants: list[Variant]
+    ratios: Ratios  # against the mean of the floor slices just before and after
+    # The same against only the floor slice before, or only the one after: a variant's
+    # leftovers (garbage, server-side work) are paid in the slice after it, so if these two
+    # differ much, that matters more than noise.
+    before_only: dict[str, list[float]]
+    after_only: dict[str, list[float]]
+
+
 def compare_gangs(
     variants: Variants,
     threads: int,
@@ -181,24 +192,29 @@ def compare_gangs(
     rounds: int,
     calls: int,
     rng: random.Random,
-) -> tuple[list[Variant], Ratios]:
-    """`blocks` times: fresh threads (and so connections) for every variant, then `rounds`
-    rounds. A round runs the floor's slice, then every other variant's slice followed by
-    another of the floor's, in a fresh shuffled order.
+) -> Comparison:
+    """`blocks` times: fresh threads for every variant (and fresh connections, but for
+    psycopg_pool's, which lives as long as `variants`), then `rounds` rounds. The floor's
+    gang runs a slice; then, each round, every other variant's gang runs one slice followed
+    by another of the floor's, in a fresh shuffled order.
 
-    Returns, per variant and block, its qps / the floor's in each round, where the floor's
-    is that of the two floor slices just around the variant's. The machine's noise drifts
-    over a few slices (here: an autocorrelation of 0.7 between a slice and the next, 0.05
-    ten slices apart), so a ratio to the slices beside it cancels most of it: the ratio of
-    two adjacent slices of the same variant spread +/-2% (quartiles), that of two slices
-    anywhere in the run +/-10%. Blocks exist because a set of threads and connections can
-    also be a few percent slower or faster as a whole for as long as it lives (one run gave
-    the hand-written decorator 1.077x qdbpool, the next 0.953x): fresh ones per block put
-    that into the median and its interval instead of into one run's verdict.
+    Each variant's ratio in a round is its qps / the floor's over the two floor slices just
+    around its own. The machine's noise drifts over a few slices (here: an autocorrelation
+    of 0.73 between a slice and the next, 0.04 ten slices apart), so a ratio to the slices
+    beside it cancels most of it: the ratio of two adjacent slices of the same variant
+    spread +/-2% (quartiles), that of two slices anywhere in the run +/-10%. Blocks exist
+    because a set of threads and connections can also be a few percent slower or faster as
+    a whole for as long as it lives (in one run at 1 thread, with the same threads
+    throughout, qdbpool's interval was 0.920-0.964x the floor and the hand-written
+    decorator's 0.973-1.016x; other runs had them level, or the other way round): fresh
+    ones per block put that into the median and its interval instead of into one run's
+    verdict.
     """
     vs = variants.all()
     floor = vs[0]
-    ratios: Ratios = {v.name: [] for v in vs}
+    found = Comparison(
+        vs, {v.name: [] for v in vs}, {v.name: [] for v in vs}, {v.name: [] for v in vs}
+    )
     per_thread = max(1, calls // threads)
     for _ in range(blocks):
         gangs: list[Gang] = []
@@ -209,17 +225,20 @@ def compare_gangs(
             floor_gang, *other_gangs = gangs
             for gang in gangs:  # one untimed slice each: caches, plans, the server's backends
                 gang.run(max(1, per_thread // 4))
+            before = floor_gang.run(per_thread)
+            floor.samples.append(before)
             for _ in range(rounds):
                 rng.shuffle(other_gangs)
-                before = floor_gang.run(per_thread)
-                floor.samples.append(before)
                 block[floor.name].append(1.0)
                 for gang in other_gangs:
+                    name = gang.variant.name
                     ns = gang.run(per_thread)
                     after = floor_gang.run(per_thread)
                     floor.samples.append(after)
                     gang.variant.samples.append(ns)
-                    block[gang.variant.name].append((before + after) / 2 / ns)
+                    block[name].append((before + after) / 2 / ns)
+                    found.before_only[name].append(before / ns)
+                    found.after_only[name].append(after / ns)
                     before = after
         finally:
             for gang in gangs:
@@ -227,8 +246,8 @@ def compare_gangs(
             gc.collect()  # DBUtils closes a dead thread's connection only when it is freed
             variants.close_connections()
         for name, values in block.items():
-            ratios[name].append(values)
-    return vs, ratios
+            found.ratios[name].append(values)
+    return found
 
 
 def _pooled(groups: list[list[float]]) -> list[float]:
@@ -299,18 +318,26 @@ def main() -> int:
             for threads in THREAD_COUNTS:
                 variants = Variants(dsn, threads)
                 try:
-                    vs, ratios = compare_gangs(variants, threads, blocks, rounds, calls, rng)
+                    found = compare_gangs(variants, threads, blocks, rounds, calls, rng)
                 finally:
                     variants.close()
-                ours, hand = ratios[QDBPOOL], ratios[HAND_WRITTEN]
+                ours, hand = found.ratios[QDBPOOL], found.ratios[HAND_WRITTEN]
                 print()
-                print(qps_table(f"{threads} thread(s):", vs, ratios))
-                per_round = [a / b for a, b in zip(_pooled(ours), _pooled(hand), strict=True)]
+                print(qps_table(f"{threads} thread(s):", found.variants, found.ratios))
+                versus_hand = [
+                    [a / b for a, b in zip(mine, theirs, strict=True)]
+                    for mine, theirs in zip(ours, hand, strict=True)
+                ]
+                low, high = median_ci(versus_hand)
                 verdicts.append(
                     f"{threads:>2} thread(s): qdbpool's qps / the raw floor's = "
                     f"{verdict(ours, TARGET)}\n"
+                    f"    against the floor slice before it alone "
+                    f"{statistics.median(found.before_only[QDBPOOL]):.3f}, after it alone "
+                    f"{statistics.median(found.after_only[QDBPOOL]):.3f}\n"
                     f"    hand-written decorator = {statistics.median(_pooled(hand)):.3f}x the"
-                    f" floor; qdbpool = {statistics.median(per_round):.3f}x hand-written"
+                    f" floor; qdbpool = {statistics.median(_pooled(versus_hand)):.3f}x"
+                    f" hand-written (95% CI {low:.3f}..{high:.3f})"
                 )
         finally:
             qdbpool.close()
