@@ -191,6 +191,11 @@ def ratio(v: Variant, base: Variant) -> float:
     return statistics.median(a / b for a, b in zip(v.samples, base.samples, strict=True))
 
 
+def pooled(groups: Sequence[Sequence[float]]) -> list[float]:
+    """All groups' values in one list."""
+    return [v for group in groups for v in group]
+
+
 def median_ci(
     groups: Sequence[Sequence[float]],
     *,
@@ -206,7 +211,7 @@ def median_ci(
     rounds within each: a group's threads and connections can be slower or faster as a
     whole, and a run's rounds alone would not show that.
     """
-    values = [v for group in groups for v in group]
+    values = pooled(groups)
     if len(values) < 2:
         return (values[0], values[0]) if values else (float("nan"), float("nan"))
     rng = random.Random(seed)
@@ -224,7 +229,7 @@ def median_ci(
 def verdict(groups: Sequence[Sequence[float]], target: float) -> str:
     """'OK' or 'MISSED' for the median of per-round ratios (higher is better) against
     `target`, and whether this run's 95% interval decides it or the noise could."""
-    got = statistics.median(v for group in groups for v in group)
+    got = statistics.median(pooled(groups))
     low, high = median_ci(groups)
     if low >= target:
         sure = "the whole interval meets it"

@@ -108,14 +108,14 @@ class Contender:
 
 def compare_with_setup(
     contenders: Sequence[Contender], *, threads: int, rounds: int, calls: int, seed: int = 1
-) -> list[list[float]]:
+) -> None:
     """Every round, each contender's `before()` (untimed) and then one slice, in a fresh
     shuffled order. Each contender keeps its threads (and so its connections) for the
     whole comparison: fresh threads per slice would open and close a connection per
     thread per slice, and the server's teardown of the last slice's connections would
     land in whichever slice runs next (at 16 threads that once made SingletonPool's
     median per-round ratio 0.958 while its median time per call beat the floor's).
-    Returns the rounds' slice times, one list per contender."""
+    Slice times go to each contender's `variant.samples`."""
     rng = random.Random(seed)
     gangs: list[tuple[Contender, Gang]] = []
     try:
@@ -134,7 +134,6 @@ def compare_with_setup(
     finally:
         for _, gang in gangs:
             gang.stop()
-    return [c.variant.samples for c in contenders]
 
 
 def qps_ratios(v: Variant, base: Variant) -> list[float]:

@@ -34,7 +34,7 @@ from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import Gang, Variant, median_ci, pin_to_one_cpu, verdict
+from _harness import Gang, Variant, median_ci, pin_to_one_cpu, pooled, verdict
 
 import qdbpool
 from qdbpool.factories.postgres import Postgres
@@ -250,10 +250,6 @@ def compare_gangs(
     return found
 
 
-def _pooled(groups: list[list[float]]) -> list[float]:
-    return [v for group in groups for v in group]
-
-
 def qps_table(title: str, variants: Sequence[Variant], ratios: Ratios) -> str:
     width = max(len(v.name) for v in variants)
     lines = [
@@ -264,7 +260,7 @@ def qps_table(title: str, variants: Sequence[Variant], ratios: Ratios) -> str:
         low, high = median_ci(ratios[v.name])
         lines.append(
             f"  {v.name:<{width}}  {1e9 / statistics.median(v.samples):>10,.0f}"
-            f"  {statistics.median(_pooled(ratios[v.name])):>7.3f}"
+            f"  {statistics.median(pooled(ratios[v.name])):>7.3f}"
             f"  {f'({low:.3f} .. {high:.3f})':>16}"
         )
     return "\n".join(lines)
@@ -335,8 +331,8 @@ def main() -> int:
                     f"    against the floor slice before it alone "
                     f"{statistics.median(found.before_only[QDBPOOL]):.3f}, after it alone "
                     f"{statistics.median(found.after_only[QDBPOOL]):.3f}\n"
-                    f"    hand-written decorator = {statistics.median(_pooled(hand)):.3f}x the"
-                    f" floor; qdbpool = {statistics.median(_pooled(versus_hand)):.3f}x"
+                    f"    hand-written decorator = {statistics.median(pooled(hand)):.3f}x the"
+                    f" floor; qdbpool = {statistics.median(pooled(versus_hand)):.3f}x"
                     f" hand-written (95% CI {low:.3f}..{high:.3f})"
                 )
         finally:
