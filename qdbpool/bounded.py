@@ -20,8 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from qdbpool.errors import PoolClosedError, PoolTimeoutError
-from qdbpool.factories.base import Connection, ConnectionFactory
 from qdbpool.pool import Pool, PooledConnection
+from qdbpool.protocol import Connection, ConnectionFactory
 
 _CAPACITY = "capacity"  # a waiter was given room to open a connection of its own
 _CLOSED = "closed"  # the pool closed while it waited

@@ -21,7 +21,7 @@ from typing import Any
 
 from qdbpool import _fork
 from qdbpool.errors import PoolClosedError
-from qdbpool.factories.base import (
+from qdbpool.protocol import (
     CLEAN,
     LOST,
     Connection,

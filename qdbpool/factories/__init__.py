@@ -6,7 +6,9 @@ neither psycopg nor PyMySQL installed.
 
 from typing import TYPE_CHECKING, Any
 
-from qdbpool.factories.base import (
+from qdbpool.factories.quasardb import QuasarDB
+from qdbpool.factories.sqlite import SQLite
+from qdbpool.protocol import (
     CLEAN,
     LOST,
     NEEDS_RESET,
@@ -14,8 +16,6 @@ from qdbpool.factories.base import (
     ConnectionFactory,
     as_factory,
 )
-from qdbpool.factories.quasardb import QuasarDB
-from qdbpool.factories.sqlite import SQLite
 
 if TYPE_CHECKING:
     from qdbpool.factories.mysql import MySQL

@@ -14,10 +14,10 @@ from typing import Any
 
 from qdbpool.dsn import HostPort, ParsedDSN, parse_dsn
 from qdbpool.errors import ConfigurationError
-from qdbpool.factories.base import CLEAN, LOST, NEEDS_RESET
 from qdbpool.ha.driver import HostDriver
 from qdbpool.ha.factory import RoutedFactory
 from qdbpool.ha.hosts import Observation, Role
+from qdbpool.protocol import CLEAN, LOST, NEEDS_RESET
 
 try:
     import psycopg

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qdbpool.factories.base import ConnectionFactory
+from qdbpool.protocol import ConnectionFactory
 
 # Parameters of quasardb.Cluster that carry secrets: never shown in a repr or a log line.
 _SECRET_PARAMS = frozenset({"user_private_key", "cluster_public_key", "user_security_file"})

@@ -7,7 +7,7 @@ import os
 import sqlite3
 from typing import Any
 
-from qdbpool.factories.base import ConnectionFactory, _sqlite_is_usable
+from qdbpool.protocol import ConnectionFactory, sqlite_is_usable
 
 
 class SQLite(ConnectionFactory):
@@ -29,7 +29,7 @@ class SQLite(ConnectionFactory):
         return conn
 
     # A plain function, not a method: the pool calls it at every checkout.
-    is_usable = staticmethod(_sqlite_is_usable)
+    is_usable = staticmethod(sqlite_is_usable)
 
     def ping(self, conn: sqlite3.Connection) -> None:
         conn.execute("SELECT 1").fetchall()
@@ -47,7 +47,7 @@ class SQLite(ConnectionFactory):
 
     def is_disconnect(self, conn: sqlite3.Connection, exc: BaseException) -> bool:
         # An embedded database has no link to lose: only a closed handle is unusable.
-        return not _sqlite_is_usable(conn)
+        return not sqlite_is_usable(conn)
 
     def __repr__(self) -> str:
         return f"SQLite({self.path!r})"

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from qdbpool.dsn import HostPort
-from qdbpool.factories.base import CLEAN, LOST
 from qdbpool.ha.hosts import Observation
+from qdbpool.protocol import CLEAN, LOST
 
 Connection = Any
 
@@ -80,7 +80,7 @@ class HostDriver(abc.ABC):
     after_use_hint: Callable[[Connection], object] | None = None
 
     def state_after_use(self, conn: Connection) -> int:
-        """CLEAN / NEEDS_RESET / LOST (see qdbpool.factories.base), without I/O."""
+        """CLEAN / NEEDS_RESET / LOST (see qdbpool.protocol), without I/O."""
         return CLEAN if self.is_open(conn) else LOST
 
     @abc.abstractmethod

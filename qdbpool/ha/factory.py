@@ -19,11 +19,11 @@ from typing import Any
 
 from qdbpool.dsn import HostPort
 from qdbpool.errors import ConfigurationError, NoHostAvailableError
-from qdbpool.factories.base import ConnectionFactory, Generation
 from qdbpool.ha.balancer import Router
 from qdbpool.ha.driver import HostDriver
 from qdbpool.ha.hosts import HostState, HostStatus, Role
 from qdbpool.ha.topology import Topology
+from qdbpool.protocol import ConnectionFactory, Generation
 
 logger = logging.getLogger("qdbpool")
 

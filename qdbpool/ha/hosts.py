@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qdbpool.dsn import HostPort
-from qdbpool.factories.base import Generation
+from qdbpool.protocol import Generation
 
 
 class Role(enum.Enum):

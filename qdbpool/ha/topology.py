@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from qdbpool import _fork
 from qdbpool.dsn import HostPort
 from qdbpool.errors import NoHostAvailableError
-from qdbpool.factories.base import Generation
 from qdbpool.ha.driver import HostDriver
 from qdbpool.ha.hosts import HostState, HostStatus, Observation, Role
+from qdbpool.protocol import Generation
 
 logger = logging.getLogger("qdbpool")
 

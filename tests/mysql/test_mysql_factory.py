@@ -14,8 +14,8 @@ import pytest
 
 import qdbpool
 from qdbpool.errors import ConfigurationError, NoHostAvailableError
-from qdbpool.factories.base import CLEAN, LOST
 from qdbpool.factories.mysql import MySQL
+from qdbpool.protocol import CLEAN, LOST
 from qdbpool.testing._process import wait_until
 from qdbpool.testing.mariadb import MariaDBServer
 

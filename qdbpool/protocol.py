@@ -1,4 +1,4 @@
-"""What a pool may ask of a factory: the one small protocol every factory implements.
+"""What a pool asks of a factory: the one small protocol every factory implements.
 
 The pool decides *when* (checkout, release, error, close); the factory decides *how* for its
 database (what "alive" means without I/O, how to ping, reset or route). A plain zero-argument
@@ -128,7 +128,7 @@ def _no_liveness_check(conn: Connection) -> bool:
     return True
 
 
-def _sqlite_is_usable(conn: sqlite3.Connection) -> bool:
+def sqlite_is_usable(conn: sqlite3.Connection) -> bool:
     try:
         conn.total_changes  # noqa: B018 - raises ProgrammingError once the connection is closed
     except sqlite3.ProgrammingError:
@@ -139,7 +139,7 @@ def _sqlite_is_usable(conn: sqlite3.Connection) -> bool:
 def liveness_check_for(conn: Connection) -> Callable[[Connection], bool]:
     """Pick, once per connection type, the cheapest no-I/O liveness check it offers."""
     if isinstance(conn, sqlite3.Connection):
-        return _sqlite_is_usable
+        return sqlite_is_usable
     if hasattr(conn, "closed"):
         # psycopg 3 (bool), psycopg2 (int): nonzero once closed or broken.
         return lambda c: not c.closed
