@@ -17,10 +17,10 @@ from qdbpool.errors import (
     PoolTimeoutError,
     QdbPoolError,
 )
-from qdbpool.inject import with_conn
 from qdbpool.pool import Pool, SingletonPool
 from qdbpool.session import SessionWrapper
 from qdbpool.stats import PoolStats
+from qdbpool.with_conn import with_conn
 
 __all__ = [
     "BoundedPool",

@@ -12,14 +12,14 @@ Validation, lifetime, pre-ping, hooks, stats, close and fork rules are Pool's.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from qdbpool.errors import PoolClosedError, PoolTimeoutError
+from qdbpool import _validate
+from qdbpool.errors import ConfigurationError, PoolClosedError, PoolTimeoutError
 from qdbpool.pool import Pool, PooledConnection
 from qdbpool.protocol import Connection, ConnectionFactory
 
@@ -34,23 +34,6 @@ class _Waiter:
         self.route = route
         self.event = threading.Event()
         self.granted: PooledConnection | str | None = None
-
-
-def _count(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, not {value!r}")
-    return value
-
-
-def _positive(name: str, value: object) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
-    return float(value)
 
 
 class BoundedPool(Pool):
@@ -72,7 +55,7 @@ class BoundedPool(Pool):
             `configure`, `reset` (or, without `get_conn`, `quasardb.Cluster` arguments).
 
     Raises:
-        ValueError: A size or a number of seconds is out of range.
+        ConfigurationError: A size or a number of seconds is out of range (a ValueError).
     """
 
     def __init__(
@@ -86,15 +69,17 @@ class BoundedPool(Pool):
         burst_idle: float = 10.0,
         **pool_kwargs: Any,
     ) -> None:
-        self._size = _count("size", size, 1)
-        self._max_size = self._size if max_size is None else _count("max_size", max_size, 1)
+        self._size = _validate.count("size", size, 1)
+        self._max_size = (
+            self._size if max_size is None else _validate.count("max_size", max_size, 1)
+        )
         if self._max_size < self._size:
-            raise ValueError(f"max_size ({max_size}) must be >= size ({size})")
-        pre_create = _count("pre_create", pre_create, 0)
+            raise ConfigurationError(f"max_size ({max_size}) must be >= size ({size})")
+        pre_create = _validate.count("pre_create", pre_create, 0)
         if pre_create > self._size:
-            raise ValueError(f"pre_create ({pre_create}) must be <= size ({size})")
-        self._timeout = _positive("timeout", timeout)
-        self._burst_idle = _positive("burst_idle", burst_idle)
+            raise ConfigurationError(f"pre_create ({pre_create}) must be <= size ({size})")
+        self._burst_idle = _validate.seconds("burst_idle", burst_idle)
+        self._timeout = _validate.seconds("timeout", timeout)
         super().__init__(get_conn, **pool_kwargs)
         for _ in range(pre_create):
             with self._lock:
@@ -136,9 +121,10 @@ class BoundedPool(Pool):
             return held
         deadline = time.monotonic() + self._timeout  # read once: it bounds the retries too
         while True:
-            pooled = self._acquire(route, read_only, deadline)
-            if pooled.watched.value == pooled.generation and (
-                not self._timed or self._is_fit(pooled)
+            pooled, fresh = self._acquire(route, read_only, deadline)
+            if fresh or (  # a new connection was checked as it was opened
+                pooled.watched.value == pooled.generation
+                and (not self._timed or self._is_fit(pooled))
             ):
                 break
             self._retire(pooled, "it failed validation at checkout", discarded=True)
@@ -148,8 +134,11 @@ class BoundedPool(Pool):
         setattr(self._local, route, pooled)
         return pooled
 
-    def _acquire(self, route: str, read_only: bool, deadline: float) -> PooledConnection:
-        """An idle connection, a new one, or one handed over after waiting in line."""
+    def _acquire(
+        self, route: str, read_only: bool, deadline: float
+    ) -> tuple[PooledConnection, bool]:
+        """An idle connection, a new one, or one handed over after waiting in line; and
+        whether it is new."""
         found: PooledConnection | None = None
         surplus: PooledConnection | None = None
         waiter: _Waiter | None = None
@@ -158,7 +147,7 @@ class BoundedPool(Pool):
                 raise PoolClosedError("the pool is closed")
             expired = self._take_expired_burst_locked(time.monotonic())
             idle, other_idle = self._idle[route], self._idle[_other(route)]
-            if self._waiters:
+            if any(w.route == route for w in self._waiters):
                 waiter = self._enqueue_locked(route)  # others were first: no overtaking
             elif idle:
                 found = idle.pop()  # the most recently used: the extras age out instead
@@ -176,13 +165,13 @@ class BoundedPool(Pool):
         if surplus is not None:
             self._retire(surplus, "its capacity was needed for the other route")
         if found is not None:
-            return found
+            return found, False
         if waiter is None:
-            return self._open_reserved(read_only)
+            return self._open_reserved(read_only, deadline), True
         granted = self._wait(waiter, deadline)
         if isinstance(granted, PooledConnection):
-            return granted
-        return self._open_reserved(read_only)  # granted capacity: open our own
+            return granted, False
+        return self._open_reserved(read_only, deadline), True  # granted capacity: open our own
 
     def _enqueue_locked(self, route: str) -> _Waiter:
         waiter = _Waiter(route)
@@ -197,18 +186,20 @@ class BoundedPool(Pool):
                 self._waiters.remove(waiter)
                 self._timeouts += 1
                 in_use = sum(1 for p in self._live if p.depth > 0)
-                raise PoolTimeoutError(
+                timed_out = PoolTimeoutError(
                     f"no connection available within {self._timeout:g}s: {in_use} of "
                     f"{self._max_size} in use, {len(self._waiters)} other caller(s) waiting"
                 )
+        if granted is None:
+            raise timed_out
         if granted == _CLOSED:
             raise PoolClosedError("the pool closed while waiting for a connection")
         return granted
 
-    def _open_reserved(self, read_only: bool) -> PooledConnection:
+    def _open_reserved(self, read_only: bool, deadline: float | None = None) -> PooledConnection:
         """Open a connection for capacity already reserved; give it back if that fails."""
         try:
-            return self._open(read_only)
+            return self._open(read_only, deadline)
         except BaseException:
             with self._lock:
                 self._reserved -= 1
@@ -221,7 +212,7 @@ class BoundedPool(Pool):
         if pooled.depth > 1:
             pooled.depth -= 1  # an outer call in this thread still uses it
             return
-        route = "ro" if pooled.read_only and self._routes else "rw"
+        route = self._route_of(pooled)
         if getattr(self._local, route, None) is pooled:
             delattr(self._local, route)
         # It stays marked in use (depth 1) until _give_back decides, under the lock, whether
@@ -230,40 +221,49 @@ class BoundedPool(Pool):
             pooled.depth = 0
             self._retire(pooled, "the pool closed")
             return
-        state = self._look_after_use(pooled.raw)
-        if (state or self._user_reset is not None) and not self._after_use(pooled, state):
+        if not self._after_use(pooled):
             pooled.depth = 0
             return  # dropped
         pooled.last_used = time.monotonic()  # always: burst connections age by it
         self._give_back(pooled)
 
     def _give_back(self, pooled: PooledConnection) -> None:
-        route = "ro" if pooled.read_only and self._routes else "rw"
+        """A connection just released: to the longest waiter for its route, else idle.
+
+        A waiter for the other route gets this connection's capacity (it is closed) only
+        when no connection of that route exists to come back to it: trading on every
+        mismatch would open a connection per checkout under mixed reads and writes."""
+        route = self._route_of(pooled)
         expired: list[PooledConnection] = []
-        closed = False
+        trade = False
         with self._lock:
             if self._closed:
-                closed = mismatch = True
+                trade = True
             else:
-                waiter = self._waiters[0] if self._waiters else None
-                mismatch = waiter is not None and waiter.route != route
-                if waiter is not None and not mismatch:
-                    self._waiters.popleft()
+                waiter = next((w for w in self._waiters if w.route == route), None)
+                if waiter is not None:
+                    self._waiters.remove(waiter)
                     pooled.depth = 1  # in use by the waiter from here on (see close())
                     waiter.granted = pooled  # straight to the longest waiter
                     waiter.event.set()
                     return
-                if waiter is None:
+                other = _other(route)
+                trade = bool(self._waiters) and not any(
+                    self._route_of(p) == other for p in self._live
+                )
+                if not trade:
                     pooled.depth = 0  # idle, under the lock that _acquire takes it with
                     self._idle[route].append(pooled)
                     expired = self._take_expired_burst_locked(time.monotonic())
-        if not mismatch:
+        if not trade:
             self._retire_burst(expired)
             return
-        # The longest waiter wants the other route (or the pool closed): this connection's
-        # retirement hands its capacity on.
         pooled.depth = 0
-        self._retire(pooled, "the pool closed" if closed else "a waiter needed the other route")
+        why = "the pool closed" if self._closed else "a waiter needed the other route"
+        self._retire(pooled, why)  # its capacity goes to that waiter
+
+    def _route_of(self, pooled: PooledConnection) -> str:
+        return "ro" if pooled.read_only and self._routes else "rw"
 
     # -- capacity bookkeeping (under the lock) --------------------------------------------
 
@@ -272,8 +272,12 @@ class BoundedPool(Pool):
         for idle in self._idle.values():
             if pooled in idle:
                 idle.remove(pooled)
-        self._reserved -= 1
-        self._grant_capacity_locked()
+
+    def _after_retire(self) -> None:
+        # Only now that the driver connection is closed may a waiter open another.
+        with self._lock:
+            self._reserved -= 1
+            self._grant_capacity_locked()
 
     def _grant_capacity_locked(self) -> None:
         if self._waiters and self._reserved < self._max_size and not self._closed:

@@ -25,3 +25,8 @@ class NoHostAvailableError(QdbPoolError, ConnectionError):
 
 class ConfigurationError(QdbPoolError, ValueError):
     """An argument or DSN is malformed; the message names the bad part, never a password."""
+
+
+class ConnectionReleasedError(QdbPoolError, RuntimeError):
+    """A connection from `connect()` was used after it was released (by `with`, `.close()`
+    or `pool.release()`): check out a new one instead."""

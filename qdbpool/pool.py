@@ -5,13 +5,16 @@ lock and calls no logger: one thread-local lookup and a generation compare on th
 the factory's no-I/O `state_after_use` on the way back (liveness and reset in one look), and
 the clock only when lifetime, idle or pre-ping limits are configured. Everything rare
 (opening, discarding, closing, forking) takes the pool's lock.
+
+`@with_conn` and `connect()` share one protocol: `_checkout` / `_checkin`, with `_on_error`
+when the user's code raised in between.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
+import os
 import threading
 import time
 import weakref
@@ -19,8 +22,9 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from qdbpool import _fork
-from qdbpool.errors import PoolClosedError
+from qdbpool import _fork, _validate
+from qdbpool.backoff import Backoff
+from qdbpool.errors import ConfigurationError, PoolClosedError
 from qdbpool.protocol import (
     CLEAN,
     LOST,
@@ -29,7 +33,7 @@ from qdbpool.protocol import (
     Generation,
     as_factory,
 )
-from qdbpool.session import SessionWrapper  # imports nothing of ours at run time
+from qdbpool.session import SessionWrapper
 from qdbpool.stats import PoolStats
 
 logger = logging.getLogger("qdbpool")
@@ -40,8 +44,6 @@ Hook = Callable[[Connection], object]
 #: The generation of a closed connection. No Generation counter ever holds it, so the one
 #: generation compare at a checkout also turns away closed connections.
 _CLOSED_GENERATION = -1
-# Has no attributes: reading a thread's slot from it fails as for a thread without one.
-_NO_FAST_PATH = object()
 
 
 class PooledConnection:
@@ -54,12 +56,13 @@ class PooledConnection:
         "__weakref__",
         "born",
         "checkouts",
-        "checkouts_before",
         "closed",
         "depth",
         "generation",
         "last_used",
+        "orphaned",
         "owner",
+        "pid",
         "pool",
         "raw",
         "read_only",
@@ -82,12 +85,13 @@ class PooledConnection:
         self.born = now
         self.last_used = now
         self.depth = 0  # nested checkouts in progress; 0 = idle
-        # Counted by its owner thread; @with_conn keeps `checkouts` below 256 (a cached
-        # small int, so counting allocates nothing) by moving it into `checkouts_before`.
-        self.checkouts = 0
-        self.checkouts_before = 0
+        self.checkouts = 0  # counted by the thread that holds it, without the lock
         self.closed = False
+        # Closed by the pool while its holder kept it past close()'s timeout: counted closed
+        # already, and the holder closes the driver connection when it lets go of it.
+        self.orphaned = False
         self.owner = threading.get_ident()
+        self.pid = os.getpid()  # a forked child must leave its parent's connections alone
 
     def mark_closed(self) -> None:
         """No checkout may take it any more (whether or not the driver connection is shut)."""
@@ -96,24 +100,17 @@ class PooledConnection:
 
     def __del__(self) -> None:
         # The last reference went away: for SingletonPool, the thread that held it ended.
-        if not self.closed:
+        if self.pid != os.getpid():
+            # A forked child frees the other threads' thread-local slots inside os.fork(),
+            # before any at-fork hook runs. Closing here would end the parent's session, and
+            # the pool's lock may be held by a thread that does not exist in this process.
+            _fork.keep_inherited(self.raw)
+            return
+        if not self.closed or self.orphaned:
             # Not through the thread-local: this may run while that thread is torn down.
             # Anything may fail at interpreter shutdown; nothing is left to protect then.
             with contextlib.suppress(Exception):
                 self.pool._retire(self, "its thread ended", forget=False)
-
-
-def _check_seconds(name: str, value: float | None) -> float | None:
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a positive number of seconds or None, not {value!r}")
-    return float(value)
 
 
 def _check_pre_ping(value: bool | float) -> float | None:
@@ -122,9 +119,12 @@ def _check_pre_ping(value: bool | float) -> float | None:
         return None
     if value is True:
         return 0.0
-    if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0:
-        return float(value)
-    raise ValueError(f"pre_ping must be True, False or a number of seconds >= 0, not {value!r}")
+    try:
+        return _validate.seconds("pre_ping", value, zero_ok=True)
+    except ConfigurationError:
+        raise ConfigurationError(
+            f"pre_ping must be True, False or a number of seconds >= 0, not {value!r}"
+        ) from None
 
 
 class Pool:
@@ -137,21 +137,30 @@ class Pool:
         get_conn: A zero-argument callable that returns a new connection, or a factory
             from `qdbpool.factories`. Without it, the keyword arguments go to
             `quasardb.Cluster(**kwargs)`, exactly as in `quasardb.pool`.
-        pre_ping: False (never), True (a round trip at every outermost checkout), or
-            seconds: a round trip only when the connection has been idle that long.
+        pre_ping: False (never), True (a round trip at every outermost checkout, and for
+            every new connection before its first use), or seconds: a round trip only
+            when the connection has been idle that long.
         max_lifetime: Seconds after which a connection is replaced at its next checkout.
         max_idle: Seconds of idleness after which a connection is replaced at checkout.
         configure: Called once with each new connection, before its first use.
         reset: Called with the connection each time an outermost use ends, after the
-            factory's own reset (which rolls back an open transaction).
+            factory's own reset (which rolls back an open transaction). A connection it
+            leaves inside a transaction is discarded.
         **kwargs: Without `get_conn`, arguments of `quasardb.Cluster`; with it, refused
             (TypeError).
 
     Raises:
         TypeError: `get_conn` or a hook is not callable, or keyword arguments were given
             with `get_conn`.
-        ValueError: `pre_ping`, `max_lifetime` or `max_idle` is out of range.
+        ConfigurationError: `pre_ping`, `max_lifetime` or `max_idle` is out of range (a
+            ValueError).
     """
+
+    #: Seconds a checkout may spend retrying a server whose new connections fail, before
+    #: PoolTimeoutError (whose `__cause__` is the last failure). BoundedPool's `timeout`
+    #: sets it, and bounds waiting in line too. Not an argument of SingletonPool: its
+    #: keyword arguments go to quasardb.Cluster, which has a `timeout` of its own.
+    _timeout = 30.0
 
     def __init__(
         self,
@@ -177,10 +186,9 @@ class Pool:
             if hook is not None and not callable(hook):
                 raise TypeError(f"{name} must be callable, not {type(hook).__name__}")
         self._factory = as_factory(get_conn)
-        self._is_usable = self._factory.is_usable
         self._pre_ping = _check_pre_ping(pre_ping)
-        self._max_lifetime = _check_seconds("max_lifetime", max_lifetime)
-        self._max_idle = _check_seconds("max_idle", max_idle)
+        self._max_lifetime = _validate.optional_seconds("max_lifetime", max_lifetime)
+        self._max_idle = _validate.optional_seconds("max_idle", max_idle)
         # Whether checkouts need the clock at all: keeps time.monotonic() off the default path.
         self._timed = (
             self._pre_ping is not None
@@ -189,33 +197,30 @@ class Pool:
         )
         self._configure = configure
         self._user_reset = reset
+        self._is_usable = self._factory.is_usable
         self._state_after_use = self._factory.state_after_use
-        # What @with_conn's fast path looks at after each call (see inject_source.py).
+        # The look after each use, cheapest first: falsy means clean for certain.
         self._after_use_hint = self._factory.after_use_hint or self._state_after_use
+        # Whether a release must do more than that look (the user's hook, or the clock).
+        self._full_release = reset is not None or self._timed
         self._routes = self._factory.routes_reads
-        # @with_conn may skip the pool's methods (see inject.py) when a thread keeps its
-        # connection between calls and nothing needs checking at checkout or release
-        # beyond the factory's state_after_use. Subclasses that share connections say no.
-        self._fast_path = self._keeps_connection_per_thread and not self._timed and reset is None
         self._conn_types: frozenset[type] = frozenset()
         self._closed = False
         self._init_state()
         _fork.watch(self)
 
-    #: Whether a thread keeps its connection between checkouts (SingletonPool does).
-    _keeps_connection_per_thread = False
-
     def _init_state(self) -> None:
         """Everything that must start afresh in a forked child."""
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)  # notified when a connection closes
+        self._closed_event = threading.Event()  # set by close(): wakes whoever waits
+        if self._closed:
+            self._closed_event.set()
+        self._backoff = Backoff(self._closed_event)
         self._live: weakref.WeakSet[PooledConnection] = weakref.WeakSet()
         # Per thread and route ("rw"/"ro"): the connection this thread holds. SingletonPool
         # keeps it there between calls; other pools only while it is checked out.
         self._local = threading.local()
-        # What @with_conn's fast path reads the thread's connection from: nothing, for a
-        # pool without that path (see inject_source.py).
-        self._fast_local = self._local if self._fast_path else _NO_FAST_PATH
         self._created = self._closed_count = self._discarded = 0
         self._connect_errors = self._retired_checkouts = 0
 
@@ -223,7 +228,11 @@ class Pool:
 
     @property
     def factory(self) -> ConnectionFactory:
-        """The factory that opens this pool's connections."""
+        """The factory that opens this pool's connections.
+
+        Also the way to a connection of your own, outside the pool (say, a second one in a
+        thread that holds one already): `conn = pool.factory.connect()`; you close it.
+        """
         return self._factory
 
     @property
@@ -234,31 +243,50 @@ class Pool:
     def connect(self, *, read_only: bool = False) -> SessionWrapper:
         """Check out a connection, wrapped so that `with` or `.close()` releases it.
 
-        Release what you connect: `with pool.connect() as conn: ...`.
+        Release what you connect: `with pool.connect() as conn: ...`. Once released, the
+        wrapper raises `ConnectionReleasedError` on any use. Checkouts nested in one thread
+        share its connection (the thread's connection in a SingletonPool, the one it has
+        checked out in a BoundedPool); for a separate one, see `factory`.
         """
         return SessionWrapper(self, self._checkout(read_only))
 
     def release(self, conn: Any) -> None:
-        """Give back a connection from `connect()`. Releasing one twice is harmless."""
+        """Give back a connection from `connect()` (or the driver connection inside it).
+
+        Releasing one twice is harmless.
+
+        Raises:
+            ValueError: `conn` is not a connection this pool handed out.
+        """
         if isinstance(conn, SessionWrapper):
             conn._release_from(self)
             return
         pooled = self._find_held(conn)
         if pooled is not None:
             self._checkin(pooled)
+            return
+        with self._lock:
+            known = any(p.raw is conn for p in self._live)
+        if not known:
+            raise ValueError(
+                f"release() got a {type(conn).__name__} that this pool did not hand out"
+            )
 
     def close(self, timeout: float = 5.0) -> None:
         """Close the pool: no more checkouts (PoolClosedError), idle connections closed now.
 
         Connections in use are closed by their holders when released (or when the holder
         thread ends); close() waits up to `timeout` seconds for that. The ones still out
-        then are interrupted (network connections get their socket shut down, so a query
-        blocked on them fails at once) but never freed under the thread using them.
-        Idempotent and thread-safe.
+        then are interrupted (their query is cancelled on the server where the factory
+        knows how, and network connections get their socket shut down), counted closed,
+        and left for their holder to close: never freed under the thread using them.
+        Idempotent and thread-safe; a second call does not wait for them again.
         """
+        timeout = _validate.seconds("timeout", timeout, zero_ok=True)
         with self._lock:
             first = not self._closed
             self._closed = True
+            self._closed_event.set()
             self._on_close()
             live = list(self._live)
         if first:
@@ -273,12 +301,15 @@ class Pool:
             # The caller's own checkouts cannot come back while it waits here.
             self._changed.wait_for(
                 lambda: not any(p.depth > 0 and p.owner != me for p in self._live),
-                timeout=max(timeout, 0.0),
+                timeout=timeout,
             )
             held = [p for p in self._live if p.depth > 0]
             for pooled in held:
-                # Still in _live, so not retired by anyone yet: safe to interrupt here.
+                # Still in _live, so nobody has closed it yet: safe to interrupt here.
                 self._interrupt(pooled)
+                self._live.discard(pooled)
+                pooled.orphaned = True
+                self._count_closed(pooled, discarded=False)
             leftovers = [p for p in self._live if p.depth == 0]
         if held:
             logger.warning(
@@ -310,15 +341,14 @@ class Pool:
     def stats(self) -> PoolStats:
         """A snapshot of the pool's counters."""
         with self._lock:
-            live = list(self._live)  # in use after close() counts until its holder closes it
+            live = list(self._live)
             return PoolStats(
                 open=len(live),
                 in_use=sum(1 for p in live if p.depth > 0),
                 created=self._created,
                 closed=self._closed_count,
                 discarded=self._discarded,
-                checkouts=self._retired_checkouts
-                + sum(p.checkouts + p.checkouts_before for p in live),
+                checkouts=self._retired_checkouts + sum(p.checkouts for p in live),
                 connect_errors=self._connect_errors,
                 **self._extra_stats(),
             )
@@ -341,10 +371,18 @@ class Pool:
     # -- what subclasses implement ----------------------------------------------------------
 
     def _checkout(self, read_only: bool) -> PooledConnection:
+        """A connection for the calling thread, marked in use (`depth` > 0)."""
         raise NotImplementedError
 
     def _checkin(self, pooled: PooledConnection) -> None:
+        """The end of one checkout by the thread that made it."""
         raise NotImplementedError
+
+    def _release_dropped(self, pooled: PooledConnection) -> None:
+        """A checkout whose wrapper was garbage collected unreleased, maybe in another
+        thread (the cycle collector runs anywhere). BoundedPool's checkin is safe from any
+        thread; SingletonPool overrides this."""
+        self._checkin(pooled)
 
     def _find_held(self, raw: Connection) -> PooledConnection | None:
         """The calling thread's checked-out record for a raw driver connection, if any."""
@@ -362,26 +400,31 @@ class Pool:
 
     # -- shared machinery -----------------------------------------------------------------
 
-    def _open(self, read_only: bool) -> PooledConnection:
-        """Open a new connection (outside the lock: it is I/O) and register it."""
-        if self._closed:
-            raise PoolClosedError("the pool is closed")
-        try:
-            raw = self._factory.connect(read_only=read_only)
-        except BaseException:
-            with self._lock:
-                self._connect_errors += 1
-            raise
+    def _open(self, read_only: bool, deadline: float | None = None) -> PooledConnection:
+        """Open a new connection (outside the lock: it is I/O), check it, register it.
+
+        Failed attempts back off (see backoff.py); a new connection that fails its first
+        ping is closed and another tried until `deadline` (default: now + timeout).
+        The result is marked in use (depth 1).
+        """
+        if deadline is None:
+            deadline = time.monotonic() + self._timeout
+        while True:
+            if self._closed:
+                raise PoolClosedError("the pool is closed")
+            self._backoff.wait_turn(deadline)
+            raw = self._connect_raw(read_only)
+            problem = self._first_use_problem(raw)
+            if problem is None:
+                break
+            self._backoff.failed(problem)
+            logger.debug("new connection %#x failed its first check: %r", id(raw), type(problem))
+            self._close_raw(raw)
+        self._backoff.succeeded()
         pooled = PooledConnection(
             self, raw, read_only, time.monotonic(), self._factory.generation_of(raw)
         )
         pooled.depth = 1  # registered as in use: close() must not take it from the caller
-        if self._configure is not None:
-            try:
-                self._configure(raw)
-            except BaseException:
-                self._close_raw(raw)
-                raise
         with self._lock:
             if self._closed:  # closed while we were connecting: nobody may get this one
                 pooled.mark_closed()
@@ -399,6 +442,37 @@ class Pool:
         logger.debug("opened %s connection %#x", route, id(raw))
         return pooled
 
+    def _connect_raw(self, read_only: bool) -> Connection:
+        try:
+            return self._factory.connect(read_only=read_only)
+        except BaseException as exc:
+            with self._lock:
+                self._connect_errors += 1
+            if self._closed:
+                # e.g. a routing factory's wait for a primary, cut short by close()
+                raise PoolClosedError("the pool closed while opening a connection") from exc
+            if isinstance(exc, Exception):
+                self._backoff.failed(exc)
+            raise
+
+    def _first_use_problem(self, raw: Connection) -> Exception | None:
+        """Run `configure`, then ping if every checkout pings: why `raw` is unfit, if it is.
+
+        `configure`'s own errors are the user's to see, and propagate; a failed ping means
+        a sick server, which the caller backs off from and retries."""
+        try:
+            if self._configure is not None:
+                self._configure(raw)
+        except BaseException:
+            self._close_raw(raw)
+            raise
+        if self._pre_ping == 0.0:
+            try:
+                self._factory.ping(raw)
+            except Exception as exc:
+                return exc
+        return None
+
     def _is_fit(self, pooled: PooledConnection) -> bool:
         """Validation at an outermost checkout, for connections that passed the no-I/O check."""
         now = time.monotonic()
@@ -415,40 +489,35 @@ class Pool:
                 return False
         return True
 
-    def _after_use(self, pooled: PooledConnection, state: int) -> bool:
+    def _after_use(self, pooled: PooledConnection) -> bool:
         """The end of an outermost checkout: drop a lost connection, reset a dirty one (and
         run the user's reset hook), note when it was last used. False if it was dropped."""
-        if state == LOST:
-            self._retire(pooled, "it was found closed or broken after use", discarded=True)
-            return False
         raw = pooled.raw
         try:
-            if state != CLEAN:
-                self._factory.reset(raw)
-            if self._user_reset is not None:
-                self._user_reset(raw)
-        except Exception as exc:
-            logger.warning("reset failed, discarding the connection: %s", type(exc).__name__)
-            self._retire(pooled, "its reset failed", discarded=True)
-            return False
-        if self._timed:
-            pooled.last_used = time.monotonic()
+            dirty = self._after_use_hint(raw)
+        except Exception:
+            dirty = True
+        if dirty or self._full_release:
+            state = self._look_after_use(raw) if dirty else CLEAN
+            if state == LOST:
+                self._retire(pooled, "it was found closed or broken after use", discarded=True)
+                return False
+            try:
+                if state != CLEAN:
+                    self._factory.reset(raw)
+                if self._user_reset is not None:
+                    self._user_reset(raw)
+                    if self._look_after_use(raw) != CLEAN:
+                        raise RuntimeError("the reset hook left the connection unclean")
+            except Exception as exc:
+                logger.warning(
+                    "reset failed, discarding the connection: %s", exc.__class__.__name__
+                )
+                self._retire(pooled, "its reset failed", discarded=True)
+                return False
+            if self._timed:
+                pooled.last_used = time.monotonic()
         return True
-
-    def _count_checkouts(self, pooled: PooledConnection, count: int) -> None:
-        """@with_conn's fast path: `count` checkouts so far; start its small counter afresh."""
-        with self._lock:  # stats() sees the count before this or after it, never half of it
-            pooled.checkouts_before += count
-            pooled.checkouts = 0
-
-    def _settle_after_use(self, pooled: PooledConnection) -> None:
-        """@with_conn's fast path, when the factory's hint did not say clean: look properly,
-        then reset or drop the connection. It is still marked in use, so that close()
-        leaves it alone meanwhile."""
-        if not pooled.closed:
-            state = self._look_after_use(pooled.raw)
-            if state != CLEAN:
-                self._after_use(pooled, state)
 
     def _on_error(self, pooled: PooledConnection, exc: BaseException) -> None:
         """User code raised while holding `pooled`: discard it if the connection is lost."""
@@ -471,18 +540,30 @@ class Pool:
     ) -> None:
         """Close a connection for good. Idempotent; safe from any thread."""
         with self._lock:
-            if pooled not in self._live:  # retired already (or never registered)
+            if pooled not in self._live:  # retired already, orphaned by close(), or never ours
                 pooled.mark_closed()
-                return
-            pooled.mark_closed()
-            self._live.discard(pooled)
-            self._closed_count += 1
-            self._discarded += discarded
-            self._retired_checkouts += pooled.checkouts + pooled.checkouts_before
+                if not pooled.orphaned:
+                    return
+                pooled.orphaned = False  # counted when orphaned; its holder closes it now
+            else:
+                pooled.mark_closed()
+                self._live.discard(pooled)
+                self._count_closed(pooled, discarded=discarded)
             self._forget(pooled, from_finalizer=not forget)
             self._changed.notify_all()
         logger.debug("closing connection %#x: %s", id(pooled.raw), why)
         self._close_raw(pooled.raw)
+        self._after_retire()
+
+    def _after_retire(self) -> None:
+        """A connection was closed (after its driver connection, so that a pool counting
+        capacity never has one more open than it allows)."""
+
+    def _count_closed(self, pooled: PooledConnection, *, discarded: bool) -> None:
+        """Under the lock: `pooled` has left `_live` for good."""
+        self._closed_count += 1
+        self._discarded += discarded
+        self._retired_checkouts += pooled.checkouts
 
     def _forget(self, pooled: PooledConnection, *, from_finalizer: bool) -> None:
         """Drop the pool's own references to a retired connection (called under the lock).
@@ -527,10 +608,11 @@ class SingletonPool(Pool):
     """One connection per thread (per route: a thread may hold a primary and a replica
     connection). A thread's connection is closed when the thread ends.
 
+    Checkouts nested in one thread (a decorated function calling another, or `connect()`
+    inside `@with_conn`) share that thread's connection.
+
     Takes the arguments of `Pool`.
     """
-
-    _keeps_connection_per_thread = True
 
     def _checkout(self, read_only: bool) -> PooledConnection:
         route = "ro" if read_only and self._routes else "rw"
@@ -574,13 +656,19 @@ class SingletonPool(Pool):
             return
         # Still marked in use while we look at it and reset it, so that close() leaves it
         # alone until we are done (it would otherwise close it under the reset hook).
-        if not (pooled.closed or self._closed):
-            state = self._look_after_use(pooled.raw)
-            if (state or self._user_reset is not None or self._timed) and not self._after_use(
-                pooled, state
-            ):
-                pooled.depth = 0
-                return  # dropped
+        if not (pooled.closed or self._closed) and not self._after_use(pooled):
+            pooled.depth = 0
+            return  # dropped
         pooled.depth = 0
         if pooled.closed or self._closed:  # read after the store above: see _claim_idle
             self._retire(pooled, "the pool closed")
+
+    def _release_dropped(self, pooled: PooledConnection) -> None:
+        if pooled.owner == threading.get_ident():
+            self._checkin(pooled)
+            return
+        # Another thread's connection: it may be using it (nested) or about to, so never
+        # reset it from here; if this was its only checkout, close it the safe way.
+        pooled.depth -= 1
+        if self._claim_idle(pooled):
+            self._retire(pooled, "its unreleased checkout was garbage collected", discarded=True)

@@ -6,17 +6,19 @@ import sqlite3
 import threading
 
 import pytest
-import wrapt
 
 from qdbpool import SessionWrapper
 
 
-def test_connect_returns_a_session_wrapper_that_is_a_wrapt_object_proxy(make_pool, recorder):
+def test_connect_returns_a_session_wrapper_that_passes_for_the_driver_connection(
+    make_pool, recorder
+):
     pool = make_pool(recorder)
     conn = pool.connect()
     try:
         assert type(conn) is SessionWrapper
-        assert isinstance(conn, wrapt.ObjectProxy)
+        assert isinstance(conn, SessionWrapper)
+        assert isinstance(conn, sqlite3.Connection)
         assert conn.__wrapped__ is recorder.created[0]
     finally:
         conn.close()
@@ -76,10 +78,9 @@ def test_the_next_connect_in_the_same_thread_returns_the_same_driver_connection(
 ):
     pool = make_pool(recorder)
     with pool.connect() as first:
-        pass
+        first_raw = first.__wrapped__
     with pool.connect() as second:
-        pass
-    assert first.__wrapped__ is second.__wrapped__
+        assert second.__wrapped__ is first_raw
     assert len(recorder.created) == 1
 
 

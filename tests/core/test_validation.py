@@ -214,7 +214,7 @@ def test_max_idle_counts_from_the_end_of_the_last_use(recorder, clock):
 # ----------------------------------------------------------------- pre-ping
 
 
-def test_pre_ping_true_pings_at_each_outermost_checkout_only(pingable):
+def test_pre_ping_true_pings_each_new_connection_and_each_outermost_checkout_only(pingable):
     qdbpool.initialize(pingable, pre_ping=True)
 
     @with_conn
@@ -225,12 +225,12 @@ def test_pre_ping_true_pings_at_each_outermost_checkout_only(pingable):
     def inner(conn):
         return conn
 
-    conn = outer()  # a brand-new connection
+    conn = outer()  # a brand-new connection: pinged before its first use
     for _ in range(3):
         assert outer() is conn
 
     assert pingable.created == [conn]
-    assert conn.pings == 3
+    assert conn.pings == 4
 
 
 def test_pre_ping_true_replaces_a_connection_whose_ping_fails(pingable):

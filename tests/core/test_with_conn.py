@@ -52,8 +52,7 @@ def test_a_warm_thread_passes_every_argument_through_in_order(global_pool, recor
     assert global_pool.stats().created == 1
 
 
-# A function whose parameters are all plain gets a wrapper with exactly those parameters
-# (after the connection): see qdbpool/inject_source.py. These pin its call forms.
+# The call forms of a function whose parameters are all plain, on a warm thread.
 
 
 def plain_0(conn):
@@ -115,16 +114,16 @@ def test_a_plain_function_called_wrongly_raises_typeerror_naming_it(global_pool,
         use(own_conn, 1, 2, 3, 4)  # one more than the function takes
     with pytest.raises(TypeError, match="multiple values for argument 'conn'"):
         use(own_conn, 1, 2, 3, conn=own_conn)
-    assert global_pool.stats().checkouts == 0
+    assert global_pool.stats().in_use == 0
 
 
 def test_parameters_named_like_the_wrappers_own_variables_are_passed_through(global_pool, recorder):
     @with_conn
-    def use(conn, _qdb_pool, _qdb_raw, pool, raw):
-        return conn, _qdb_pool, _qdb_raw, pool, raw
+    def use(conn, fn, pooled, pool, raw, wrapper):
+        return conn, fn, pooled, pool, raw, wrapper
 
     for _ in range(2):
-        assert use(1, 2, 3, 4) == (recorder.created[0], 1, 2, 3, 4)
+        assert use(1, 2, 3, 4, 5) == (recorder.created[0], 1, 2, 3, 4, 5)
 
 
 def test_a_traceback_through_the_wrapper_shows_its_source_lines(global_pool):
@@ -132,12 +131,12 @@ def test_a_traceback_through_the_wrapper_shows_its_source_lines(global_pool):
     def fails(conn, x):
         raise ValueError(x)
 
-    for _ in range(2):  # the slow path, then the fast path
+    for _ in range(2):  # a cold thread, then a warm one
         with pytest.raises(ValueError) as caught:
             fails(1)
         shown = "".join(traceback.format_tb(caught.value.__traceback__))
-        assert "qdbpool.with_conn wrapper" in shown
-        assert "    return _qdb_" in shown  # the line itself, read from linecache
+        assert "qdbpool/with_conn.py" in shown
+        assert "return fn(pooled.raw, *args, **kwargs)" in shown
 
 
 def test_arg_position_injects_at_that_position(global_pool, recorder):

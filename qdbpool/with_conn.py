@@ -1,31 +1,27 @@
 """@with_conn: inject the calling thread's connection into a function.
 
-Measured on our machines, a wrapt FunctionWrapper costs ~1 us per call and a method call
-through an ObjectProxy ~0.6 us more, while a plain function costs ~0.3 us. So:
-- plain functions get a plain function, compiled from inject_source's template for the
-  function's own parameters where they allow it (functools.update_wrapper keeps name, doc
-  and signature);
-- functions defined in a class body get wrapt's FunctionWrapper, whose descriptor binding is
-  right whatever `staticmethod`/`classmethod` is stacked on top;
-- the function receives the driver's connection itself, not a proxy: the decorator owns
+The wrapper is one ordinary closure (`_injecting`): ask the pool for the thread's connection
+(`_checkout`), call the function with it, give it back (`_checkin`). Everything about *where*
+the connection goes is worked out once, at decoration time (`_plan`).
+- Functions defined in a class body are also wrapped in wrapt's FunctionWrapper, whose
+  descriptor binding tells a method (self or cls bound) from a staticmethod stacked on top.
+- The function receives the driver's connection itself, not a proxy: the decorator owns
   the release, so there is nothing for a proxy to intercept. (A connection the function
   closes anyway fails the pool's liveness check at the next checkout and is replaced.)
-Everything about *where* to inject is worked out once, at decoration time.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Concatenate, Generic, Literal, ParamSpec, Protocol, TypeVar, overload
 
 import wrapt
 
-from qdbpool import _global, inject_source
+from qdbpool import _global
 from qdbpool.errors import PoolNotInitializedError
-from qdbpool.inject_source import ABSENT, build, exact_shape, generic_shape
 from qdbpool.session import SessionWrapper
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -40,10 +36,10 @@ class Injected(Generic[C, P, R_co]):
     """How type checkers see a function decorated with `@with_conn` / `@with_conn()`.
 
     Typing only: at run time the decorated function is a plain function (or a wrapt
-    wrapper for methods). Called directly it takes the parameters after the injected
-    first one (`P`). Looked up on an instance it is a method: the first parameter was
-    `self`, so the injected connection is the second one and the bound method takes the
-    rest (`Q`, what `P` holds after it).
+    wrapper for functions defined in a class body). Called directly it takes the
+    parameters after the injected first one (`P`). Looked up on an instance it is a
+    method: the first parameter was `self`, so the injected connection is the second one
+    and the bound method takes the rest (`Q`, what `P` holds after it).
     """
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co:
@@ -80,10 +76,6 @@ class _Plan:
     name: str | None  # the parameter's name at that position (callers may pass it by name)
     fills_all: int  # len(args) at which the caller has already filled the position
     ambiguous: bool  # caller-passed connection can only be told by its type
-    # Every parameter's name, connection first, when all of them are plain (positional or
-    # keyword, no default) and the connection is the first: such a function gets a wrapper
-    # with exact parameters (see inject_source.py).
-    plain: tuple[str, ...] | None = None
 
 
 def _plan(fn: Callable[..., Any], arg: int | str, skip_first: bool) -> _Plan:
@@ -127,19 +119,12 @@ def _plan(fn: Callable[..., Any], arg: int | str, skip_first: bool) -> _Plan:
     # parameter has passed its own connection; otherwise only the argument's type can tell.
     later_defaults = any(p.default is not kind.empty for p in positional[arg:])
     unlimited = var_positional
-    plain = arg == 0 and all(
-        p.kind is kind.POSITIONAL_OR_KEYWORD
-        and p.default is kind.empty
-        and inject_source.usable_name(p.name)
-        for p in params
-    )
     return _Plan(
         keyword=None,
         index=arg,
         name=name,
         fills_all=1 << 30 if unlimited else len(positional),
         ambiguous=unlimited or later_defaults,
-        plain=tuple(p.name for p in params) if plain else None,
     )
 
 
@@ -153,70 +138,49 @@ def _is_connection(value: Any) -> bool:
 def _injecting(
     fn: Callable[..., Any], plan: _Plan, read_only: bool, offset: int
 ) -> Callable[..., Any]:
-    """The wrapper around `fn`; `offset` counts a bound self/cls at the head of its args.
-
-    This is every decorated call's path, so whatever can be is decided here, once: the
-    per-call code is inject_source's template, filled in for this function's shape.
-    """
+    """The wrapper around `fn`; `offset` counts a bound self/cls at the head of its args."""
     index = plan.index + offset
-    checked_out = functools.partial(_call_checked_out, read_only, fn, plan.keyword, index)
-    if offset == 0 and plan.plain is not None:
-        conn_name, *rest = plan.plain
-        shape = exact_shape(conn_name, rest, read_only)
-        by_caller: Callable[..., Any] | None = _own_connection_call(fn, conn_name, rest)
+    keyword = plan.keyword
+    name = plan.name
+    # The caller has passed its own connection once it names the parameter, or reaches its
+    # position (where, if `ambiguous`, only the argument's type can tell).
+    if keyword is not None:
+        reached = 1 << 30
+    elif plan.ambiguous:
+        reached = index + 1
     else:
-        shape = generic_shape(
-            keyword=plan.keyword,
-            index=index,
-            name=plan.name,
-            fills=index + 1 if plan.ambiguous else plan.fills_all + offset,
-            ambiguous=plan.ambiguous,
-            read_only=read_only,
-        )
-        by_caller = None
-    return build(shape, fn, by_caller, checked_out, _global, ABSENT, _is_connection)
+        reached = plan.fills_all + offset
+    ambiguous = plan.ambiguous
 
-
-def _own_connection_call(
-    fn: Callable[..., Any], conn_name: str, rest: Sequence[str]
-) -> Callable[..., Any]:
-    """For the exact wrapper (see inject_source.exact_shape): the call of a caller who
-    passed a connection, as one positional argument more than the wrapper's or by name."""
-
-    def call(*values: Any) -> Any:
-        *given, more, conn = values
-        if conn is ABSENT:  # fn's arguments, all of them by position
-            return fn(*given, more)
-        if more is ABSENT:  # the connection by name, and the rest bound by the wrapper
-            return fn(conn, *given)
-        return fn(*given, more, **{conn_name: conn})  # both: fn says what is wrong
-
-    return call
-
-
-def _call_checked_out(
-    read_only: bool,
-    fn: Callable[..., Any],
-    keyword: str | None,
-    index: int,
-    pool: Any,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> Any:
-    """The full path: the pool's own checkout (validation, opening) and checkin (reset)."""
-    if pool is None:
-        raise PoolNotInitializedError(_NOT_INITIALIZED)
-    pooled = pool._checkout(read_only)
-    try:
-        if keyword is not None:
-            kwargs[keyword] = pooled.raw
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        # The caller's own connection, by name or by position: nothing to inject.
+        if kwargs and name in kwargs:
+            if keyword is None and index < len(args) < reached:
+                # ... by name, with the parameters after it by position: those follow it
+                kwargs = dict(kwargs)
+                own = kwargs.pop(name)
+                return fn(*args[:index], own, *args[index:], **kwargs)
             return fn(*args, **kwargs)
-        return fn(*args[:index], pooled.raw, *args[index:], **kwargs)
-    except BaseException as exc:
-        pool._on_error(pooled, exc)
-        raise
-    finally:
-        pool._checkin(pooled)
+        if len(args) >= reached and (not ambiguous or _is_connection(args[index])):
+            return fn(*args, **kwargs)
+        pool = _global.current
+        if pool is None:
+            raise PoolNotInitializedError(_NOT_INITIALIZED)
+        pooled = pool._checkout(read_only)
+        try:
+            if keyword is not None:
+                kwargs[keyword] = pooled.raw
+                return fn(*args, **kwargs)
+            if index == 0:
+                return fn(pooled.raw, *args, **kwargs)
+            return fn(*args[:index], pooled.raw, *args[index:], **kwargs)
+        except BaseException as exc:
+            pool._on_error(pooled, exc)
+            raise
+        finally:
+            pool._checkin(pooled)
+
+    return wrapper
 
 
 def _defined_in_class_body(fn: Callable[..., Any]) -> bool:
@@ -247,15 +211,30 @@ def _decorate(fn: Any, arg: int | str, read_only: bool) -> Any:
 
         def bind(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             # wrapt tells us what was bound (self, or cls for a classmethod); no instance
-            # means nothing was (a staticmethod stacked on top of us).
+            # means nothing was (a staticmethod stacked on top of us) -- or, from Python
+            # 3.13 on, a classmethod stacked on top, which calls us with cls first itself.
             if instance is None:
-                return as_function(*args, **kwargs)
+                if not (args and _called_by_classmethod(args[0], wrapper)):
+                    return as_function(*args, **kwargs)
+                instance, args = args[0], args[1:]
             if as_method is None:
                 raise TypeError(method_error)
             return as_method(instance, *args, **kwargs)
 
-        return wrapt.FunctionWrapper(fn, bind)
+        wrapper = wrapt.FunctionWrapper(fn, bind)
+        return wrapper
     return _keep_metadata(_injecting(fn, _plan(fn, arg, skip_first=False), read_only, 0), fn)
+
+
+def _called_by_classmethod(first: Any, wrapper: Any) -> bool:
+    """Whether `first` is a class where `wrapper` sits under a classmethod."""
+    if not isinstance(first, type):
+        return False
+    for klass in first.__mro__:
+        found = vars(klass).get(wrapper.__name__)
+        if isinstance(found, classmethod) and found.__func__ is wrapper:
+            return True
+    return False
 
 
 def _keep_metadata(wrapper: Callable[..., Any], fn: Callable[..., Any]) -> Callable[..., Any]:
