@@ -198,7 +198,8 @@ def _parse_url_parts(
             )
         hosts = _hosts_from_lists(query_host, query_port, default)
     else:
-        hosts = _hosts_from_url(hostlist, default)
+        # Without a user name ('@'), 'user:password' reads as 'host:port': show no port.
+        hosts = _hosts_from_url(hostlist, default, show_ports=userinfo is not None)
     return ParsedDSN(scheme, hosts, user, password, database, params)
 
 
@@ -232,13 +233,18 @@ def _pop_database(params: dict[str, str]) -> str | None:
     return dbname if dbname is not None else database
 
 
-def _parse_port(text: str, host: str) -> int:
+def _parse_port(text: str, host: str, *, show: bool = True) -> int:
+    """The port in `text`; `show=False` keeps `text` out of the error message."""
     if not _DIGITS.fullmatch(text):
-        # Not quoted: in 'user:password/db' (the '@host' forgotten) the "port" is a password.
-        raise ConfigurationError(f"port of host {quoted(host)} is not a number")
+        if not show:
+            raise ConfigurationError(
+                f"port of host {quoted(host)} is not a number "
+                "(if the DSN starts with user:password, add '@' and the host after it)"
+            )
+        raise ConfigurationError(f"port {quoted(text)} of host {quoted(host)} is not a number")
     digits = text.lstrip("0")
     if len(digits) > 5:  # before int(): it refuses strings of over 4300 digits
-        shown = digits if len(digits) <= 20 else digits[:17] + "..."
+        shown = digits if show and len(digits) <= 20 else digits[:5] + "..."
         raise ConfigurationError(f"port {shown} of host {quoted(host)} is out of range 1..65535")
     return int(digits or "0")  # HostPort checks the range
 
@@ -274,7 +280,7 @@ def _split_url_host(entry: str) -> tuple[str, str | None]:
     return host, (port_text if colon else None)
 
 
-def _hosts_from_url(hostlist: str, default: int) -> tuple[HostPort, ...]:
+def _hosts_from_url(hostlist: str, default: int, *, show_ports: bool) -> tuple[HostPort, ...]:
     entries = hostlist.split(",")
     split: list[tuple[str, int | None]] = []
     for index, entry in enumerate(entries):
@@ -285,7 +291,7 @@ def _hosts_from_url(hostlist: str, default: int) -> tuple[HostPort, ...]:
                     f"empty host in host list (entry {index + 1} of {len(entries)})"
                 )
             host = "localhost"
-        port = None if port_text is None else _parse_port(port_text, host)
+        port = None if port_text is None else _parse_port(port_text, host, show=show_ports)
         split.append((host, port))
     # hasql's rule: when the last host carries the only port given, it applies to all hosts.
     given = sum(1 for _, port in split if port is not None)

@@ -6,7 +6,8 @@ import re
 from urllib.parse import unquote
 
 from qdbpool.dsn.parse import parse_dsn
-from qdbpool.dsn.redactor import REDACTED
+from qdbpool.dsn.redactor import REDACTED, is_secret_key
+from qdbpool.dsn.values import ParsedDSN
 from qdbpool.errors import ConfigurationError
 
 __all__ = ["redact_dsn"]
@@ -24,17 +25,29 @@ _HOST_ENTRY = re.compile(r"\s*(?:\[[^\[\]]*\]|[^:\[\]]*)(?::[0-9]*)?\s*")
 def redact_dsn(dsn: str) -> str:
     """A form of ``dsn`` that is safe to log, whatever ``dsn`` holds.
 
-    A valid DSN gives ``parse_dsn(dsn).to_url(redact=True)``. A malformed one is redacted
+    A valid DSN gives ``parse_dsn(dsn).to_url(redact=True)``, unless a part of it shown in
+    clear reads like ``password=...``. A malformed one (or that one) is redacted
     textually and generously, hiding more than the secrets: everything before the last
     ``@`` but a scheme (the user name too), everything after the first key whose name
     contains ``pass``, ``secret`` or ``token``, and, when there is no ``@``, whatever follows
     a ``:`` in a host entry but a port.
     """
     try:
-        return parse_dsn(dsn).to_url(redact=True)
+        parsed = parse_dsn(dsn)
     except ConfigurationError:
-        pass
-    return _redact_malformed(dsn.strip())
+        return _redact_malformed(dsn.strip())
+    if _holds_a_secret_key(parsed):
+        # e.g. 'host=h x=a\\ password=pw': valid, but the password went into the value of
+        # x (an escaped space); the user meant it as a password, so hide it as one.
+        return _redact_malformed(dsn.strip())
+    return parsed.to_url(redact=True)
+
+
+def _holds_a_secret_key(parsed: ParsedDSN) -> bool:
+    """Whether a field shown in clear reads like 'password=...'."""
+    shown = [parsed.user or "", parsed.database or "", *(hp.host for hp in parsed.hosts)]
+    shown += [value for key, value in parsed.params.items() if not is_secret_key(key)]
+    return any(_SECRET_KEY.search(text) for text in shown)
 
 
 def _redact_malformed(text: str) -> str:

@@ -38,7 +38,9 @@ def _forms(secret: str) -> set[str]:
         quote(secret),
         quote_plus(secret),
         repr(secret)[1:-1],
-        repr(secret + "'\"")[1:-3],  # the escaping repr() uses for a str holding both quotes
+        # The escaping repr() uses for a str holding both quotes: '\'' for each '.
+        # The 4 characters cut off the end are the added \' and " and the closing quote.
+        repr(secret + "'\"")[1:-4],
     }
 
 
