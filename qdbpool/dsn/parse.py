@@ -1,39 +1,31 @@
 """`parse_dsn`: a URL or libpq key/value string into a `ParsedDSN`.
 
-Two input forms are accepted:
+Forms: URLs (``postgresql://``, ``postgres://``, ``mysql://``, ``mariadb://``), e.g.
+``postgresql://user:p%40ss@db1:5433,db2,[::1]:5434/app?sslmode=require``, and libpq
+key/value strings, ``host=a,b port=5432,5433 user=u password='p w' dbname=app`` (values may be
+single-quoted; a backslash escapes the next character, as in libpq).
 
-* URLs: ``postgresql://``, ``postgres://``, ``mysql://`` and ``mariadb://``, e.g.
-  ``postgresql://user:p%40ss@db1:5433,db2,[::1]:5434/app?sslmode=require``.
-* libpq key/value strings: ``host=a,b port=5432,5433 user=u password='p w' dbname=app``
-  (values may be single-quoted; a backslash escapes the next character, as in libpq).
-
-Host lists follow hasql's rules, not libpq's, where they differ:
-
-* ``postgresql://db1,db2,db3/`` -> every host gets the default port (5432, or 3306 for MySQL);
-* ``postgresql://db1:1234,db2:5678,db3/`` -> per-host ports, the default for the rest;
-* ``postgresql://db1,db2,db3:6432/`` -> a port on the *last* host, when it is the only port
-  given, applies to every host (libpq would give 6432 to db3 alone). Any other mix (e.g.
-  ``db1:1,db2,db3:3``) is per-host.
-
-In key/value strings, ``port`` holds either one port (for every host) or one per host; an empty
-entry means the default port.
+Host lists follow hasql, not libpq, where they differ: ``db1,db2,db3`` -> every host on the
+default port (5432, or 3306 for MySQL); ``db1:1234,db2:5678,db3`` -> per-host ports, the
+default for the rest; ``db1,db2,db3:6432`` -> a port on the *last* host, when it is the only
+port given, applies to every host (libpq: to db3 alone). Any other mix is per-host. In
+key/value strings ``port`` holds one port for all hosts or one per host ('' = the default).
 
 Decisions worth knowing:
 
-* A repeated host:port is dropped (first occurrence wins), as hasql does.
-* A repeated query parameter or key is an error (libpq would silently keep the last one).
-* ``host``, ``port``, ``user``, ``password``, ``dbname`` and ``database`` given as query
-  parameters are lifted into the structured fields (libpq allows ``?host=...``); giving one of
-  them both in the URL and in the query is an error. They never appear in ``params``.
-* A DSN without any host means ``localhost`` (with the default port unless one is given).
-* ``+`` in a query is a literal plus (libpq semantics), not a space.
+* A repeated host:port is dropped (first wins, as hasql); a repeated parameter or key is an
+  error (libpq keeps the last one).
+* ``host``, ``port``, ``user``, ``password``, ``dbname``/``database`` given as query
+  parameters are lifted into the fields (libpq allows ``?host=...``); giving one of them
+  both ways is an error. They never appear in ``params``.
+* A DSN without any host means ``localhost``. ``+`` in a query is a literal plus (libpq).
 * ``'@'``, ``'/'``, ``'?'``, ``'#'`` in a user name, password or database name must be
   percent-encoded. A raw ``'@'`` anywhere after the host list (path, query or fragment) is
-  rejected as ambiguous, since it almost always means an unencoded password, and the error
+  refused as ambiguous, since it almost always means an unencoded password, and the error
   then quotes no part of the DSN.
-* Key names in key/value strings are letters, digits and ``_`` (libpq knows no others).
-* Error messages never contain the password, nor the values of parameters whose name
-  contains ``pass``, ``secret`` or ``token`` (e.g. ``sslpassword``).
+* Key/value option names are letters, digits and ``_`` (libpq knows no others).
+* Errors never quote the password, nor the values of parameters whose name contains
+  ``pass``, ``secret`` or ``token`` (e.g. ``sslpassword``).
 """
 
 from __future__ import annotations
@@ -44,9 +36,9 @@ from urllib.parse import unquote
 from qdbpool.dsn.redactor import Redactor, is_secret_key
 from qdbpool.dsn.values import (
     DEFAULT_PORTS,
-    FAMILY_OF_SCHEME,
     HostPort,
     ParsedDSN,
+    family_of,
     is_ipv6,
     quoted,
 )
@@ -54,7 +46,6 @@ from qdbpool.errors import ConfigurationError
 
 __all__ = ["parse_dsn"]
 
-_SCHEMES_TEXT = ", ".join(FAMILY_OF_SCHEME)
 _URL_START = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
 _DIGITS = re.compile(r"[0-9]+")
 _KEY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -117,17 +108,14 @@ def _decode(text: str, what: str) -> str:
 def _family_default(scheme: str, default_port: int | None) -> int:
     if default_port is not None:
         return default_port
-    return DEFAULT_PORTS[FAMILY_OF_SCHEME[scheme]]
+    return DEFAULT_PORTS[family_of(scheme)]
 
 
 def _parse_url(
     scheme_text: str, rest: str, default_port: int | None, secrets: list[str]
 ) -> ParsedDSN:
+    family_of(scheme_text)
     scheme = scheme_text.lower()
-    if scheme not in FAMILY_OF_SCHEME:
-        raise ConfigurationError(
-            f"unsupported scheme {quoted(scheme_text)} (expected one of {_SCHEMES_TEXT})"
-        )
     end = next((i for i, c in enumerate(rest) if c in "/?#"), len(rest))
     authority, tail = rest[:end], rest[end:]
     if "@" in tail:

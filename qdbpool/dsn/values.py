@@ -18,12 +18,12 @@ from qdbpool.errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_PORTS",
-    "FAMILY_OF_SCHEME",
     "Family",
     "HostPort",
     "Params",
     "ParsedDSN",
     "check_port",
+    "family_of",
     "is_ipv6",
     "quoted",
 ]
@@ -32,13 +32,24 @@ Family = Literal["postgresql", "mysql"]
 
 DEFAULT_PORTS: Mapping[Family, int] = MappingProxyType({"postgresql": 5432, "mysql": 3306})
 
-FAMILY_OF_SCHEME: Mapping[str, Family] = MappingProxyType(
+_FAMILY_OF_SCHEME: Mapping[str, Family] = MappingProxyType(
     {"postgresql": "postgresql", "postgres": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
 )
-_SCHEMES_TEXT = ", ".join(FAMILY_OF_SCHEME)
+_SCHEMES_TEXT = ", ".join(_FAMILY_OF_SCHEME)
 
 # Keys that are fields of ParsedDSN, never free-form parameters.
 _STRUCTURAL_KEYS = frozenset({"host", "port", "user", "password", "dbname", "database"})
+
+
+def family_of(scheme: object) -> Family:
+    """The family of a scheme, any case (``mariadb`` -> ``mysql``); ConfigurationError if
+    qdbpool does not know it."""
+    family = _FAMILY_OF_SCHEME.get(scheme.lower()) if isinstance(scheme, str) else None
+    if family is None:
+        raise ConfigurationError(
+            f"unsupported scheme {quoted(str(scheme))} (expected one of {_SCHEMES_TEXT})"
+        )
+    return family
 
 
 def is_ipv6(text: str) -> bool:
@@ -165,10 +176,7 @@ class ParsedDSN:
     params: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.scheme, str) or self.scheme.lower() not in FAMILY_OF_SCHEME:
-            raise ConfigurationError(
-                f"unsupported scheme {quoted(str(self.scheme))} (expected one of {_SCHEMES_TEXT})"
-            )
+        family_of(self.scheme)
         object.__setattr__(self, "scheme", self.scheme.lower())
         hosts = tuple(self.hosts)
         if not hosts:
@@ -202,7 +210,7 @@ class ParsedDSN:
     @property
     def family(self) -> Family:
         """``"postgresql"`` or ``"mysql"`` (for ``mariadb://``)."""
-        return FAMILY_OF_SCHEME[self.scheme]
+        return _FAMILY_OF_SCHEME[self.scheme]
 
     @property
     def default_port(self) -> int:
