@@ -1,4 +1,4 @@
-"""From a DSN to the host driver that checks roles, and to a scrubber for its secrets.
+"""From a DSN to the host driver that checks roles.
 
 The drivers are the ones the Postgres and MySQL factories use, so `qdbpool probe` judges
 roles exactly as the pools route (a primary made read-only counts as a replica).
@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from urllib.parse import quote, quote_plus
 
-from qdbpool.dsn import REDACTED, ParsedDSN, _is_secret_key
+from qdbpool.dsn import ParsedDSN, Redactor
 from qdbpool.ha.driver import HostDriver
 
 # libpq options that choose among the hosts of a multi-host DSN. The probe connects to one
@@ -58,32 +57,11 @@ def _mysql_driver(parsed: ParsedDSN) -> HostDriver:
     return mysql._PyMySQLDriver(parsed, {}, check_lag=True)
 
 
+# The redaction itself is qdbpool.dsn's Redactor; these two names remain for probe.py and
+# its tests, until they use Redactor(parsed.secrets) directly.
+Scrubber = Redactor
+
+
 def secrets_of(parsed: ParsedDSN) -> list[str]:
     """The password and the values of secret-looking parameters (e.g. sslpassword)."""
-    found = [parsed.password] if parsed.password else []
-    found += [v for k, v in parsed.params.items() if v and _is_secret_key(k)]
-    return found
-
-
-class Scrubber:
-    """Replaces every secret in a text, as is and in the forms a URL or repr() gives it."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        forms: set[str] = set()
-        for secret in secrets:
-            forms.update(
-                (
-                    secret,
-                    quote(secret, safe=""),
-                    quote(secret),
-                    quote_plus(secret),
-                    repr(secret)[1:-1],
-                )
-            )
-        # Longest first, so that a form containing another is replaced whole.
-        self._forms = sorted((f for f in forms if f), key=len, reverse=True)
-
-    def __call__(self, text: str) -> str:
-        for form in self._forms:
-            text = text.replace(form, REDACTED)
-        return text
+    return list(parsed.secrets)
