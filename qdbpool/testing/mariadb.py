@@ -13,13 +13,16 @@ Every server is our own child process (never mysqld_safe, never daemonized), on 
 port, with its own data directory under tmpfs, started with `--no-defaults` so that no
 /etc/mysql configuration (and no server already running on this machine) is ever touched.
 `mariadb-install-db` runs once per process; each server gets a copy of that template.
-Servers are stopped by their own pid and their directories removed on `close()`, and an
-atexit hook does the same for any server a crashed test left behind.
+Servers are stopped by their own pid and their directories removed on `close()`; an atexit
+hook does the same for any server a failed test left behind (not in a forked child, which
+leaves its parent's servers alone). If this process dies without cleaning up, even by SIGKILL,
+its watchdog kills its servers; a later run sweeps directories a dead process left behind.
+Process hygiene is shared with the PostgreSQL test bed (`_process.py`, `_child.py`,
+`_watchdog.py`).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
@@ -27,7 +30,6 @@ import re
 import secrets
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
@@ -39,16 +41,19 @@ from urllib.parse import quote
 import pymysql
 import pymysql.cursors
 
+from qdbpool.testing._child import ChildProcess
 from qdbpool.testing._process import (
     LOOPBACK,
-    ChildProcess,
     ServerUnavailable,
     chown_to,
+    close_at_exit,
     find_binary,
+    forget_at_exit,
     free_port,
-    scratch_root,
+    sweep_stale_dirs,
     wait_until,
 )
+from qdbpool.testing._watchdog import remove_scratch_dir, scratch_dir
 
 __all__ = [
     "MariaDBCluster",
@@ -65,6 +70,8 @@ log = logging.getLogger(__name__)
 _SEARCH_DIRS = ("/usr/sbin", "/usr/bin", "/usr/libexec", "/usr/local/mysql/bin")
 #: The OS user the server runs as when we are root (mariadbd refuses to run as root).
 _SERVER_USER = "mysql"
+#: Scratch directories are named _DIR_PREFIX + creator pid + "-...", for the stale sweep.
+_DIR_PREFIX = "qdbpool-mariadb-"
 #: Only plain identifiers are interpolated into SQL; everything else goes through parameters.
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
@@ -103,11 +110,24 @@ def _user_args() -> list[str]:
     return [f"--user={_SERVER_USER}"] if _is_root() else []
 
 
-def _make_private_dir(prefix: str) -> Path:
+def _make_private_dir(kind: str = "") -> Path:
     """A fresh directory under tmpfs that the server user can own and write."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=scratch_root()))
+    path = scratch_dir(_DIR_PREFIX, kind)
     chown_to(path, _SERVER_USER)
     return path
+
+
+_swept = False
+
+
+def sweep_stale_servers() -> list[Path]:
+    """Kill servers and remove directories left behind by processes that died uncleanly
+    (once per process, before our first server starts). Returns the directories removed."""
+    global _swept
+    if _swept:
+        return []
+    _swept = True
+    return sweep_stale_dirs(_DIR_PREFIX)
 
 
 # --------------------------------------------------------------------------- template
@@ -122,12 +142,13 @@ def _template_datadir() -> Path:
     with _template_lock:
         if _template_dir is None:
             _template_dir = _install_template()
+            close_at_exit(_remove_template, _remove_template)
         return _template_dir
 
 
 def _install_template() -> Path:
     _, install_db = mariadb_binaries()
-    root = _make_private_dir(f"qdbpool-mariadb-template-{os.getpid()}-")
+    root = _make_private_dir("template-")
     datadir = root / "data"
     argv = [
         install_db,
@@ -146,7 +167,7 @@ def _install_template() -> Path:
         proc.kill()
     if code != 0:
         tail = proc.log_tail()
-        shutil.rmtree(root, ignore_errors=True)
+        remove_scratch_dir(root)
         raise MariaDBStartError(f"mariadb-install-db failed (exit {code}):\n{tail}")
     log.debug("mariadb-install-db took %.2fs", time.monotonic() - started)
     return datadir
@@ -156,30 +177,8 @@ def _remove_template() -> None:
     global _template_dir
     with _template_lock:
         if _template_dir is not None:
-            shutil.rmtree(_template_dir.parent, ignore_errors=True)
+            remove_scratch_dir(_template_dir.parent)
             _template_dir = None
-
-
-# --------------------------------------------------------------------------- safety net
-
-_live_lock = threading.Lock()
-_live: set[MariaDBServer] = set()
-_owner_pid = os.getpid()
-
-
-def _close_all_at_exit() -> None:
-    """Stop every server a test forgot (or failed) to close, then drop the template."""
-    if os.getpid() != _owner_pid:
-        return  # a forked child exiting must not take its parent's servers down
-    with _live_lock:
-        leftovers = list(_live)
-    for server in leftovers:
-        with contextlib.suppress(Exception):
-            server.close()
-    _remove_template()
-
-
-atexit.register(_close_all_at_exit)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -249,10 +248,10 @@ class MariaDBServer:
         self._cpus: set[int] | None = None
         #: Seconds the last start() took from spawning mariadbd to the first answered query.
         self.startup_seconds = 0.0
-        with _live_lock:
-            _live.add(self)
+        sweep_stale_servers()
+        close_at_exit(self, self.close)
         try:
-            self._base = _make_private_dir(f"qdbpool-mariadb-{os.getpid()}-")
+            self._base = _make_private_dir()
             self._copy_template()
             self._start_on_a_free_port()
         except BaseException:
@@ -434,10 +433,9 @@ class MariaDBServer:
             self._kill_child()
         finally:
             if self._base is not None:
-                shutil.rmtree(self._base, ignore_errors=True)
+                remove_scratch_dir(self._base)
                 self._base = None
-            with _live_lock:
-                _live.discard(self)
+            forget_at_exit(self)
 
     def __enter__(self) -> MariaDBServer:
         return self
