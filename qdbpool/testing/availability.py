@@ -44,3 +44,13 @@ def require_mariadb() -> tuple[str, str]:
         return mariadb.mariadb_binaries()
     except ServerUnavailable as exc:
         _unavailable(f"MariaDB server binaries not installed: {exc}")
+
+
+def require_pgbouncer() -> str:
+    """The path of the pgbouncer binary, or skip (locally) / fail (under CI)."""
+    from qdbpool.testing import pgbouncer
+
+    try:
+        return pgbouncer.find_pgbouncer()
+    except ServerUnavailable as exc:
+        _unavailable(f"PgBouncer not installed: {exc}")

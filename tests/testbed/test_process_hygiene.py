@@ -15,13 +15,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from qdbpool.testing._process import become_subreaper, children, process_alive, reap
-from qdbpool.testing.availability import require_mariadb, require_postgres
+from qdbpool.testing.availability import require_mariadb, require_pgbouncer, require_postgres
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -35,6 +35,14 @@ from qdbpool.testing.postgres import PostgresCluster
 c = PostgresCluster(standbys=1).start()
 print(c.primary.pid, c.primary.port, c.root, _watchdog.watchdog_pid(), flush=True)
 """,
+    "pgbouncer": """
+from qdbpool.testing import _watchdog
+from qdbpool.testing.pgbouncer import PgBouncer
+from qdbpool.testing.postgres import PostgresCluster
+c = PostgresCluster(standbys=0).start()
+b = PgBouncer(c).start()
+print(b.pid, b.port, b.directory, _watchdog.watchdog_pid(), flush=True)
+""",
     "mariadb": """
 from qdbpool.testing import _watchdog
 from qdbpool.testing.mariadb import MariaDBServer
@@ -44,13 +52,13 @@ print(s.pid, s.port, s.base_dir, _watchdog.watchdog_pid(), flush=True)
 }
 
 
-def python(script: str, **kwargs: object) -> subprocess.Popen[str]:
+def python(script: str, stderr: int | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", script],
         stdout=subprocess.PIPE,
+        stderr=stderr,
         text=True,
         cwd=os.getcwd(),
-        **kwargs,  # type: ignore[call-overload]
     )
 
 
@@ -64,10 +72,10 @@ def port_refuses(port: int) -> bool:
     return False
 
 
-def wait_for(condition: str, check: object, timeout: float) -> float:
+def wait_for(condition: str, check: Callable[[], bool], timeout: float) -> float:
     """Poll `check()` until true, at most `timeout` seconds; return the seconds it took."""
     started = time.monotonic()
-    while not check():  # type: ignore[operator]
+    while not check():
         if time.monotonic() - started > timeout:
             pytest.fail(f"{condition}: not within {timeout}s")
         time.sleep(0.01)
@@ -86,12 +94,20 @@ def starter_reaper() -> Iterator[list[int]]:
 # -- a process killed by a signal takes its servers with it ------------------------------------
 
 
-@pytest.mark.parametrize("server", ["postgres", "mariadb"])
+REQUIRE: dict[str, list[Callable[[], object]]] = {
+    "postgres": [require_postgres],
+    "pgbouncer": [require_postgres, require_pgbouncer],
+    "mariadb": [require_mariadb],
+}
+
+
+@pytest.mark.parametrize("server", ["postgres", "pgbouncer", "mariadb"])
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_servers_go_away_when_their_starter_is_killed(
     server: str, sig: signal.Signals, starter_reaper: list[int]
 ) -> None:
-    (require_postgres if server == "postgres" else require_mariadb)()
+    for require in REQUIRE[server]:
+        require()
     starter = python(STARTERS[server] + "import time\ntime.sleep(60)\n")
     try:
         assert starter.stdout is not None
@@ -137,7 +153,8 @@ def check():
 def test_a_forked_child_exiting_normally_leaves_the_parents_servers_running(
     server: str,
 ) -> None:
-    (require_postgres if server == "postgres" else require_mariadb)()
+    for require in REQUIRE[server]:
+        require()
     script = STARTERS[server] + CHECKS[server] + FORK_THEN_CHECK
     parent = python(script, stderr=subprocess.PIPE)
     try:
