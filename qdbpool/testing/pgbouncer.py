@@ -33,7 +33,9 @@ from qdbpool.testing._process import (
     LOOPBACK,
     ServerUnavailable,
     chown_to,
+    close_at_exit,
     find_binary,
+    forget_at_exit,
     free_port,
     sweep_stale_dirs,
     wait_until,
@@ -128,6 +130,7 @@ class PgBouncer:
             _swept = True
             sweep_stale_dirs(DIR_PREFIX)
         self._dir = scratch_dir(DIR_PREFIX)
+        close_at_exit(self, self.close)
         try:
             self._write_userlist()
             # A free port can be taken by someone else before PgBouncer binds it: try another.
@@ -216,6 +219,7 @@ class PgBouncer:
             if self._dir is not None:
                 remove_scratch_dir(self._dir)
                 self._dir = None
+            forget_at_exit(self)
 
     def __enter__(self) -> PgBouncer:
         return self.start()
