@@ -1,21 +1,33 @@
-"""Child processes and ports for the local test servers.
+"""Processes the test beds start, and cleaning up after them: one implementation for all.
 
 PID 1 on our machines does not reap orphans, so every server is started as our own child
-(never daemonized through pg_ctl / mysqld_safe) and is always waited on after it is killed;
+(never daemonized through pg_ctl / mysqld_safe), this process becomes a child subreaper so
+that a killed server's own children come back to us, and everything killed is waited on;
 otherwise its zombie keeps the data directory locked.
+
+Scratch directories are named after the pid that made them, so a later run can sweep what a
+process that died without cleaning up left behind (`sweep_stale_dirs`). A process killed by a
+signal is normally cleaned up sooner, by its watchdog (see `_watchdog.py`).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import ctypes
+import functools
+import logging
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
-import subprocess
+import sys
+import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -23,9 +35,16 @@ T = TypeVar("T")
 
 LOOPBACK = "127.0.0.1"
 
+log = logging.getLogger("qdbpool.testing")
+
 
 class ServerUnavailable(RuntimeError):
     """A server binary the test bed needs is not installed on this machine."""
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers the test beds share
+# --------------------------------------------------------------------------------------------
 
 
 def free_port(host: str = LOOPBACK) -> int:
@@ -47,36 +66,6 @@ def find_binary(name: str, *search_dirs: str | Path) -> str:
         looked = [str(d) for d in search_dirs]
         raise ServerUnavailable(f"{name!r} is not installed (looked in {looked} and PATH)")
     return found
-
-
-def as_user_prefix(user: str) -> list[str]:
-    """Command prefix that runs a program as `user` when we are root (servers refuse root)."""
-    if os.geteuid() != 0:
-        return []
-    pwd.getpwnam(user)  # raises KeyError with the name if the OS user does not exist
-    runuser = shutil.which("runuser") or "/usr/sbin/runuser"
-    return [runuser, "-u", user, "--"]
-
-
-def chown_to(path: Path, user: str) -> None:
-    """Give `path` (recursively) to `user` when we are root, so the server can write it."""
-    if os.geteuid() != 0:
-        return
-    entry = pwd.getpwnam(user)
-    for root, dirs, files in os.walk(path):
-        os.chown(root, entry.pw_uid, entry.pw_gid)
-        for name in dirs + files:
-            os.lchown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
-
-
-def scratch_root() -> Path:
-    """A fast place for data directories: tmpfs (/dev/shm) when present, else the temp dir."""
-    shm = Path("/dev/shm")
-    if shm.is_dir() and os.access(shm, os.W_OK):
-        return shm
-    import tempfile
-
-    return Path(tempfile.gettempdir())
 
 
 def wait_until(
@@ -102,62 +91,254 @@ def wait_until(
         time.sleep(interval)
 
 
-class ChildProcess:
-    """A server we started and must reap: kill/terminate by its own pid, always wait."""
+def log_tail(path: Path, lines: int = 30) -> str:
+    """The last `lines` lines of a log file ('' if it cannot be read)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
-    def __init__(self, argv: Sequence[str], *, log_path: Path, env: dict[str, str] | None = None):
-        self.argv = list(argv)
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # its own process group: signals reach its children too
-        )
 
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
+# --------------------------------------------------------------------------------------------
+# Scratch directories
+# --------------------------------------------------------------------------------------------
 
-    def running(self) -> bool:
-        return self.proc.poll() is None
 
-    def signal_group(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, sig)
+def scratch_root() -> Path:
+    """A fast place for data directories: tmpfs (/dev/shm) when present, else the temp dir."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        return shm
+    return Path(tempfile.gettempdir())
 
-    def kill(self) -> None:
-        """SIGKILL the process and every process of its group, then reap it."""
-        self.signal_group(signal.SIGKILL)
-        self.wait(timeout=10)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-        """Ask politely, escalate to SIGKILL after `timeout`, and always reap."""
-        if self.running():
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.signal_group(signal.SIGKILL)
-        self.wait(timeout=10)
+def chown_to(path: Path, user: str) -> None:
+    """Give `path` (recursively) to `user` when we are root, so the server can write it."""
+    if os.geteuid() != 0:
+        return
+    entry = pwd.getpwnam(user)
+    for root, dirs, files in os.walk(path):
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+        for name in dirs + files:
+            os.lchown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
 
-    def wait(self, timeout: float) -> int | None:
+
+def new_scratch_dir(prefix: str, kind: str = "") -> Path:
+    """A fresh directory under scratch_root() named `prefix` + our pid + "-" + `kind`...
+
+    The pid in the name is what lets `sweep_stale_dirs` find it should we die uncleanly.
+    """
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-{kind}", dir=scratch_root()))
+
+
+def sweep_stale_dirs(prefix: str, root: Path | None = None) -> list[Path]:
+    """Kill servers and remove directories left behind by processes that died uncleanly.
+
+    Only directories named `prefix` + the pid of a process that no longer runs are touched,
+    and only processes whose command line names such a directory are killed (with their
+    children). Returns the directories removed.
+    """
+    root = root or scratch_root()
+    removed: list[Path] = []
+    for entry in root.iterdir():
+        match = re.match(rf"{re.escape(prefix)}(\d+)-", entry.name)
+        if match is None or not entry.is_dir():
+            continue
+        owner = int(match[1])
+        if owner == os.getpid() or process_alive(owner):
+            continue
+        for pid in processes_naming(entry):
+            log.warning("killing server %s left running by dead process %s", pid, owner)
+            kill_and_reap(pid, timeout=2)
+            release_shared_memory(pid)
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def processes_naming(directory: Path) -> list[int]:
+    """Running processes whose command line has an argument inside `directory`."""
+    needle = str(directory).encode()
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
         try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-        finally:
-            if self.proc.returncode is not None and not self._log.closed:
-                self._log.close()
-        return code
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
+            argv = Path(f"/proc/{name}/cmdline").read_bytes().split(b"\0")
         except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+            continue
+        inside = any(arg == needle or needle + b"/" in arg for arg in argv)
+        if inside and process_alive(int(name)):
+            found.append(int(name))
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# Process state, killing a process tree, reaping
+# --------------------------------------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name, or None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses; the fields after the last ')' do not.
+    return text[text.rfind(")") + 2 :].split()
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` is a running process (a zombie is not running)."""
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def start_time(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot): with the pid, it names one process for
+    good, even after the pid is reused. None if there is no such process."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields is not None else None
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of `pid`."""
+    kids: list[int] = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = _stat_fields(int(name))
+            if fields is not None and int(fields[1]) == pid:
+                kids.append(int(name))
+    return kids
+
+
+@functools.lru_cache(maxsize=1)
+def become_subreaper() -> bool:
+    """Make orphaned descendants (a killed server's children) our children, to reap them.
+
+    Process-wide and harmless: without it those orphans go to PID 1, which never reaps them
+    here, and each leaves a zombie behind (pid_max is 32768 on these machines).
+    """
+    if sys.platform != "linux":
+        return False
+    pr_set_child_subreaper = 36
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(pr_set_child_subreaper, 1, 0, 0, 0) == 0)
+    return False
+
+
+def kill_tree(pid: int) -> list[int]:
+    """SIGKILL a process and all its descendants at once; return the descendants' pids.
+
+    The process is frozen first so that it can neither fork a new child nor react to its
+    children dying (a postmaster would start crash recovery) while we list and kill them.
+    A process group would not do: each PostgreSQL backend calls setsid().
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGSTOP)
+
+    def frozen_or_gone() -> bool:
+        fields = _stat_fields(pid)
+        return fields is None or fields[0] in ("T", "t", "Z", "X")
+
+    with contextlib.suppress(TimeoutError):  # SIGKILL below works whatever its state
+        wait_until(frozen_or_gone, timeout=5, interval=0.001, what=f"process {pid} stopped")
+    descendants: list[int] = []
+    generation = children(pid)
+    while generation and len(descendants) < 10_000:  # bounded, whatever /proc says
+        descendants += generation
+        generation = [kid for parent in generation for kid in children(parent)]
+    for victim in [*descendants, pid]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(victim, signal.SIGKILL)
+    return descendants
+
+
+def reap(pids: Iterable[int], timeout: float = 10.0) -> None:
+    """Collect the exit status of killed descendants that came back to us (best effort)."""
+    pending = set(pids)
+
+    def all_reaped() -> bool:
+        for pid in list(pending):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not our child (no subreaper) or already collected
+                done = pid
+            if done:
+                pending.discard(pid)
+        return not pending
+
+    try:
+        wait_until(all_reaped, timeout=timeout, interval=0.005, what="killed processes reaped")
+    except TimeoutError:
+        log.warning("could not reap killed processes %s", sorted(pending))
+
+
+def kill_and_reap(pid: int, timeout: float = 10.0) -> None:
+    """kill_tree(pid), then reap it and its descendants if they are (or become) ours.
+
+    The process first: only once it is gone do its children become ours to collect.
+    """
+    become_subreaper()
+    kids = kill_tree(pid)
+    reap([pid], timeout=timeout)
+    reap(kids, timeout=timeout)
+
+
+def release_shared_memory(creator_pid: int) -> None:
+    """Remove the SysV shared memory segments a killed process created and left behind.
+
+    A killed postmaster leaves one for a restart on the same directory to reclaim; once the
+    directory is deleted nothing will, and each one counts against the system's limit. Only
+    segments created by `creator_pid` with nothing attached any more are removed.
+    """
+    try:
+        table = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    except OSError:
+        return  # not Linux
+    for row in table:
+        # Columns: key shmid perms size cpid lpid nattch ...
+        fields = row.split()
+        if int(fields[4]) == creator_pid and int(fields[6]) == 0:
+            ipc_rmid = 0
+            with contextlib.suppress(OSError, AttributeError):
+                ctypes.CDLL(None, use_errno=True).shmctl(int(fields[1]), ipc_rmid, None)
+
+
+# --------------------------------------------------------------------------------------------
+# The at-exit safety net
+# --------------------------------------------------------------------------------------------
+
+# key -> (pid of the process that registered it, cleanup)
+_at_exit: dict[object, tuple[int, Callable[[], None]]] = {}
+_at_exit_lock = threading.Lock()
+
+
+def close_at_exit(key: object, cleanup: Callable[[], None]) -> None:
+    """Run `cleanup` when this interpreter exits, if it is the process that registered it.
+
+    A forked child that exits normally runs its parent's atexit hooks too; it must not stop
+    its parent's servers or delete their directories. `forget_at_exit(key)` unregisters.
+    """
+    with _at_exit_lock:
+        _at_exit[key] = (os.getpid(), cleanup)
+
+
+def forget_at_exit(key: object) -> None:
+    with _at_exit_lock:
+        _at_exit.pop(key, None)
+
+
+def _run_at_exit() -> None:
+    me = os.getpid()
+    with _at_exit_lock:
+        cleanups = [cleanup for owner, cleanup in _at_exit.values() if owner == me]
+    for cleanup in reversed(cleanups):  # the last registered first: servers before templates
+        try:
+            cleanup()
+        except Exception:  # keep cleaning up the rest
+            log.exception("test bed cleanup at exit failed")
+
+
+atexit.register(_run_at_exit)

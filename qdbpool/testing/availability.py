@@ -1,6 +1,9 @@
 """Whether the server binaries a test needs are here: skip where they may be missing, fail
 under CI (CI=true), where they must be, so that a CI machine without them cannot pass by
-skipping everything. For pytest suites: the functions call pytest.skip / pytest.fail."""
+skipping everything. For pytest suites: the functions call pytest.skip / pytest.fail.
+
+Each server's module is imported only by its own check: `require_postgres` needs no MySQL
+driver, `require_mariadb` no psycopg."""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import os
 from pathlib import Path
 from typing import NoReturn
 
-from qdbpool.testing import mariadb, postgres
 from qdbpool.testing._process import ServerUnavailable
 
 
@@ -26,6 +28,8 @@ def _unavailable(reason: str) -> NoReturn:
 
 def require_postgres() -> Path:
     """The PostgreSQL server binaries' directory, or skip (locally) / fail (under CI)."""
+    from qdbpool.testing import postgres
+
     try:
         return postgres.find_postgres_bindir()
     except ServerUnavailable as exc:
@@ -34,7 +38,19 @@ def require_postgres() -> Path:
 
 def require_mariadb() -> tuple[str, str]:
     """The paths of mariadbd and mariadb-install-db, or skip (locally) / fail (under CI)."""
+    from qdbpool.testing import mariadb
+
     try:
         return mariadb.mariadb_binaries()
     except ServerUnavailable as exc:
         _unavailable(f"MariaDB server binaries not installed: {exc}")
+
+
+def require_pgbouncer() -> str:
+    """The path of the pgbouncer binary, or skip (locally) / fail (under CI)."""
+    from qdbpool.testing import pgbouncer
+
+    try:
+        return pgbouncer.find_pgbouncer()
+    except ServerUnavailable as exc:
+        _unavailable(f"PgBouncer not installed: {exc}")

@@ -327,9 +327,10 @@ def test_servers_of_a_process_killed_without_cleanup_are_swept(
     require_postgres()
     script = (
         "import sys, time\n"
+        "from qdbpool.testing import _watchdog\n"
         "from qdbpool.testing.postgres import PostgresCluster\n"
         "c = PostgresCluster(standbys=0).start()\n"
-        "print(c.primary.pid, c.root, flush=True)\n"
+        "print(c.primary.pid, c.root, _watchdog.watchdog_pid(), flush=True)\n"
         "time.sleep(60)\n"
     )
     child = subprocess.Popen(
@@ -337,7 +338,10 @@ def test_servers_of_a_process_killed_without_cleanup_are_swept(
     )
     try:
         assert child.stdout is not None
-        pid_text, root_text = child.stdout.readline().split()
+        pid_text, root_text, watchdog_text = child.stdout.readline().split()
+        # The sweep is the fallback for when the watchdog could not do its job either.
+        os.kill(int(watchdog_text), signal.SIGKILL)
+        wait_until(lambda: not process_alive(int(watchdog_text)), timeout=5, what="no watchdog")
     finally:
         child.send_signal(signal.SIGKILL)  # no atexit, no close(): the server is orphaned
         child.wait()
