@@ -617,14 +617,26 @@ class SingletonPool(Pool):
     def _checkout(self, read_only: bool) -> PooledConnection:
         route = "ro" if read_only and self._routes else "rw"
         pooled: PooledConnection | None = getattr(self._local, route, None)
+        # The usual case: the thread's idle connection, fit as it is. Marked in use before
+        # the checks: a concurrent close() then either sees it in use (and leaves it for our
+        # release) or has already marked it closed (which the generation compare sees).
+        if pooled is not None and not pooled.depth:
+            pooled.depth = 1
+            if pooled.watched.value == pooled.generation and not self._timed:
+                pooled.checkouts += 1
+                return pooled
+            pooled.depth = 0
+        return self._checkout_checked(route, pooled, read_only)
+
+    def _checkout_checked(
+        self, route: str, pooled: PooledConnection | None, read_only: bool
+    ) -> PooledConnection:
+        """_checkout's slow twin: a first or nested checkout, limits, a stale connection."""
         if pooled is None:
             return self._take_new(route, read_only)
-        # Count the checkout before checking: a concurrent close() then either sees it in
-        # use (and leaves it for our release) or has already marked it closed (seen below).
         depth = pooled.depth = pooled.depth + 1
         if (
             self._closed
-            # Its host changed role, or it was closed (see PooledConnection.mark_closed).
             or pooled.watched.value != pooled.generation
             # Liveness was checked when it last came back; again only if it never came back
             # (a nested or a leaked checkout).
@@ -651,6 +663,20 @@ class SingletonPool(Pool):
         return self._take_new(route, read_only)
 
     def _checkin(self, pooled: PooledConnection) -> None:
+        if pooled.depth == 1 and not self._full_release:
+            try:  # the factory's cheapest look: falsy means clean for certain
+                dirty = self._after_use_hint(pooled.raw)
+            except Exception:
+                dirty = True
+            if not dirty:
+                pooled.depth = 0  # idle, and still this thread's
+                if pooled.closed:  # read after that store: see _claim_idle
+                    self._retire(pooled, "the pool closed")
+                return
+        self._checkin_checked(pooled)
+
+    def _checkin_checked(self, pooled: PooledConnection) -> None:
+        """_checkin's slow twin: a nested checkout, or a connection to look at properly."""
         if pooled.depth > 1:
             pooled.depth -= 1  # an outer call in this thread still uses it
             return
