@@ -11,6 +11,7 @@ from qdbpool._global import close, initialize, instance
 from qdbpool.bounded import BoundedPool
 from qdbpool.errors import (
     ConfigurationError,
+    ConnectionReleasedError,
     NoHostAvailableError,
     PoolClosedError,
     PoolNotInitializedError,
@@ -25,6 +26,7 @@ from qdbpool.with_conn import with_conn
 __all__ = [
     "BoundedPool",
     "ConfigurationError",
+    "ConnectionReleasedError",
     "NoHostAvailableError",
     "Pool",
     "PoolClosedError",

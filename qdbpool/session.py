@@ -34,6 +34,12 @@ class _Released:
             f"(tried: {name!r}); check out another with pool.connect()"
         )
 
+    def __setattr__(self, name: str, value: Any) -> NoReturn:
+        self.__getattr__(name)
+
+    def __delattr__(self, name: str) -> NoReturn:
+        self.__getattr__(name)
+
     def __repr__(self) -> str:
         return "<released connection>"
 

@@ -1,0 +1,225 @@
+"""Misuse gets a clear error, never another thread's connection (issue 11 §3).
+
+Use after release, checkouts dropped unreleased, foreign releases, a reset hook that leaves a
+transaction open: each against both pool classes, with real sqlite3 connections.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+import qdbpool
+from qdbpool import BoundedPool, ConnectionReleasedError, SingletonPool
+from qdbpool.factories import SQLite
+
+JOIN = 30.0
+
+
+@pytest.fixture(params=[SingletonPool, BoundedPool])
+def make(request: pytest.FixtureRequest) -> Iterator[Callable[..., qdbpool.Pool]]:
+    """A pool of either class over real sqlite3 connections, closed after the test."""
+    pools: list[qdbpool.Pool] = []
+
+    def make(factory: object = None, **kwargs: object) -> qdbpool.Pool:
+        pool = request.param(factory or SQLite(":memory:"), **kwargs)
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        pool.close(timeout=0)
+
+
+def run_in_thread(fn: Callable[[], object]) -> object:
+    result: list[object] = []
+    t = threading.Thread(target=lambda: result.append(fn()))
+    t.start()
+    t.join(JOIN)
+    assert not t.is_alive()
+    return result[0]
+
+
+# ------------------------------------------------------------------------ use after release
+
+
+@pytest.mark.parametrize("release", ["with", "close", "pool.release"])
+def test_every_use_of_a_released_wrapper_raises_and_touches_nothing(make, release):
+    pool = make()
+    conn = pool.connect()
+    raw = conn.__wrapped__
+    if release == "with":
+        with conn:
+            pass
+    elif release == "close":
+        conn.close()
+    else:
+        pool.release(conn)
+    assert conn.released
+    with pytest.raises(ConnectionReleasedError, match="released"):
+        conn.execute("SELECT 1")
+    with pytest.raises(ConnectionReleasedError):
+        conn.isolation_level = None
+    with pytest.raises(ConnectionReleasedError), conn:
+        pass
+    assert not raw.in_transaction and raw.isolation_level == ""  # untouched
+    conn.close()  # releasing again is harmless
+    pool.release(conn)
+    assert pool.stats().in_use == 0
+
+
+def test_a_released_wrapper_cannot_reach_the_connection_another_thread_holds_now():
+    # The bug this pins: an old wrapper's COMMIT ended another thread's transaction.
+    pool = BoundedPool(SQLite(":memory:"), size=1)
+    try:
+        old = pool.connect()
+        old.close()
+        holding, done = threading.Event(), threading.Event()
+
+        def other_thread() -> bool:
+            with pool.connect() as conn:
+                conn.execute("CREATE TABLE t (x)")
+                conn.execute("BEGIN")
+                conn.execute("INSERT INTO t VALUES (1)")
+                holding.set()
+                done.wait(JOIN)
+                return bool(conn.in_transaction)
+
+        t = threading.Thread(target=other_thread)
+        result: list[bool] = []
+        t = threading.Thread(target=lambda: result.append(other_thread()))
+        t.start()
+        assert holding.wait(JOIN)
+        with pytest.raises(ConnectionReleasedError):
+            old.commit()
+        done.set()
+        t.join(JOIN)
+        assert result == [True]  # its transaction was still its own
+    finally:
+        pool.close(timeout=0)
+
+
+def test_a_released_wrapper_says_so_in_its_repr(make):
+    pool = make()
+    with pool.connect() as conn:
+        assert "sqlite3.Connection" in repr(conn)
+    assert repr(conn) == "<released connection>"
+
+
+# ------------------------------------------------------------------------ dropped checkouts
+
+
+def test_a_wrapper_collected_unreleased_is_released_with_a_warning(make, caplog):
+    pool = make()
+    caplog.set_level(logging.WARNING, logger="qdbpool")
+    conn = pool.connect()
+    conn.execute("SELECT 1")
+    del conn
+    gc.collect()
+    assert pool.stats().in_use == 0
+    assert any("garbage collected" in r.message for r in caplog.records)
+    started = time.monotonic()
+    pool.close(timeout=5)
+    assert time.monotonic() - started < 1  # nothing left for close() to wait for
+    assert pool.stats().open == 0
+
+
+def test_a_wrapper_collected_unreleased_in_another_thread_frees_its_connection(make):
+    pool = make()
+    conn = run_in_thread(pool.connect)  # checked out there, never released
+    assert isinstance(conn, qdbpool.SessionWrapper)
+    assert pool.stats().in_use == 1
+    del conn
+    gc.collect()
+    assert pool.stats().in_use == 0
+    pool.close(timeout=5)
+    assert pool.stats().open == 0
+
+
+def test_close_ends_a_checkout_that_is_still_referenced_and_a_second_close_does_not_wait(
+    make,
+):
+    pool = make()
+    held = run_in_thread(pool.connect)  # referenced, never released
+    raw = held.__wrapped__  # type: ignore[attr-defined]
+    started = time.monotonic()
+    pool.close(timeout=0.2)
+    first = time.monotonic() - started
+    stats = pool.stats()
+    assert (stats.open, stats.in_use, stats.closed) == (0, 0, 1)
+    started = time.monotonic()
+    pool.close(timeout=5)
+    assert time.monotonic() - started < 1
+    assert 0.15 <= first < 5
+    held.close()  # type: ignore[attr-defined]  # its holder lets go: now closed for good
+    with pytest.raises(sqlite3.ProgrammingError):
+        raw.execute("SELECT 1")
+
+
+def test_reinitialize_does_not_wait_for_a_dropped_checkout():
+    qdbpool.initialize(SQLite(":memory:"))
+    conn = qdbpool.instance().connect()  # quasardb.pool style: never released
+    conn.execute("SELECT 1")
+    del conn
+    gc.collect()
+    started = time.monotonic()
+    qdbpool.initialize(SQLite(":memory:"))
+    assert time.monotonic() - started < 1
+    qdbpool.close()
+
+
+# ------------------------------------------------------------------------ foreign release
+
+
+@pytest.mark.parametrize(
+    "stranger",
+    [lambda: sqlite3.connect(":memory:"), object, lambda: None],
+    ids=["another sqlite3 connection", "an object", "None"],
+)
+def test_releasing_a_connection_the_pool_never_handed_out_raises_value_error(make, stranger):
+    pool = make()
+    with pool.connect():
+        with pytest.raises(ValueError, match="did not hand out"):
+            pool.release(stranger())
+    assert pool.stats().in_use == 0
+
+
+def test_releasing_a_wrapper_of_another_pool_raises_value_error(make):
+    pool, other = make(), make()
+    with other.connect() as conn, pytest.raises(ValueError, match="another pool"):
+        pool.release(conn)
+
+
+# ------------------------------------------------------------------------ reset hooks
+
+
+def test_a_reset_hook_that_leaves_a_transaction_open_gets_the_connection_discarded(make):
+    def reset(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN")  # a buggy hook
+
+    pool = make(reset=reset)
+    with pool.connect() as conn:
+        first = conn.__wrapped__
+    with pool.connect() as conn:
+        assert conn.__wrapped__ is not first  # never handed out inside that transaction
+        assert not conn.in_transaction
+    assert pool.stats().discarded >= 1
+
+
+# ------------------------------------------------------------------------ a second connection
+
+
+def test_the_factory_gives_a_second_separate_connection_in_one_thread(make):
+    pool = make()
+    with pool.connect() as conn:
+        second = pool.factory.connect()
+        try:
+            assert second is not conn.__wrapped__
+        finally:
+            second.close()
