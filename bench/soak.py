@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -196,17 +197,24 @@ def pool_label(kind: str) -> str:
 
 def server_sessions(cluster: PostgresCluster) -> dict[int, str]:
     """Backend pid -> node name of every pool session (our application_name) on every
-    running node."""
+    running node. Asked over TCP as the cluster's user (a pg_monitor member, so it sees
+    every session), which works even if a child removed the servers' socket directory."""
     found: dict[int, str] = {}
     for node in cluster.nodes:
         if node.running:
-            rows = node.sql(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
-                [APP],
-                dbname="postgres",
-            )
+            with psycopg.connect(
+                node.dsn(), autocommit=True, connect_timeout=5, application_name=APP + "-counter"
+            ) as conn:
+                rows = conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = %s", [APP]
+                ).fetchall()
             found.update((row[0], node.name) for row in rows)
     return found
+
+
+def servers_intact(cluster: PostgresCluster) -> bool:
+    """Every server still runs and its directory is still there."""
+    return cluster.root.is_dir() and all(node.running for node in cluster.nodes)
 
 
 def settle_sessions(cluster: PostgresCluster, want: Callable[[int], bool]) -> int:
@@ -358,9 +366,8 @@ def common_promises(result: Result, hung: int, longest_limit: float) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def scenario_failover(kind: str, seconds: float) -> Result:
-    tally = Tally()
-    result = Result("failover", kind, "", tally)
+def scenario_failover(result: Result, seconds: float) -> None:
+    kind, tally = result.pool, result.tally
     outages: list[float | None] = []
     with servers(new_cluster(standbys=2)) as cluster:
         create_table(cluster)
@@ -407,7 +414,6 @@ def scenario_failover(kind: str, seconds: float) -> Result:
         f"{sum(o is None for o in outages)} of {len(outages)} did not",
     )
     common_promises(result, hung, longest_limit=20.0)
-    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,9 +424,8 @@ FAULT_SECONDS = 1.0  # how long a stall or a refusal lasts
 CONNECT_TIMEOUT = 2  # libpq connect_timeout through the proxy: a stalled connect gives up
 
 
-def scenario_proxy(kind: str, seconds: float) -> Result:
-    tally = Tally()
-    result = Result("proxy", kind, "", tally)
+def scenario_proxy(result: Result, seconds: float) -> None:
+    kind, tally = result.pool, result.tally
     heals: list[tuple[str, float | None]] = []
     with (
         servers(new_cluster(standbys=0)) as cluster,
@@ -472,7 +477,6 @@ def scenario_proxy(kind: str, seconds: float) -> Result:
         f"not after: {', '.join(failed)}" if failed else f"{len(heals)} faults",
     )
     common_promises(result, hung, longest_limit=FAULT_SECONDS + CONNECT_TIMEOUT + 10.0)
-    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -481,7 +485,7 @@ def scenario_proxy(kind: str, seconds: float) -> Result:
 
 # How a child leaves. "exit" (a normal interpreter exit: atexit, finalizers) only for forks
 # of the main thread: a child forked by a worker has no interpreter stack to unwind.
-MAIN_EXITS = ("os._exit", "close", "exit", "call", "fork")
+MAIN_EXITS = ("os._exit", "close", "call", "fork", "exit")
 WORKER_EXITS = ("os._exit", "close", "call", "fork")
 FORKING_WORKERS = 4  # workers 0..3 fork now and then; the main thread forks too
 
@@ -514,6 +518,8 @@ def child_leaves(how: str, parent_pids: frozenset[int]) -> None:
         if how == "close":
             qdbpool.close()
         elif how == "call":  # the child's own session, never one of the parent's
+            # Where a child hangs, its stack on stderr says why (the parent kills it later).
+            faulthandler.dump_traceback_later(CHILD_TIMEOUT - 1.0, exit=False)
             code = 3 if backend_pid() in parent_pids else 0
         elif how == "fork":
             sys.stdout.flush()
@@ -538,10 +544,11 @@ class Forks:
         self.outcomes: Counter[str] = Counter()  # how -> children that exited 0
         self.bad: Counter[str] = Counter()  # "how: exit N" / "how: hung (killed)"
         self.parent_pids: frozenset[int] = frozenset()
+        self.stopped = False  # no more forks: the servers are gone, the rest would be noise
 
     def claim(self) -> bool:
         with self._lock:
-            if self.started >= self.limit:
+            if self.stopped or self.started >= self.limit:
                 return False
             self.started += 1
             return True
@@ -564,9 +571,12 @@ class Forks:
         return sum(n for key, n in self.bad.items() if key.endswith("killed"))
 
 
-def scenario_fork(kind: str, seconds: float, fork_limit: int) -> Result:
-    tally = Tally()
-    result = Result("fork", kind, "", tally)
+def scenario_fork(
+    result: Result, seconds: float, fork_limit: int, exits: Sequence[str] = MAIN_EXITS
+) -> None:
+    kind, tally = result.pool, result.tally
+    main_exits = [e for e in MAIN_EXITS if e in exits]
+    worker_exits = [e for e in WORKER_EXITS if e in exits] or main_exits
     forks = Forks(fork_limit)
     me = os.getpid()
     seen: set[int] = set()
@@ -588,7 +598,7 @@ def scenario_fork(kind: str, seconds: float, fork_limit: int) -> Result:
 
         def maybe_fork(thread: int, seq: int) -> None:
             if thread < FORKING_WORKERS and seq % 25 == 24 and warm.is_set() and forks.claim():
-                forks.fork(WORKER_EXITS[(seq // 25 + thread) % len(WORKER_EXITS)])
+                forks.fork(worker_exits[(seq // 25 + thread) % len(worker_exits)])
 
         load = Load("fork", 16, op, tally, after=maybe_fork).start()
         stop_stats = threading.Event()
@@ -613,26 +623,32 @@ def scenario_fork(kind: str, seconds: float, fork_limit: int) -> Result:
             for n in range(fork_limit):
                 if time.monotonic() >= end or not forks.claim():
                     break
-                forks.fork(MAIN_EXITS[n % len(MAIN_EXITS)])
-                if not cluster.primary.running:  # a child stopped the parent's server
-                    servers_lost = True
+                forks.fork(main_exits[n % len(main_exits)])
+                if not servers_intact(cluster):  # a child stopped the parent's servers
+                    servers_lost = forks.stopped = True
                     break
                 time.sleep(0.01)  # let the workers run a few calls between two forks
             # Workers fork too; give them until the deadline to use up their share.
-            load.wait(lambda: forks.started >= fork_limit, max(0.0, end - time.monotonic()))
+            load.wait(
+                lambda: forks.started >= fork_limit or forks.stopped,
+                max(0.0, end - time.monotonic()),
+            )
         finally:
             if os.getpid() == me:  # a child leaving by a normal exit unwinds through here
                 stop_stats.set()
                 hung = load.finish()
                 stats_thread.join(JOIN_TIMEOUT)
-                servers_lost = servers_lost or not cluster.primary.running
-                after = frozenset(server_sessions(cluster)) if not servers_lost else frozenset()
-                result.sessions_left = None if servers_lost else close_global_pool(cluster)
+                servers_lost = servers_lost or not servers_intact(cluster)
+                try:
+                    after = frozenset(server_sessions(cluster))
+                    result.sessions_left = close_global_pool(cluster)
+                except psycopg.Error:  # a child's exit took the parent's server away
+                    qdbpool.close()
     replaced = len(seen - forks.parent_pids)
     result.setup = (
         f"16 threads mid-query + 1 reading stats(), {forks.started} forks "
-        f"(main thread: {'/'.join(MAIN_EXITS)}; {FORKING_WORKERS} workers: "
-        f"{'/'.join(WORKER_EXITS)}) in {seconds:g} s"
+        f"(main thread: {'/'.join(main_exits)}; {FORKING_WORKERS} workers: "
+        f"{'/'.join(worker_exits)}) in {seconds:g} s"
     )
     result.figures["children exited 0, by how they left"] = (
         ", ".join(f"{how} {n}" for how, n in sorted(forks.outcomes.items())) or "none"
@@ -650,8 +666,8 @@ def scenario_fork(kind: str, seconds: float, fork_limit: int) -> Result:
     )
     result.promise(
         "0 parent sessions replaced (backend pids seen by the workers after warm-up)",
-        replaced == 0 and not servers_lost,
-        f"{replaced} new backend pids" + (", servers gone" if servers_lost else ""),
+        replaced == 0,
+        f"{replaced} new backend pids",
     )
     result.promise(
         f"every child exits by itself within {CHILD_TIMEOUT:g} s, status 0",
@@ -659,12 +675,11 @@ def scenario_fork(kind: str, seconds: float, fork_limit: int) -> Result:
         f"{sum(forks.bad.values())} of {forks.started} did not",
     )
     result.promise(
-        "a child's exit leaves the parent's servers running",
+        "a child's exit leaves the parent's servers running, their directories in place",
         not servers_lost,
-        "servers gone" if servers_lost else "running",
+        "stopped or removed by a child" if servers_lost else "intact",
     )
     common_promises(result, hung, longest_limit=10.0)
-    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -674,9 +689,8 @@ def scenario_fork(kind: str, seconds: float, fork_limit: int) -> Result:
 RACE_ERRORS = ("qdbpool.PoolClosedError", "qdbpool.PoolNotInitializedError")  # see error_name
 
 
-def scenario_race(seconds: float) -> Result:
-    tally = Tally()
-    result = Result("race", "both", "", tally)
+def scenario_race(result: Result, seconds: float) -> None:
+    tally = result.tally
     reinits = closes = reused = 0
     slowest = 0.0
     with servers(new_cluster(standbys=1)) as cluster:
@@ -724,7 +738,6 @@ def scenario_race(seconds: float) -> Result:
         ", ".join(f"{name} x{n}" for name, n in sorted(wrong.items())) or "none other",
     )
     common_promises(result, hung, longest_limit=10.0)
-    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -735,9 +748,8 @@ CHURN_CALLS = 5  # calls of each short-lived thread
 CHURN_ALIVE = 8  # short-lived threads running at once
 
 
-def scenario_churn(kind: str, seconds: float) -> Result:
-    tally = Tally()
-    result = Result("churn", kind, "", tally)
+def scenario_churn(result: Result, seconds: float) -> None:
+    kind, tally = result.pool, result.tally
     started = hung = 0
     with servers(new_cluster(standbys=1)) as cluster:
         factory = Postgres(cluster.multi_host_dsn(), application_name=APP)
@@ -796,7 +808,6 @@ def scenario_churn(kind: str, seconds: float) -> Result:
         )
     result.promise("calls see 0 errors", tally.error_count == 0, f"{tally.error_count} errors")
     common_promises(result, hung, longest_limit=10.0)
-    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -839,11 +850,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--forks", type=int, help="forks per pool in the fork scenario (default 100; 40 quick)"
     )
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    parser.add_argument(
+        "--child-exits",
+        default=",".join(MAIN_EXITS),
+        help="how forked children leave (fork scenario): os._exit,close,call,fork,exit",
+    )
     parser.add_argument("--pools", default=",".join(POOL_KINDS), help="singleton,bounded")
     args = parser.parse_args(argv)
     args.only = [s for s in args.only.split(",") if s]
     args.pools = [p for p in args.pools.split(",") if p]
+    args.child_exits = [e for e in args.child_exits.split(",") if e]
     for name, chosen, known in (
+        ("--child-exits", args.child_exits, MAIN_EXITS),
         ("--only", args.only, SCENARIOS),
         ("--pools", args.pools, POOL_KINDS),
     ):
@@ -859,22 +877,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def runs(args: argparse.Namespace) -> Iterator[tuple[str, str, Callable[[], Result]]]:
-    """(scenario, pool kind, what runs it) in the order asked for."""
-    seconds = args.seconds
+def runs(args: argparse.Namespace) -> Iterator[tuple[Result, Callable[[Result], None]]]:
+    """(an empty result, what fills it in) for every run asked for, in order."""
+    seconds, forks, exits = args.seconds, args.forks, args.child_exits
+    scenarios: dict[str, Callable[[Result], None]] = {
+        "failover": lambda result: scenario_failover(result, seconds),
+        "proxy": lambda result: scenario_proxy(result, seconds),
+        "fork": lambda result: scenario_fork(result, seconds, forks, exits),
+        "race": lambda result: scenario_race(result, seconds),
+        "churn": lambda result: scenario_churn(result, seconds),
+    }
     for scenario in args.only:
-        if scenario == "race":
-            yield scenario, "both", lambda: scenario_race(seconds)
-            continue
-        for kind in args.pools:
-            if scenario == "failover":
-                yield scenario, kind, lambda kind=kind: scenario_failover(kind, seconds)
-            elif scenario == "proxy":
-                yield scenario, kind, lambda kind=kind: scenario_proxy(kind, seconds)
-            elif scenario == "fork":
-                yield scenario, kind, lambda kind=kind: scenario_fork(kind, seconds, args.forks)
-            else:
-                yield scenario, kind, lambda kind=kind: scenario_churn(kind, seconds)
+        # The race alternates both kinds of pool within one run.
+        for kind in ["both"] if scenario == "race" else args.pools:
+            yield Result(scenario, kind, "", Tally()), scenarios[scenario]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -888,13 +904,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     results: list[Result] = []
     began = time.monotonic()
-    for scenario, kind, run in runs(args):
+    for result, run in runs(args):
         start = time.monotonic()
         try:
-            result = run()
+            run(result)
         except Exception as exc:  # the scenario itself failed: a broken promise, not a crash
-            result = Result(scenario, kind, "did not run to its end", Tally())
-            result.promise("the scenario runs to its end", False, f"{error_name(exc)}: {exc}")
+            result.setup = result.setup or "did not run to its end"
+            detail = f"{error_name(exc)}: {exc}".splitlines()[0]
+            result.promise("the scenario runs to its end", False, detail)
         results.append(result)
         report(result, time.monotonic() - start)
     broken = [(r, p) for r in results for p in r.broken]
