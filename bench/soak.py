@@ -192,7 +192,8 @@ def make_pool(kind: str, factory: Postgres, *, size: int = 8, **options: Any) ->
 
 
 def pool_label(kind: str) -> str:
-    return "SingletonPool" if kind == "singleton" else "BoundedPool(size=8)"
+    labels = {"singleton": "SingletonPool", "bounded": "BoundedPool(size=8)"}
+    return labels.get(kind, "both pools")
 
 
 def server_sessions(cluster: PostgresCluster) -> dict[int, str]:
@@ -217,6 +218,42 @@ def servers_intact(cluster: PostgresCluster) -> bool:
     return cluster.root.is_dir() and all(node.running for node in cluster.nodes)
 
 
+class SessionPeak:
+    """Samples the servers' count of pool sessions every 50 ms in a thread of its own; the
+    peak tells whether a pool ever had more sessions open than it may."""
+
+    def __init__(self, cluster: PostgresCluster) -> None:
+        self.cluster = cluster
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="soak-sessions", daemon=True)
+
+    def start(self) -> SessionPeak:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(JOIN_TIMEOUT)
+
+    def _run(self) -> None:
+        for _ in range(100_000):
+            with contextlib.suppress(psycopg.Error):  # a node killed while we ask it
+                self.peak = max(self.peak, len(server_sessions(self.cluster)))
+            if self._stop.wait(0.05):
+                return
+
+
+def peak_promise(result: Result, peak: int) -> None:
+    result.figures["most server-side sessions at once (sampled every 50 ms)"] = str(peak)
+    if result.pool == "bounded":
+        result.promise(
+            "a BoundedPool never has more than max_size (8) sessions on the servers",
+            peak <= 8,
+            f"peak {peak}",
+        )
+
+
 def settle_sessions(cluster: PostgresCluster, want: Callable[[int], bool]) -> int:
     """The servers' count of pool sessions once `want(count)` holds, or after
     SESSIONS_TIMEOUT (a closed session's backend takes a moment to exit)."""
@@ -228,8 +265,16 @@ def settle_sessions(cluster: PostgresCluster, want: Callable[[int], bool]) -> in
         time.sleep(0.02)  # polling interval
 
 
-def close_global_pool(cluster: PostgresCluster) -> int:
-    """Close the global pool; the pool sessions the servers still see afterwards."""
+def close_global_pool(cluster: PostgresCluster, result: Result | None = None) -> int:
+    """Close the global pool; the pool sessions the servers still see afterwards. With a
+    `result`, note first what the pool's counters say about its connections."""
+    if result is not None:
+        stats = qdbpool.instance().stats()
+        result.figures["pool: opened / closed / discarded / checkouts / connect errors"] = (
+            f"{stats.created} / {stats.closed} / {stats.discarded} / {stats.checkouts} / "
+            f"{stats.connect_errors} ({stats.created / max(stats.checkouts, 1):.4f} opened "
+            "per checkout)"
+        )
     qdbpool.close()
     return settle_sessions(cluster, lambda n: n == 0)
 
@@ -382,13 +427,14 @@ def scenario_failover(result: Result, seconds: float) -> None:
 
         load = Load("failover", 16, op, tally).start()
         hung = 0
+        sampler = SessionPeak(cluster).start()
         try:
             load.wait(lambda: load.all_ok_since(0.0), 30.0)
             end = time.monotonic() + seconds
             # A failover, its recovery and the rebuild of the old primary take 2-4 s here.
             interval = max(1.0, min(8.0, seconds / 5))
             for _ in range(100):
-                if end - time.monotonic() < interval + 4.0:
+                if end - time.monotonic() < interval:
                     break
                 load.stop.wait(interval)  # traffic between two failovers
                 old = cluster.primary
@@ -397,9 +443,11 @@ def scenario_failover(result: Result, seconds: float) -> None:
                 outage = load.wait(lambda t=killed: load.last_write_start > t, RECOVERY_LIMIT)
                 outages.append(None if outage is None else time.monotonic() - killed)
                 cluster.rebuild_standby(old, timeout=30.0)
+            load.stop.wait(max(0.0, end - time.monotonic()))  # the rest of the time: traffic
         finally:
             hung = load.finish()
-            result.sessions_left = close_global_pool(cluster)
+            sampler.stop()
+            result.sessions_left = close_global_pool(cluster, result)
     result.setup = f"16 threads, 3-node cluster, {len(outages)} failovers in {seconds:g} s"
     shown = " ".join("none" if o is None else f"{o:.2f}" for o in outages)
     result.figures["write outage per failover (s)"] = shown or "-"
@@ -408,6 +456,7 @@ def scenario_failover(result: Result, seconds: float) -> None:
         tally.wrong_role_writes == 0 and tally.read_only_errors == 0,
         f"{tally.wrong_role_writes} wrong-role, {tally.read_only_errors} x SQLSTATE 25006",
     )
+    peak_promise(result, sampler.peak)
     result.promise(
         f"writes resume within {RECOVERY_LIMIT:g} s of every failover",
         bool(outages) and all(o is not None for o in outages),
@@ -446,9 +495,9 @@ def scenario_proxy(result: Result, seconds: float) -> None:
             load.wait(lambda: load.all_ok_since(0.0), 30.0)
             end = time.monotonic() + seconds
             for round_ in range(300):
-                if end - time.monotonic() < FAULT_SECONDS + 2.0:
+                if end - time.monotonic() < FAULT_SECONDS + 0.5:
                     break
-                load.stop.wait(1.0)  # healthy traffic between two faults
+                load.stop.wait(min(1.0, seconds / 12))  # healthy traffic between two faults
                 name, fault = faults[round_ % len(faults)]
                 fault()
                 if name != "reset":  # a reset is over at once; the others last a while
@@ -461,7 +510,7 @@ def scenario_proxy(result: Result, seconds: float) -> None:
         finally:
             hung = load.finish()
             proxy.pass_through()
-            result.sessions_left = close_global_pool(cluster)
+            result.sessions_left = close_global_pool(cluster, result)
             result.figures["connections accepted by the proxy"] = str(proxy.accepted)
     result.setup = (
         f"8 threads, 1 server behind a fault proxy, {len(heals)} faults "
@@ -620,10 +669,17 @@ def scenario_fork(
             forks.parent_pids = frozenset(server_sessions(cluster))
             warm.set()
             end = time.monotonic() + seconds
+            # Children that exit normally come last (the final fifth of the forks), every
+            # other fork: if one breaks everything, the forks before it have told their story.
+            others = [e for e in main_exits if e != "exit"] or ["exit"]
+            normal_exits_from = fork_limit * 4 // 5 if "exit" in main_exits else fork_limit
             for n in range(fork_limit):
+                if time.monotonic() >= end - seconds / 5:
+                    normal_exits_from = 0
                 if time.monotonic() >= end or not forks.claim():
                     break
-                forks.fork(main_exits[n % len(main_exits)])
+                late = forks.started > normal_exits_from and n % 2 == 0
+                forks.fork("exit" if late else others[n % len(others)])
                 if not servers_intact(cluster):  # a child stopped the parent's servers
                     servers_lost = forks.stopped = True
                     break
@@ -641,7 +697,7 @@ def scenario_fork(
                 servers_lost = servers_lost or not servers_intact(cluster)
                 try:
                     after = frozenset(server_sessions(cluster))
-                    result.sessions_left = close_global_pool(cluster)
+                    result.sessions_left = close_global_pool(cluster, result)
                 except psycopg.Error:  # a child's exit took the parent's server away
                     qdbpool.close()
     replaced = len(seen - forks.parent_pids)
@@ -768,6 +824,7 @@ def scenario_churn(result: Result, seconds: float) -> None:
 
         alive: list[threading.Thread] = []
         end = time.monotonic() + seconds
+        sampler = SessionPeak(cluster).start()
         try:
             for n in range(100_000):
                 if time.monotonic() >= end:
@@ -784,10 +841,11 @@ def scenario_churn(result: Result, seconds: float) -> None:
             for thread in alive:
                 thread.join(JOIN_TIMEOUT)
                 hung += thread.is_alive()
+            sampler.stop()
             open_now = pool.stats().open
             sessions = settle_sessions(cluster, lambda n: n == pool.stats().open)
             open_after = pool.stats().open
-            result.sessions_left = close_global_pool(cluster)
+            result.sessions_left = close_global_pool(cluster, result)
     result.setup = (
         f"{started} threads of {CHURN_CALLS} calls each (reads and writes), "
         f"{CHURN_ALIVE} at a time, 2-node cluster, in {seconds:g} s"
@@ -795,6 +853,7 @@ def scenario_churn(result: Result, seconds: float) -> None:
     result.figures["after the last thread ended: server sessions / stats().open"] = (
         f"{sessions} / {open_after} (open {open_now} at once)"
     )
+    peak_promise(result, sampler.peak)
     result.promise(
         "after the threads end, the servers' sessions == stats().open",
         sessions == open_after,
@@ -817,7 +876,7 @@ def scenario_churn(result: Result, seconds: float) -> None:
 
 def report(result: Result, elapsed: float) -> None:
     tally = result.tally
-    label = pool_label(result.pool) if result.pool in POOL_KINDS else "both pools"
+    label = pool_label(result.pool)
     print(f"\n== {result.scenario} / {label}  ({elapsed:.0f} s)")
     print(f"   {result.setup}")
     errors = ", ".join(f"{name} {n}" for name, n in tally.errors.most_common()) or "none"
@@ -917,7 +976,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     broken = [(r, p) for r in results for p in r.broken]
     print(f"\n== summary ({time.monotonic() - began:.0f} s)")
     for r in results:
-        label = pool_label(r.pool) if r.pool in POOL_KINDS else "both pools"
+        label = pool_label(r.pool)
         state = f"{len(r.broken)} broken" if r.broken else "all held"
         print(
             f"   {r.scenario:8} {label:20} calls {r.tally.calls:7}  errors {r.tally.error_count:6}"
