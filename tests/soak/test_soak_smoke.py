@@ -20,7 +20,7 @@ def test_a_short_thread_churn_run_holds_every_promise_and_reports_its_figures() 
     require_postgres()
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "bench.soak", "--only", "churn", "--seconds", "2"],
+        [sys.executable, "-m", "bench.soak", "--only=churn", "--pools=singleton", "--seconds=2"],
         cwd=REPO,
         capture_output=True,
         text=True,
