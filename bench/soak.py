@@ -1,6 +1,7 @@
 """The fault suite (`make soak`): qdbpool's promises under the faults users really meet.
 
-Every scenario starts its own local PostgreSQL servers (qdbpool.testing), drives them with
+Every scenario starts its own local servers (qdbpool.testing: PostgreSQL, and MariaDB for
+fork-mariadb), drives them with
 many threads through `@with_conn`, breaks something on purpose, and then checks a short list
 of promises, each printed with its outcome. Scenarios, each run with a SingletonPool and a
 BoundedPool where both make sense:
@@ -11,6 +12,7 @@ BoundedPool where both make sense:
   proxy     8 threads through a fault proxy that stalls, resets and refuses connections.
   fork      16 threads mid-query while the main thread and workers fork; children leave by
             os._exit, normal exit, pool.close(), one call of their own, or forking again.
+  fork-mariadb  the same on MariaDB (PyMySQL), whose goodbye to a server differs from libpq's.
   race      8 threads calling while another re-initializes (and closes) the global pool.
   churn     short-lived threads, each making a few calls and ending.
 
@@ -37,13 +39,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+import pymysql
 
 import qdbpool
+from qdbpool.factories.mysql import MySQL
 from qdbpool.factories.postgres import Postgres
-from qdbpool.testing.postgres import PostgresCluster
+from qdbpool.testing.availability import under_ci
+from qdbpool.testing.mariadb import MariaDBServer
+from qdbpool.testing.postgres import PostgresCluster, ServerUnavailable
 from qdbpool.testing.proxy import FaultProxy
 
-USER, PASSWORD = "soak", "soak-secret"
+USER, PASSWORD, DATABASE = "soak", "soak-secret", "soak"  # DATABASE: MariaDB's
 APP = "qdbpool-soak"  # application_name of the pools' sessions: how the servers count them
 TABLE = "soak_writes"
 READ_ONLY_SQLSTATE = "25006"  # read_only_sql_transaction: a write sent to a standby
@@ -56,7 +62,7 @@ CHILD_TIMEOUT = 5.0  # a forked child must have exited by then; it is killed oth
 MAX_CALLS_PER_THREAD = 1_000_000  # a bound on every worker loop, beyond its deadline
 
 POOL_KINDS = ("singleton", "bounded")
-SCENARIOS = ("failover", "proxy", "fork", "race", "churn")
+SCENARIOS = ("failover", "proxy", "fork", "fork-mariadb", "race", "churn")
 
 
 # --------------------------------------------------------------------------------------------
@@ -71,7 +77,7 @@ def error_name(exc: BaseException) -> str:
 
 def documented_error(exc: BaseException) -> bool:
     """An error a caller may meet: the driver's, or one of qdbpool's own."""
-    return isinstance(exc, (psycopg.Error, qdbpool.QdbPoolError))
+    return isinstance(exc, (psycopg.Error, pymysql.Error, qdbpool.QdbPoolError))
 
 
 class Tally:
@@ -218,12 +224,75 @@ def servers_intact(cluster: PostgresCluster) -> bool:
     return cluster.root.is_dir() and all(node.running for node in cluster.nodes)
 
 
+class PgServers:
+    """What the suite asks of a PostgresCluster: its pool sessions, whether it is intact."""
+
+    label = "PostgreSQL"
+    # A call that says which session answered, and stays mid-query for a moment.
+    session_query = "SELECT pg_backend_pid(), pg_sleep(0.002)"
+
+    def __init__(self, cluster: PostgresCluster) -> None:
+        self.cluster = cluster
+
+    def factory(self) -> Postgres:
+        return Postgres(self.cluster.primary.dsn(), application_name=APP)
+
+    def sessions(self) -> frozenset[int]:
+        return frozenset(server_sessions(self.cluster))
+
+    def intact(self) -> bool:
+        return servers_intact(self.cluster)
+
+
+class MariaDBServers:
+    """The same of one MariaDB server, whose pool sessions are those of the user USER."""
+
+    label = "MariaDB"
+    session_query = "SELECT CONNECTION_ID(), SLEEP(0.002)"
+
+    def __init__(self, server: MariaDBServer) -> None:
+        self.server = server
+
+    def factory(self) -> MySQL:
+        return MySQL(self.server.dsn(USER, PASSWORD, DATABASE))
+
+    def sessions(self) -> frozenset[int]:
+        rows = self.server.sql(
+            "SELECT id FROM information_schema.PROCESSLIST WHERE user = %s", [USER]
+        )
+        return frozenset(int(row[0]) for row in rows)
+
+    def intact(self) -> bool:
+        return self.server.running and self.server.base_dir.is_dir()
+
+
+Servers = PgServers | MariaDBServers
+
+
+@contextlib.contextmanager
+def fork_servers(database: str) -> Iterator[Servers]:
+    """A single server of `database` ("postgresql" or "mariadb"), stopped by its own pid
+    at the end of the block, in the process that started it only."""
+    if database == "postgresql":
+        with servers(new_cluster(standbys=0)) as cluster:
+            yield PgServers(cluster)
+        return
+    owner = os.getpid()
+    server = MariaDBServer()
+    try:
+        server.create_user(USER, PASSWORD, DATABASE)
+        yield MariaDBServers(server)
+    finally:
+        if os.getpid() == owner:
+            server.close()
+
+
 class SessionPeak:
     """Samples the servers' count of pool sessions every 50 ms in a thread of its own; the
     peak tells whether a pool ever had more sessions open than it may."""
 
-    def __init__(self, cluster: PostgresCluster) -> None:
-        self.cluster = cluster
+    def __init__(self, servers: Servers) -> None:
+        self.servers = servers
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="soak-sessions", daemon=True)
@@ -239,7 +308,7 @@ class SessionPeak:
     def _run(self) -> None:
         for _ in range(100_000):
             with contextlib.suppress(psycopg.Error):  # a node killed while we ask it
-                self.peak = max(self.peak, len(server_sessions(self.cluster)))
+                self.peak = max(self.peak, len(self.servers.sessions()))
             if self._stop.wait(0.05):
                 return
 
@@ -254,18 +323,18 @@ def peak_promise(result: Result, peak: int) -> None:
         )
 
 
-def settle_sessions(cluster: PostgresCluster, want: Callable[[int], bool]) -> int:
+def settle_sessions(servers: Servers, want: Callable[[int], bool]) -> int:
     """The servers' count of pool sessions once `want(count)` holds, or after
     SESSIONS_TIMEOUT (a closed session's backend takes a moment to exit)."""
     deadline = time.monotonic() + SESSIONS_TIMEOUT
     while True:
-        count = len(server_sessions(cluster))
+        count = len(servers.sessions())
         if want(count) or time.monotonic() >= deadline:
             return count
         time.sleep(0.02)  # polling interval
 
 
-def close_global_pool(cluster: PostgresCluster, result: Result | None = None) -> int:
+def close_global_pool(servers: Servers, result: Result | None = None) -> int:
     """Close the global pool; the pool sessions the servers still see afterwards. With a
     `result`, note first what the pool's counters say about its connections."""
     if result is not None:
@@ -276,7 +345,7 @@ def close_global_pool(cluster: PostgresCluster, result: Result | None = None) ->
             "per checkout)"
         )
     qdbpool.close()
-    return settle_sessions(cluster, lambda n: n == 0)
+    return settle_sessions(servers, lambda n: n == 0)
 
 
 @qdbpool.with_conn()
@@ -303,6 +372,20 @@ def backend_pid(conn: Any, sleep: float = 0.0) -> int:
     pid = conn.execute("SELECT pg_backend_pid(), pg_sleep(%s)", (sleep,)).fetchone()[0]
     conn.rollback()
     return int(pid)
+
+
+@qdbpool.with_conn()
+def session_id(conn: Any, query: str) -> int:
+    """The id of the server session that answers `query` (its first column), through the
+    DB-API alone, so that it works on every driver."""
+    cursor = conn.cursor()
+    try:
+        cursor.execute(query)
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    conn.rollback()
+    return int(row[0])
 
 
 @qdbpool.with_conn(read_only=True)
@@ -427,7 +510,7 @@ def scenario_failover(result: Result, seconds: float) -> None:
 
         load = Load("failover", 16, op, tally).start()
         hung = 0
-        sampler = SessionPeak(cluster).start()
+        sampler = SessionPeak(PgServers(cluster)).start()
         try:
             load.wait(lambda: load.all_ok_since(0.0), 30.0)
             end = time.monotonic() + seconds
@@ -447,7 +530,7 @@ def scenario_failover(result: Result, seconds: float) -> None:
         finally:
             hung = load.finish()
             sampler.stop()
-            result.sessions_left = close_global_pool(cluster, result)
+            result.sessions_left = close_global_pool(PgServers(cluster), result)
     result.setup = f"16 threads, 3-node cluster, {len(outages)} failovers in {seconds:g} s"
     shown = " ".join("none" if o is None else f"{o:.2f}" for o in outages)
     result.figures["write outage per failover (s)"] = shown or "-"
@@ -510,7 +593,7 @@ def scenario_proxy(result: Result, seconds: float) -> None:
         finally:
             hung = load.finish()
             proxy.pass_through()
-            result.sessions_left = close_global_pool(cluster, result)
+            result.sessions_left = close_global_pool(PgServers(cluster), result)
             result.figures["connections accepted by the proxy"] = str(proxy.accepted)
     result.setup = (
         f"8 threads, 1 server behind a fault proxy, {len(heals)} faults "
@@ -558,7 +641,7 @@ def reap(pid: int, timeout: float = CHILD_TIMEOUT) -> int | None:
     return None
 
 
-def child_leaves(how: str, parent_pids: frozenset[int]) -> None:
+def child_leaves(how: str, parent_pids: frozenset[int], query: str) -> None:
     """In a forked child: leave as `how` says. Never returns (ChildExit for "exit")."""
     code = 0
     try:
@@ -569,7 +652,7 @@ def child_leaves(how: str, parent_pids: frozenset[int]) -> None:
         elif how == "call":  # the child's own session, never one of the parent's
             # Where a child hangs, its stack on stderr says why (the parent kills it later).
             faulthandler.dump_traceback_later(CHILD_TIMEOUT - 1.0, exit=False)
-            code = 3 if backend_pid() in parent_pids else 0
+            code = 3 if session_id(query) in parent_pids else 0
         elif how == "fork":
             sys.stdout.flush()
             grandchild = os.fork()
@@ -586,9 +669,10 @@ def child_leaves(how: str, parent_pids: frozenset[int]) -> None:
 class Forks:
     """Forks of the main thread and of workers, and what became of the children."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, session_query: str) -> None:
         self._lock = threading.Lock()
         self.limit = limit
+        self.session_query = session_query  # what a child's own call asks
         self.started = 0
         self.outcomes: Counter[str] = Counter()  # how -> children that exited 0
         self.bad: Counter[str] = Counter()  # "how: exit N" / "how: hung (killed)"
@@ -607,7 +691,7 @@ class Forks:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            child_leaves(how, self.parent_pids)
+            child_leaves(how, self.parent_pids, self.session_query)
         code = reap(pid)
         with self._lock:
             if code == 0:
@@ -621,25 +705,28 @@ class Forks:
 
 
 def scenario_fork(
-    result: Result, seconds: float, fork_limit: int, exits: Sequence[str] = MAIN_EXITS
+    result: Result,
+    seconds: float,
+    fork_limit: int,
+    exits: Sequence[str] = MAIN_EXITS,
+    database: str = "postgresql",
 ) -> None:
     kind, tally = result.pool, result.tally
     main_exits = [e for e in MAIN_EXITS if e in exits]
     worker_exits = [e for e in WORKER_EXITS if e in exits] or main_exits
-    forks = Forks(fork_limit)
     me = os.getpid()
     seen: set[int] = set()
     seen_lock = threading.Lock()
     servers_lost = False
     after: frozenset[int] = frozenset()
-    with servers(new_cluster(standbys=0)) as cluster:
-        factory = Postgres(cluster.primary.dsn(), application_name=APP)
+    with fork_servers(database) as server:
+        forks = Forks(fork_limit, server.session_query)
         options = {"pre_create": 8} if kind == "bounded" else {}
-        qdbpool.initialize(make_pool(kind, factory, **options))
+        qdbpool.initialize(make_pool(kind, server.factory(), **options))
         warm = threading.Event()
 
         def op(_thread: int, _seq: int) -> object:
-            pid = backend_pid(0.002)  # mid-query most of the time
+            pid = session_id(server.session_query)  # mid-query most of the time
             if warm.is_set():
                 with seen_lock:
                     seen.add(pid)
@@ -665,8 +752,8 @@ def scenario_fork(
         try:
             load.wait(lambda: load.all_ok_since(0.0), 30.0)
             want = 16 if kind == "singleton" else 8
-            settle_sessions(cluster, lambda n: n >= want)
-            forks.parent_pids = frozenset(server_sessions(cluster))
+            settle_sessions(server, lambda n: n >= want)
+            forks.parent_pids = server.sessions()
             warm.set()
             end = time.monotonic() + seconds
             # Children that exit normally come last (the final fifth of the forks), every
@@ -680,7 +767,7 @@ def scenario_fork(
                     break
                 late = forks.started > normal_exits_from and n % 2 == 0
                 forks.fork("exit" if late else others[n % len(others)])
-                if not servers_intact(cluster):  # a child stopped the parent's servers
+                if not server.intact():  # a child stopped the parent's servers
                     servers_lost = forks.stopped = True
                     break
                 time.sleep(0.01)  # let the workers run a few calls between two forks
@@ -694,15 +781,15 @@ def scenario_fork(
                 stop_stats.set()
                 hung = load.finish()
                 stats_thread.join(JOIN_TIMEOUT)
-                servers_lost = servers_lost or not servers_intact(cluster)
+                servers_lost = servers_lost or not server.intact()
                 try:
-                    after = frozenset(server_sessions(cluster))
-                    result.sessions_left = close_global_pool(cluster, result)
-                except psycopg.Error:  # a child's exit took the parent's server away
+                    after = server.sessions()
+                    result.sessions_left = close_global_pool(server, result)
+                except (psycopg.Error, pymysql.Error):  # a child took the parent's server away
                     qdbpool.close()
     replaced = len(seen - forks.parent_pids)
     result.setup = (
-        f"16 threads mid-query + 1 reading stats(), {forks.started} forks "
+        f"{server.label}, 16 threads mid-query + 1 reading stats(), {forks.started} forks "
         f"(main thread: {'/'.join(main_exits)}; {FORKING_WORKERS} workers: "
         f"{'/'.join(worker_exits)}) in {seconds:g} s"
     )
@@ -780,7 +867,7 @@ def scenario_race(result: Result, seconds: float) -> None:
                 slowest = max(slowest, time.monotonic() - started)
         finally:
             hung = load.finish()
-            result.sessions_left = close_global_pool(cluster)
+            result.sessions_left = close_global_pool(PgServers(cluster))
     result.setup = (
         f"8 threads (reads and writes), 2-node cluster, {reinits} initialize() alternating "
         f"SingletonPool/BoundedPool ({reused} reusing the previous factory), {closes} close() "
@@ -824,7 +911,7 @@ def scenario_churn(result: Result, seconds: float) -> None:
 
         alive: list[threading.Thread] = []
         end = time.monotonic() + seconds
-        sampler = SessionPeak(cluster).start()
+        sampler = SessionPeak(PgServers(cluster)).start()
         try:
             for n in range(100_000):
                 if time.monotonic() >= end:
@@ -843,9 +930,9 @@ def scenario_churn(result: Result, seconds: float) -> None:
                 hung += thread.is_alive()
             sampler.stop()
             open_now = pool.stats().open
-            sessions = settle_sessions(cluster, lambda n: n == pool.stats().open)
+            sessions = settle_sessions(PgServers(cluster), lambda n: n == pool.stats().open)
             open_after = pool.stats().open
-            result.sessions_left = close_global_pool(cluster, result)
+            result.sessions_left = close_global_pool(PgServers(cluster), result)
     result.setup = (
         f"{started} threads of {CHURN_CALLS} calls each (reads and writes), "
         f"{CHURN_ALIVE} at a time, 2-node cluster, in {seconds:g} s"
@@ -908,7 +995,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--forks", type=int, help="forks per pool in the fork scenario (default 100; 40 quick)"
     )
-    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    parser.add_argument(
+        "--only", default=",".join(SCENARIOS), help=f"scenarios (default: {','.join(SCENARIOS)})"
+    )
     parser.add_argument(
         "--child-exits",
         default=",".join(MAIN_EXITS),
@@ -943,6 +1032,7 @@ def runs(args: argparse.Namespace) -> Iterator[tuple[Result, Callable[[Result], 
         "failover": lambda result: scenario_failover(result, seconds),
         "proxy": lambda result: scenario_proxy(result, seconds),
         "fork": lambda result: scenario_fork(result, seconds, forks, exits),
+        "fork-mariadb": lambda result: scenario_fork(result, seconds, forks, exits, "mariadb"),
         "race": lambda result: scenario_race(result, seconds),
         "churn": lambda result: scenario_churn(result, seconds),
     }
@@ -958,7 +1048,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     qdb_log.addHandler(LOG_COUNTER)
     qdb_log.propagate = False  # counted, not printed: a race logs a warning per close()
     print(
-        f"bench/soak.py: fault suite on local PostgreSQL servers; scenarios {','.join(args.only)}; "
+        f"bench/soak.py: fault suite on local PostgreSQL and MariaDB servers; "
+        f"scenarios {','.join(args.only)}; "
         f"pools {','.join(args.pools)}; {args.seconds:g} s of load each; pid {os.getpid()}"
     )
     results: list[Result] = []
@@ -967,6 +1058,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = time.monotonic()
         try:
             run(result)
+        except ServerUnavailable as exc:  # no server binaries: fine locally, not under CI
+            if under_ci():
+                result.promise("the servers it needs are installed", False, str(exc))
+            else:
+                result.setup = f"skipped: {exc}"
         except Exception as exc:  # the scenario itself failed: a broken promise, not a crash
             result.setup = result.setup or "did not run to its end"
             detail = f"{error_name(exc)}: {exc}".splitlines()[0]
@@ -979,7 +1075,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         label = pool_label(r.pool)
         state = f"{len(r.broken)} broken" if r.broken else "all held"
         print(
-            f"   {r.scenario:8} {label:20} calls {r.tally.calls:7}  errors {r.tally.error_count:6}"
+            f"   {r.scenario:12} {label:20} calls {r.tally.calls:7}  errors {r.tally.error_count:6}"
             f"  wrong-role {r.tally.wrong_role_writes}  longest {r.tally.longest:6.3f} s"
             f"  sessions left {r.sessions_left}  promises: {state}"
         )
