@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import faulthandler
+import functools
 import logging
 import os
 import signal
@@ -175,10 +176,12 @@ def servers(cluster: PostgresCluster) -> Iterator[PostgresCluster]:
     """Start `cluster`; stop it (each server by its own pid) when the block ends, in the
     process that started it only: a forked child unwinding through here leaves it alone."""
     owner = os.getpid()
-    with contextlib.ExitStack() as stack:
-        stack.callback(lambda: os.getpid() == owner and cluster.close())
+    try:
         cluster.start()
         yield cluster
+    finally:
+        if os.getpid() == owner:
+            cluster.close()
 
 
 def new_cluster(standbys: int) -> PostgresCluster:
@@ -191,7 +194,9 @@ def create_table(cluster: PostgresCluster) -> None:
     cluster.wait_replicated()
 
 
-def make_pool(kind: str, factory: Postgres, *, size: int = 8, **options: Any) -> qdbpool.Pool:
+def make_pool(
+    kind: str, factory: Postgres | MySQL, *, size: int = 8, **options: Any
+) -> qdbpool.Pool:
     if kind == "singleton":
         return qdbpool.SingletonPool(factory, **options)
     return qdbpool.BoundedPool(factory, size=size, timeout=10.0, **options)
@@ -444,7 +449,12 @@ class Load:
                 self.after(index, seq)
 
     def all_ok_since(self, moment: float) -> bool:
+        """Every thread has made a successful call that started after `moment`."""
         return min(self.last_ok_start) > moment
+
+    def wrote_since(self, moment: float) -> bool:
+        """A successful write started after `moment`."""
+        return self.last_write_start > moment
 
     def wait(self, done: Callable[[], bool], timeout: float) -> float | None:
         """Seconds until `done()` holds (polled), or None after `timeout`."""
@@ -523,7 +533,7 @@ def scenario_failover(result: Result, seconds: float) -> None:
                 old = cluster.primary
                 killed = time.monotonic()
                 cluster.failover(timeout=20.0)
-                outage = load.wait(lambda t=killed: load.last_write_start > t, RECOVERY_LIMIT)
+                outage = load.wait(functools.partial(load.wrote_since, killed), RECOVERY_LIMIT)
                 outages.append(None if outage is None else time.monotonic() - killed)
                 cluster.rebuild_standby(old, timeout=30.0)
             load.stop.wait(max(0.0, end - time.monotonic()))  # the rest of the time: traffic
@@ -588,7 +598,7 @@ def scenario_proxy(result: Result, seconds: float) -> None:
                     proxy.pass_through()
                 healed = time.monotonic()
                 heals.append(
-                    (name, load.wait(lambda t=healed: load.all_ok_since(t), RECOVERY_LIMIT))
+                    (name, load.wait(functools.partial(load.all_ok_since, healed), RECOVERY_LIMIT))
                 )
         finally:
             hung = load.finish()
