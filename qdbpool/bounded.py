@@ -154,9 +154,10 @@ class BoundedPool(Pool):
                 found.depth = 1  # in use from here on: close() must leave it to us
             elif self._reserved < self._max_size:
                 self._reserved += 1
-            elif other_idle:
-                # Full, but idle on the other route: trade that one in (its retirement
-                # gives back the capacity reserved here).
+            elif other_idle and not any(self._route_of(p) == route for p in self._live):
+                # Full, idle on the other route only, and none of ours exists to come back:
+                # trade that one in (its retirement gives back the capacity reserved here).
+                # Where one of ours exists, wait for it rather than churn connections.
                 surplus = other_idle.popleft()
                 self._reserved += 1
             else:

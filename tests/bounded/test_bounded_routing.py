@@ -1,0 +1,93 @@
+"""A BoundedPool over a routing factory under mixed reads and writes (issue 11 §6): a
+release goes to a waiter of its own route, so steady mixed load opens (almost) no new
+connections, and the pool never holds more than max_size."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+from qdbpool import BoundedPool
+from qdbpool.factories import SQLite
+
+THREADS = 16
+CALLS = 300
+
+
+class RoutingSQLite(SQLite):
+    """SQLite standing in for a primary and a replica: routes reads, counts opens."""
+
+    routes_reads = True
+
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.opened = 0
+        self.open_now = 0
+        self.most_open = 0
+        self._lock = threading.Lock()
+
+    def connect(self, *, read_only: bool = False) -> sqlite3.Connection:
+        with self._lock:
+            self.opened += 1
+            self.open_now += 1
+            self.most_open = max(self.most_open, self.open_now)
+        return super().connect(read_only=read_only)
+
+    def close_connection(self, conn: sqlite3.Connection) -> None:
+        super().close_connection(conn)
+        with self._lock:
+            self.open_now -= 1
+
+
+def run_mixed_load(pool: BoundedPool, read_share: float) -> None:
+    errors: list[BaseException] = []
+    start = threading.Barrier(THREADS, timeout=30)
+
+    def worker(index: int) -> None:
+        start.wait()
+        try:
+            for call in range(CALLS):
+                read_only = (call * THREADS + index) % 100 < read_share * 100
+                with pool.connect(read_only=read_only) as conn:
+                    conn.execute("SELECT 1").fetchone()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+
+
+def test_mixed_reads_and_writes_open_at_most_one_connection_per_hundred_checkouts():
+    factory = RoutingSQLite()
+    pool = BoundedPool(factory, size=4, timeout=60)
+    try:
+        run_mixed_load(pool, read_share=0.5)
+        checkouts = pool.stats().checkouts
+        assert checkouts == THREADS * CALLS
+        assert factory.opened / checkouts <= 0.01, (factory.opened, checkouts)
+        assert factory.most_open <= pool.max_size
+    finally:
+        pool.close(timeout=0)
+
+
+def test_a_reader_waiting_behind_writers_is_served_when_no_reader_connection_exists():
+    factory = RoutingSQLite()
+    pool = BoundedPool(factory, size=2, timeout=10)
+    try:
+        writer_a, writer_b = pool.connect(), pool.connect()  # the pool is full of writers
+        got: list[sqlite3.Connection] = []
+        t = threading.Thread(target=lambda: got.append(pool.connect(read_only=True)))
+        t.start()
+        writer_a.close()  # no reader connection exists: this one's capacity goes to the reader
+        t.join(10)
+        assert len(got) == 1
+        got[0].close()
+        writer_b.close()
+        assert factory.most_open <= 2
+    finally:
+        pool.close(timeout=0)
