@@ -15,9 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from qdbpool.drivers.base import HostDriver, Role
 from qdbpool.dsn import HostPort
-from qdbpool.ha.driver import HostDriver
-from qdbpool.ha.hosts import Role
 
 ProgressCallback = Callable[[int, int], None]
 """Called as `(finished, total)` each time a check ends within a round."""

@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable, Sequence
 
 from qdbpool import _fork
+from qdbpool.cluster.hosts import HostState, HostStatus
+from qdbpool.drivers.base import HostDriver, Observation, Role
 from qdbpool.dsn import HostPort
 from qdbpool.errors import NoHostAvailableError
-from qdbpool.ha.driver import HostDriver
-from qdbpool.ha.hosts import HostState, HostStatus, Observation, Role
 from qdbpool.protocol import Generation
 
 logger = logging.getLogger("qdbpool")

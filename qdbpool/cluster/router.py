@@ -14,8 +14,9 @@ import itertools
 import random
 from collections.abc import Sequence
 
+from qdbpool.cluster.hosts import HostState
+from qdbpool.drivers.base import Role
 from qdbpool.errors import ConfigurationError
-from qdbpool.ha.hosts import HostState, Role
 
 BALANCERS = ("greedy", "round_robin", "random_weighted")
 

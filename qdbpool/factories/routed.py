@@ -17,12 +17,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from qdbpool.cluster.hosts import HostState, HostStatus
+from qdbpool.cluster.router import Router
+from qdbpool.cluster.topology import Topology
+from qdbpool.drivers.base import HostDriver, Role
 from qdbpool.dsn import HostPort
 from qdbpool.errors import ConfigurationError, NoHostAvailableError
-from qdbpool.ha.balancer import Router
-from qdbpool.ha.driver import HostDriver
-from qdbpool.ha.hosts import HostState, HostStatus, Role
-from qdbpool.ha.topology import Topology
 from qdbpool.protocol import ConnectionFactory, Generation
 
 logger = logging.getLogger("qdbpool")
