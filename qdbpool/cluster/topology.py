@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from qdbpool import _fork
+from qdbpool.cluster.check import CheckResult, check_host
 from qdbpool.cluster.hosts import HostState, HostStatus
-from qdbpool.drivers.base import HostDriver, Observation, Role
+from qdbpool.drivers.base import HostDriver, Role
 from qdbpool.dsn import HostPort
 from qdbpool.errors import NoHostAvailableError
 from qdbpool.protocol import Generation
@@ -264,26 +265,38 @@ class Topology:
             self._mark_down(host, f"no answer within {self._refresh_timeout:g}s", sever=True)
 
     def _check(self, host: HostState) -> None:
-        driver = self._driver
-        reused = host.probe is not None
         try:
-            try:
-                self._observe(host)
-            except Exception:
-                if not reused or self._closed:
-                    raise
+            reused = host.probe is not None
+            found = self._check_once(host)
+            if found is not None and not found.answered and reused and not self._closed:
                 # A probe can die alone (a KILL, an idle timeout on the server): one more
                 # try on a fresh connection before calling the host down.
                 self._drop_probe(host)
-                self._observe(host)
-        except Exception as exc:
-            if self._closed:  # severed by close(): says nothing about the host
+                found = self._check_once(host)
+            if found is None or self._closed:  # severed by close(): says nothing about the host
                 return
-            self._drop_probe(host)
-            refused_us = driver.is_configuration_error(exc)
-            self._mark_down(host, driver.describe_error(exc), sever=False, refused_us=refused_us)
+            if found.answered:
+                self._record(host, found)
+            else:
+                self._drop_probe(host)
+                # A host whose role cannot be read serves nothing: down, whatever the reason.
+                why = found.error or "no answer"
+                self._mark_down(host, why, sever=False, refused_us=found.refused_us)
         finally:
             self._end_check(host)
+
+    def _check_once(self, host: HostState) -> CheckResult | None:
+        def adopt(probe: object) -> bool:
+            with self._changed:  # close() decides who closes a probe by this (see close)
+                if not self._closed:
+                    host.probe = probe
+                    return True
+            self._driver.close(probe)  # closed while we were connecting
+            return False
+
+        return check_host(
+            self._driver, host.address, self._refresh_timeout, probe=host.probe, adopt=adopt
+        )
 
     def _end_check(self, host: HostState) -> None:
         with self._changed:
@@ -295,35 +308,21 @@ class Topology:
         if probe is not None:
             self._driver.close(probe)
 
-    def _observe(self, host: HostState) -> None:
-        driver = self._driver
-        probe = host.probe
-        if probe is None:
-            probe = driver.open_probe(host.address, self._refresh_timeout)
-            with self._changed:
-                if not self._closed:
-                    host.probe = probe
-            if host.probe is not probe:  # closed while we were connecting
-                driver.close(probe)
-                return
-        started = time.monotonic()
-        seen = driver.observe(probe)
-        self._record(host, seen, time.monotonic() - started)
-
     def _drop_probe(self, host: HostState) -> None:
         with self._changed:
             probe, host.probe = host.probe, None
         if probe is not None:
             self._driver.close(probe)
 
-    def _record(self, host: HostState, seen: Observation, elapsed: float) -> None:
+    def _record(self, host: HostState, found: CheckResult) -> None:
         with self._changed:
-            host.latencies.append(elapsed)
-            host.replica_lag = seen.replica_lag
+            if found.response_time is not None:
+                host.latencies.append(found.response_time)
+            host.replica_lag = found.replica_lag
             host.checks += 1
-            if host.set_role(seen.role, None):  # clears `suspect` too
+            if host.set_role(found.role, None):  # clears `suspect` too
                 self.roles_changed.value += 1
-                logger.info("host %s is now %s", host.address, seen.role.value)
+                logger.info("host %s is now %s", host.address, found.role.value)
             self._changed.notify_all()
 
     def _mark_down(
