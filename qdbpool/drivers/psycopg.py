@@ -163,7 +163,13 @@ class PsycopgDriver(HostDriver):
 
 
 def check_connect_kwargs(connect_kwargs: dict[str, Any]) -> None:
-    """Unknown libpq options fail here, naming the option, not at the first connect."""
+    """Unknown libpq options, and a password that is not a str, fail here (naming the option,
+    never the password), not at every connect; also for a DSN's query parameters."""
+    password = connect_kwargs.get("password")
+    if password is not None and not isinstance(password, str):
+        raise ConfigurationError(
+            f"Postgres: password must be a str or None, not {type(password).__name__}"
+        )
     options = {
         key: value
         for key, value in connect_kwargs.items()

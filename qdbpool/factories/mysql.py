@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from qdbpool.cluster.options import RoutingOptions
 from qdbpool.drivers.pymysql import PyMySQLDriver, check_options
 from qdbpool.dsn import DEFAULT_PORTS, HostPort, ParsedDSN, parse_dsn
 from qdbpool.errors import ConfigurationError
@@ -32,20 +33,10 @@ class MySQL(RoutedFactory):
         user: The user name.
         password: The password.
         database: The default database.
-        refresh_delay: Seconds between two rounds of checks of every host.
-        refresh_timeout: Seconds a host may take to answer a check; one that does not is
-            marked down and the sockets of its connections are shut down.
-        acquire_timeout: Seconds a new connection may wait for a host of the wanted role,
-            then `NoHostAvailableError`.
-        fallback_master: Reads go to the primary while no replica is up.
-        master_as_replica_weight: Probability (0 to 1) that the primary competes with
-            the replicas for a new read connection.
-        balancer: How a replica is picked: "greedy" (the one this process has the fewest
-            connections to), "round_robin" or "random_weighted" (by inverse median
-            response time).
-        max_replica_lag: Seconds; replicas further behind, or whose lag is unknown, serve
-            reads only when nothing else can. None: lag is not considered.
-        **connect_kwargs: Go to `pymysql.connect` for every connection
+        **options: The routing options, by name: `refresh_delay`, `refresh_timeout`,
+            `acquire_timeout`, `fallback_master`, `master_as_replica_weight`, `balancer`,
+            `max_replica_lag` (see `qdbpool.cluster.options.RoutingOptions`).
+            Every other keyword goes to `pymysql.connect` for every connection
             (`connect_timeout` defaults to 5).
 
     Raises:
@@ -62,30 +53,16 @@ class MySQL(RoutedFactory):
         user: str | None = None,
         password: str | None = None,
         database: str | None = None,
-        refresh_delay: float = 1.0,
-        refresh_timeout: float = 1.0,
-        acquire_timeout: float = 5.0,
-        fallback_master: bool = False,
-        master_as_replica_weight: float = 0.0,
-        balancer: str = "greedy",
-        max_replica_lag: float | None = None,
-        **connect_kwargs: Any,
+        **options: Any,
     ) -> None:
+        routing = RoutingOptions.take_from(options)
+        connect_kwargs = options
         check_options(connect_kwargs, "argument(s)")
         parsed = self._parse(dsn, host, port, user, password, database)
         check_options(dict(parsed.params), "DSN parameter(s)")
         self.dsn = parsed
-        super().__init__(
-            parsed.hosts,
-            PyMySQLDriver(parsed, connect_kwargs, check_lag=max_replica_lag is not None),
-            refresh_delay=refresh_delay,
-            refresh_timeout=refresh_timeout,
-            acquire_timeout=acquire_timeout,
-            balancer=balancer,
-            fallback_master=fallback_master,
-            master_as_replica_weight=master_as_replica_weight,
-            max_replica_lag=max_replica_lag,
-        )
+        check_lag = routing.max_replica_lag is not None
+        super().__init__(parsed.hosts, PyMySQLDriver(parsed, connect_kwargs, check_lag), routing)
 
     @staticmethod
     def _parse(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from qdbpool.cluster.options import RoutingOptions
 from qdbpool.drivers.psycopg import PsycopgDriver, check_connect_kwargs
 from qdbpool.dsn import parse_dsn
 from qdbpool.errors import ConfigurationError
@@ -23,58 +24,29 @@ class Postgres(RoutedFactory):
     Args:
         dsn: A URL (`postgresql://user:pw@h1:5432,h2,h3/db?sslmode=...`) or a libpq
             key/value string (`host=h1,h2 port=5432,5433 dbname=db`).
-        refresh_delay: Seconds between two rounds of checks of every host.
-        refresh_timeout: Seconds a host may take to answer a check; one that does not is
-            marked down and the sockets of its connections are shut down.
-        acquire_timeout: Seconds a new connection may wait for a host of the wanted role,
-            then `NoHostAvailableError`.
-        fallback_master: Reads go to the primary while no replica is up.
-        master_as_replica_weight: Probability (0 to 1) that the primary competes with
-            the replicas for a new read connection.
-        balancer: How a replica is picked: "greedy" (the one this process has the fewest
-            connections to), "round_robin" or "random_weighted" (by inverse median
-            response time).
-        max_replica_lag: Seconds; replicas further behind, or whose lag is unknown, serve
-            reads only when nothing else can. None: lag is not considered.
-        **connect_kwargs: Go to `psycopg.connect` for every connection (psycopg's own
-            keywords and libpq options; `connect_timeout` defaults to 2).
+        **options: The routing options, by name: `refresh_delay`, `refresh_timeout`,
+            `acquire_timeout`, `fallback_master`, `master_as_replica_weight`, `balancer`,
+            `max_replica_lag` (see `qdbpool.cluster.options.RoutingOptions`).
+            Every other keyword goes to `psycopg.connect` for every connection
+            (psycopg's own keywords and libpq options; `connect_timeout` defaults to 2).
 
     Raises:
         ConfigurationError: A malformed DSN, an unknown libpq option, or an option out of
             range.
     """
 
-    def __init__(
-        self,
-        dsn: str,
-        *,
-        refresh_delay: float = 1.0,
-        refresh_timeout: float = 1.0,
-        acquire_timeout: float = 5.0,
-        fallback_master: bool = False,
-        master_as_replica_weight: float = 0.0,
-        balancer: str = "greedy",
-        max_replica_lag: float | None = None,
-        **connect_kwargs: Any,
-    ) -> None:
+    def __init__(self, dsn: str, **options: Any) -> None:
+        routing = RoutingOptions.take_from(options)
+        connect_kwargs = options
         parsed = parse_dsn(dsn)
         if parsed.family != "postgresql":
             raise ConfigurationError(
                 f"Postgres needs a postgresql:// DSN or a key/value string, not {parsed.scheme}://"
             )
+        check_connect_kwargs(dict(parsed.params))
         check_connect_kwargs(connect_kwargs)
         self.dsn = parsed
-        super().__init__(
-            parsed.hosts,
-            PsycopgDriver(parsed, connect_kwargs),
-            refresh_delay=refresh_delay,
-            refresh_timeout=refresh_timeout,
-            acquire_timeout=acquire_timeout,
-            balancer=balancer,
-            fallback_master=fallback_master,
-            master_as_replica_weight=master_as_replica_weight,
-            max_replica_lag=max_replica_lag,
-        )
+        super().__init__(parsed.hosts, PsycopgDriver(parsed, connect_kwargs), routing)
 
     def __repr__(self) -> str:
         return f"Postgres({self.dsn.to_url(redact=True)!r})"
