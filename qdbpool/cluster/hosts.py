@@ -56,6 +56,8 @@ class HostState:
         self.error: str | None = None
         self.replica_lag: float | None = None
         self.checks = 0  # completed checks, answered or failed
+        self.failures = 0  # failed checks since the last answer
+        self.next_check = 0.0  # time.monotonic() before which a failing host is left alone
         self.latencies: deque[float] = deque(maxlen=latency_window)
         self.checking = False  # a check is running (a stalled one may outlive its round)
         # An error made us doubt it: no new connections go there until a check answers,

@@ -6,12 +6,18 @@ is marked down and the sockets of its connections are shut down, so no caller st
 blocked on it. Rounds come every `refresh_delay` seconds, and back to back (every
 `urgent_interval`, 5 ms) while a caller waits for a role no host has, or a host is suspect:
 that is what makes a failover quick without polling the cluster hard the rest of the time.
+
+A host whose checks fail is checked again only after a delay that doubles with each failure
+(from 50 ms up to 1 s, with jitter), however urgent the rounds: a server that accepts
+connections but fails every check must not get a new connection every 5 ms. One answer
+ends the back-off.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +31,11 @@ from qdbpool.errors import NoHostAvailableError
 from qdbpool.protocol import Generation
 
 logger = logging.getLogger("qdbpool")
+
+# Back-off of a failing host's checks: the first retry after about FIRST seconds, doubling
+# up to MAX, each delay drawn between half and all of it (so hosts and processes spread out).
+FIRST_BACKOFF = 0.05
+MAX_BACKOFF = 1.0
 
 Selector = Callable[[Sequence[HostState]], HostState | None]
 
@@ -60,6 +71,7 @@ class Topology:
         self._thread: threading.Thread | None = None
         self._workers: concurrent.futures.ThreadPoolExecutor | None = None
         self._waiting = 0  # callers waiting in choose(): rounds go back to back meanwhile
+        self._jitter = random.Random()
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -247,11 +259,14 @@ class Topology:
         if workers is None:
             return
         running: dict[concurrent.futures.Future[None], HostState] = {}
+        now = time.monotonic()
         for host in self.hosts:
             with self._changed:  # `checking` decides who may close the probe (see close)
                 if self._closed:
                     return
                 if host.checking:  # a stalled check from an earlier round is still out
+                    continue
+                if host.next_check > now:  # failing: backing off
                     continue
                 host.checking = True
             try:
@@ -320,6 +335,7 @@ class Topology:
                 host.latencies.append(found.response_time)
             host.replica_lag = found.replica_lag
             host.checks += 1
+            host.failures, host.next_check = 0, 0.0  # it answers: checked as often as any
             if host.set_role(found.role, None):  # clears `suspect` too
                 self.roles_changed.value += 1
                 logger.info("host %s is now %s", host.address, found.role.value)
@@ -330,6 +346,9 @@ class Topology:
     ) -> None:
         with self._changed:
             host.checks += 1
+            host.failures += 1
+            backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** min(host.failures - 1, 32))
+            host.next_check = time.monotonic() + backoff * self._jitter.uniform(0.5, 1.0)
             changed = host.set_role(Role.DOWN, why)  # also ends a suspect's connections
             host.refused_us = refused_us
             if changed:
