@@ -37,6 +37,7 @@ logger = logging.getLogger("qdbpool")
 FIRST_BACKOFF = 0.05
 MAX_BACKOFF = 1.0
 
+Workers = concurrent.futures.ThreadPoolExecutor
 Selector = Callable[[Sequence[HostState]], HostState | None]
 
 
@@ -71,6 +72,7 @@ class Topology:
         self._thread: threading.Thread | None = None
         self._workers: concurrent.futures.ThreadPoolExecutor | None = None
         self._waiting = 0  # callers waiting in choose(): rounds go back to back meanwhile
+        self._runs = 0  # moves on at each close()
         self._jitter = random.Random()
         self._closed = False
 
@@ -78,18 +80,38 @@ class Topology:
 
     def start(self) -> None:
         """Start the monitor (idempotent). Done lazily, so that a factory made before a
-        fork starts its thread in the process that uses it."""
+        fork starts its thread in the process that uses it, and again after close(), so
+        that a new pool can use a factory whose last pool closed it."""
         with self._changed:
-            if self._thread is not None or self._closed:
+            if self._closed:
+                self._reopen()
+            if self._thread is not None:
                 return
             names = ",".join(str(a) for a in self._addresses)
-            self._workers = concurrent.futures.ThreadPoolExecutor(
+            stop = self._stop = threading.Event()
+            workers = self._workers = concurrent.futures.ThreadPoolExecutor(
                 max_workers=len(self.hosts), thread_name_prefix="qdbpool-check"
             )
             self._thread = threading.Thread(
-                target=self._monitor, name=f"qdbpool-monitor[{names}]", daemon=True
+                target=self._monitor,
+                args=(stop, workers),  # its own: a monitor closed late never sees a new one's
+                name=f"qdbpool-monitor[{names}]",
+                daemon=True,
             )
             self._thread.start()
+
+    def _reopen(self) -> None:
+        """Under the lock, after close(): every host is unknown until checked again (its
+        connections' generation moves on), as in a new topology; the host objects stay,
+        so a check still out from before ends, and closes its probe, as usual."""
+        self._closed = False
+        self._thread = self._workers = None
+        for host in self.hosts:
+            host.set_role(Role.UNKNOWN, None)
+            host.checks = host.failures = 0
+            host.next_check = 0.0
+            host.replica_lag = None
+        self.roles_changed.value += 1
 
     def close(self) -> None:
         # A probe is closed only by a thread that is not using it: a check in progress
@@ -98,7 +120,8 @@ class Topology:
         idle_probes = []
         with self._changed:
             self._closed = True
-            thread, workers = self._thread, self._workers
+            self._runs += 1  # callers waiting in choose() from before give up
+            thread, workers, stop = self._thread, self._workers, self._stop
             for host in self.hosts:
                 if host.probe is None:
                     continue
@@ -108,7 +131,7 @@ class Topology:
                     idle_probes.append(host.probe)
                     host.probe = None
             self._changed.notify_all()
-        self._stop.set()
+        stop.set()
         self._wake.set()
         for probe in idle_probes:
             self._driver.close(probe)
@@ -145,9 +168,10 @@ class Topology:
         deadline = time.monotonic() + timeout
         with self._changed:
             self._waiting += 1
+            run = self._runs
             try:
                 while True:
-                    if self._closed:
+                    if self._closed or self._runs != run:
                         raise NoHostAvailableError(f"no {what}: the pool's factory is closed")
                     host = select(self.hosts)
                     if host is not None:
@@ -241,10 +265,10 @@ class Topology:
 
     # -- the monitor ----------------------------------------------------------------------
 
-    def _monitor(self) -> None:
-        while not self._stop.is_set():
+    def _monitor(self, stop: threading.Event, workers: Workers) -> None:
+        while not stop.is_set():
             try:
-                self._round()
+                self._round(workers)
             except Exception:  # never let the monitor die: log and go on next tick
                 logger.exception("qdbpool monitor round failed")
             with self._changed:
@@ -254,10 +278,7 @@ class Topology:
             self._wake.wait(self._urgent_interval if urgent else self._refresh_delay)
             self._wake.clear()
 
-    def _round(self) -> None:
-        workers = self._workers
-        if workers is None:
-            return
+    def _round(self, workers: Workers) -> None:
         running: dict[concurrent.futures.Future[None], HostState] = {}
         now = time.monotonic()
         for host in self.hosts:

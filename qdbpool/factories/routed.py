@@ -160,6 +160,9 @@ class RoutedFactory(ConnectionFactory):
         self._driver.close(conn)
 
     def close(self) -> None:
+        """Stop the monitor and close its probes. A factory used again afterwards (a new
+        pool over it, e.g. `initialize(factory)` a second time) starts afresh, every host
+        unknown until checked; callers waiting for a host when it closes get an error."""
         self._topology.close()
 
     def after_fork_in_child(self) -> None:

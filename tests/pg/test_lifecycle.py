@@ -243,22 +243,28 @@ CLOSE_DURING_CHECKS = """
 import random, sys, time
 from qdbpool.factories.postgres import Postgres
 
-dsn, rounds = sys.stdin.read(), int(sys.argv[1])
+dsn, rounds, reuse = sys.stdin.read(), int(sys.argv[1]), sys.argv[2] == "same"
+factory = Postgres(dsn, refresh_delay=0.001)
 for _ in range(rounds):
-    factory = Postgres(dsn, refresh_delay=0.001)
-    factory.ready(1, 2, timeout=10)
+    if not reuse:
+        factory = Postgres(dsn, refresh_delay=0.001)
+    factory.ready(1, 2, timeout=10)  # (re)starts the monitor
     time.sleep(random.random() * 0.003)  # close at a random point of a check round
     factory.close()
 print("done", rounds)
 """
 
 
-def test_closing_a_factory_while_its_checks_run_never_crashes(lifecycle_cluster: Any) -> None:
+@pytest.mark.parametrize("factory", ["new", "same"])
+def test_closing_a_factory_while_its_checks_run_never_crashes(
+    lifecycle_cluster: Any, factory: str
+) -> None:
     # Checks run every millisecond, and close() lands anywhere in one: a probe closed under
     # its check aborted the interpreter within ~100 rounds before checks owned their probe.
+    # "same": one factory closed and started again 200 times, as pools come and go over it.
     # In a child process, so that a crash fails this test instead of ending the run.
     child = subprocess.run(
-        [sys.executable, "-X", "faulthandler", "-c", CLOSE_DURING_CHECKS, "200"],
+        [sys.executable, "-X", "faulthandler", "-c", CLOSE_DURING_CHECKS, "200", factory],
         input=lifecycle_cluster.multi_host_dsn(),
         capture_output=True,
         text=True,
@@ -267,3 +273,27 @@ def test_closing_a_factory_while_its_checks_run_never_crashes(lifecycle_cluster:
     assert child.returncode == 0, child.stderr[-3000:]
     assert child.stdout.split() == ["done", "200"]
     assert "is down" not in child.stderr  # a check cut short by close() blames no host
+
+
+def test_a_factory_serves_a_new_pool_after_its_last_pool_closed(
+    lifecycle_cluster: Any, where: Any
+) -> None:
+    # initialize(factory) twice with one factory: the first pool's close() closes the
+    # factory, and the second pool must still get connections (issue 11 §3).
+    from qdbpool.factories.postgres import Postgres
+
+    factory = Postgres(lifecycle_cluster.multi_host_dsn())
+    try:
+        for _ in range(3):
+            pool = qdbpool.initialize(factory)
+            with pool.connect() as conn:
+                assert where(conn)[1] is False  # the primary
+            with pool.connect(read_only=True) as conn:
+                assert where(conn)[1] is True  # a replica
+            qdbpool.initialize(factory)  # closes the pool above, hence the factory
+            with qdbpool.instance().connect() as conn:
+                assert where(conn)[1] is False
+            qdbpool.close()
+            assert all(h.connections == 0 for h in factory.hosts())
+    finally:
+        factory.close()
