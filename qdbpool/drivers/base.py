@@ -5,8 +5,10 @@ from __future__ import annotations
 import abc
 import contextlib
 import enum
+import logging
 import os
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +17,8 @@ from qdbpool.dsn import HostPort
 from qdbpool.protocol import CLEAN, LOST
 
 Connection = Any
+
+logger = logging.getLogger("qdbpool")
 
 
 class Role(enum.Enum):
@@ -89,6 +93,30 @@ class HostDriver(abc.ABC):
     def close(self, conn: Connection) -> None:
         with contextlib.suppress(Exception):
             conn.close()
+
+    def cancel_sender(self, conn: Connection, address: HostPort) -> Callable[[], None] | None:
+        """What asks the server at `address` to stop the statement `conn` is running, over
+        a separate connection (None: the database has no such request).
+
+        Called from a thread that does not own `conn`, while its owner may be blocked in
+        a query: it must do no I/O on `conn` and read only what stays valid once `conn`
+        is closed. The callable returned does the I/O, later, in a thread of its own."""
+        return None
+
+    def cancel(self, conn: Connection, address: HostPort) -> None:
+        """Send the request of `cancel_sender` without waiting for it (a stalled host must
+        not hold up whoever interrupts: a pool's close(), say)."""
+        send = self.cancel_sender(conn, address)
+        if send is not None:
+            threading.Thread(
+                target=self._send_cancel, args=(send, address), name="qdbpool-cancel", daemon=True
+            ).start()
+
+    def _send_cancel(self, send: Callable[[], None], address: HostPort) -> None:
+        try:
+            send()
+        except Exception as exc:  # the statement may have ended, or the host be gone
+            logger.debug("cancel request to %s failed: %s", address, self.describe_error(exc))
 
     @abc.abstractmethod
     def ping(self, conn: Connection) -> None:

@@ -8,6 +8,7 @@ read-only counts as a replica.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from typing import Any
 
 from qdbpool.drivers.base import HostDriver, Observation, Role
@@ -128,6 +129,16 @@ class PsycopgDriver(HostDriver):
         except Exception:
             return None
         return fd
+
+    def cancel_sender(self, conn: Any, address: HostPort) -> Callable[[], None] | None:
+        # libpq's cancel object is a copy of what the request needs (the server's address,
+        # the backend's pid and key): it stays valid once `conn` is closed.
+        try:
+            cancel = conn.pgconn.get_cancel()
+        except Exception:  # closed already: nothing runs there any more
+            return None
+        send: Callable[[], None] = cancel.cancel
+        return send
 
     def ping(self, conn: Any) -> None:
         # An empty query is a round trip that opens no transaction: run it in autocommit,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from qdbpool.drivers.base import HostDriver, Observation, Role
@@ -61,6 +62,7 @@ _BOOL_PARAMS = frozenset({"autocommit", "local_infile", "ssl_disabled", "compres
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
 _DEFAULT_CONNECT_TIMEOUT = 5.0
+_CANCEL_TIMEOUT = 5.0  # bounds the thread that sends a KILL QUERY
 
 logger = logging.getLogger("qdbpool")
 
@@ -187,6 +189,29 @@ class PyMySQLDriver(HostDriver):
             return None if sock is None else int(sock.fileno())
         except OSError:
             return None
+
+    def cancel_sender(self, conn: Any, address: HostPort) -> Callable[[], None] | None:
+        # MySQL has no cancel request: KILL QUERY on a connection of our own, as the same
+        # user (who may kill its own sessions' statements).
+        try:
+            thread_id = int(conn.server_thread_id[0])
+        except Exception:  # not connected: nothing runs there
+            return None
+        kwargs = self._kwargs(address)
+        kwargs.update(autocommit=True, read_timeout=_CANCEL_TIMEOUT, write_timeout=_CANCEL_TIMEOUT)
+        kwargs["connect_timeout"] = min(
+            kwargs.get("connect_timeout", _CANCEL_TIMEOUT), _CANCEL_TIMEOUT
+        )
+
+        def kill_query() -> None:
+            killer = pymysql.connect(**kwargs)
+            try:
+                with killer.cursor() as cur:
+                    cur.execute(f"KILL QUERY {thread_id:d}")
+            finally:
+                killer.close()
+
+        return kill_query
 
     def ping(self, conn: Any) -> None:
         conn.ping(reconnect=False)

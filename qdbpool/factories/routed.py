@@ -150,7 +150,12 @@ class RoutedFactory(ConnectionFactory):
         self._driver.ping(conn)
 
     def interrupt(self, conn: Any) -> None:
-        # shutdown(2) on the socket: a read blocked in the driver returns and raises.
+        # The server is asked to stop the statement (a cancel request, KILL QUERY): without
+        # it, a query whose client went away runs on to its end. Then shutdown(2) on the
+        # socket, so that a read blocked in the driver returns and raises at once.
+        tag = self._tags.get(conn)
+        if tag is not None:
+            self._driver.cancel(conn, tag.host.address)
         self._driver.sever(conn)
 
     def close_connection(self, conn: Any) -> None:
