@@ -10,6 +10,7 @@ import threading
 import time
 from typing import Any
 
+import psycopg
 import pytest
 
 import qdbpool
@@ -208,7 +209,7 @@ def test_pool_close_interrupts_a_query_in_progress_and_leaves_the_close_to_its_h
             try:
                 conn.execute("SELECT pg_sleep(60)")
             except Exception as exc:
-                outcome["error"] = type(exc).__name__
+                outcome["error"] = exc
             outcome["waited"] = time.monotonic() - started
             outcome["in use while it failed"] = pool.stats().in_use
         outcome["open after release"] = pool.stats().open
@@ -233,7 +234,9 @@ def test_pool_close_interrupts_a_query_in_progress_and_leaves_the_close_to_its_h
         )
         thread.join(30)
     assert not thread.is_alive()
-    assert outcome["error"] == "OperationalError"
+    # Lost (the socket shut down) or QueryCanceled (the cancel request won the race): both
+    # are psycopg's OperationalError.
+    assert isinstance(outcome["error"], psycopg.OperationalError)
     assert outcome["waited"] < 30  # interrupted, not left to run its 60 s
     assert outcome["in use while it failed"] == 1  # not retired under its holder
     assert outcome["open after release"] == 0
