@@ -7,7 +7,10 @@ read-only counts as a replica.
 
 from __future__ import annotations
 
+import functools
 import operator
+import select
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +48,7 @@ _LOST_CODES = frozenset({"25P03", "25P04"})
 _READ_ONLY_TRANSACTION = "25006"
 
 _DEFAULT_CONNECT_TIMEOUT = 2  # libpq's (and psycopg's) minimum
+_CANCEL_TIMEOUT = 5.0  # bounds the thread that sends a cancel request
 
 # What a server says when it refuses us for what we asked rather than for its state.
 _REFUSED_US = (
@@ -131,14 +135,16 @@ class PsycopgDriver(HostDriver):
         return fd
 
     def cancel_sender(self, conn: Any, address: HostPort) -> Callable[[], None] | None:
-        # libpq's cancel object is a copy of what the request needs (the server's address,
-        # the backend's pid and key): it stays valid once `conn` is closed.
+        if not psycopg.capabilities.has_cancel_safe():
+            # libpq < 17 has only PQcancel, which blocks with the GIL held: a stalled host
+            # would freeze the whole process. Better the statement runs to its end.
+            return None
         try:
-            cancel = conn.pgconn.get_cancel()
+            # No I/O: a copy of what the request needs, valid once `conn` is closed.
+            cancel_conn = conn.pgconn.cancel_conn()
         except Exception:  # closed already: nothing runs there any more
             return None
-        send: Callable[[], None] = cancel.cancel
-        return send
+        return functools.partial(_send_cancel_request, cancel_conn, _CANCEL_TIMEOUT)
 
     def ping(self, conn: Any) -> None:
         # An empty query is a round trip that opens no transaction: run it in autocommit,
@@ -171,6 +177,32 @@ class PsycopgDriver(HostDriver):
 
     def describe_error(self, exc: BaseException) -> str:
         return self._one_line(exc, str(exc))
+
+
+def _send_cancel_request(cancel_conn: Any, timeout: float) -> None:
+    """Drive libpq's non-blocking cancel connection to its end, within `timeout` seconds;
+    waits in select(), so other threads run meanwhile."""
+    deadline = time.monotonic() + timeout
+    try:
+        cancel_conn.start()
+        while True:
+            status = cancel_conn.poll()
+            if status == pq.PollingStatus.OK:
+                return
+            if status == pq.PollingStatus.FAILED:
+                raise psycopg.OperationalError(
+                    f"cancel request failed: {cancel_conn.get_error_message()}"
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no answer to the cancel request within {timeout:g}s")
+            fds = [cancel_conn.socket]
+            if status == pq.PollingStatus.READING:
+                select.select(fds, [], [], remaining)
+            else:
+                select.select([], fds, [], remaining)
+    finally:
+        cancel_conn.finish()
 
 
 def check_connect_kwargs(connect_kwargs: dict[str, Any]) -> None:

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
+
+from qdbpool.testing.proxy import FaultProxy
 
 SLEEP = "SELECT pg_sleep(30) /* qdbpool close-cancel test */"
 SESSIONS = 16
@@ -45,3 +48,41 @@ def test_close_with_a_timeout_stops_the_queries_in_flight_on_the_server(
     assert not any(t.is_alive() for t in threads)
     assert len(errors) == SESSIONS  # each holder saw its query fail
     assert pool.stats().open == 0
+
+
+def test_interrupting_a_query_on_a_stalled_host_freezes_nothing(
+    shared_cluster: Any,
+    make_pool: Callable[..., Any],
+    url_for: Callable[..., str],
+    poll: Callable[..., Any],
+) -> None:
+    # The cancel request goes to a host that no longer answers: it must wait in a thread of
+    # its own, bounded, with the GIL free (libpq's old PQcancel held it until the host
+    # answered, which a stalled one never does: the whole process froze).
+    primary = shared_cluster.primary
+    with FaultProxy(primary.host, primary.port) as proxy:
+        pool = make_pool(url_for(shared_cluster, [proxy.address]))
+
+        def sleep() -> None:
+            try:
+                with pool.connect() as conn:
+                    conn.execute(SLEEP)
+            except Exception:
+                pass
+
+        holder = threading.Thread(target=sleep, name="stalled-sleeper")
+        holder.start()
+        try:
+            poll(lambda: _sleeping(primary) == 1, timeout=20, what="pg_sleep running")
+            proxy.stall()
+            started = time.monotonic()
+            pool.close(timeout=0.2)
+            ticks = 0
+            while time.monotonic() - started < 1.5:
+                time.sleep(0.01)
+                ticks += 1
+            assert ticks > 50, f"the process ran only {ticks} ticks of 10 ms in 1.5 s"
+        finally:
+            proxy.pass_through()
+            holder.join(timeout=35)
+        assert not holder.is_alive()
