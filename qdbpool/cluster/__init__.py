@@ -5,6 +5,7 @@
 - topology.py: the monitor thread that keeps every host's role up to date.
 - check.py: one check of one host, shared with `qdbpool probe`.
 - router.py: hasql's routing rules and balancers.
+- options.py: `RoutingOptions`, the routing keywords of Postgres and MySQL, checked once.
 
 The cluster knows nothing of pools or threads' connections; `qdbpool.factories.routed`
 asks it for a host and tags each connection with the host's generation. Only the driver
