@@ -1,6 +1,7 @@
 """Check the role of every host of a cluster at once, each within a deadline.
 
-One thread per host: a stalled host delays no other. A check that misses the deadline is
+Each host is checked by `qdbpool.cluster.check.check_host`, as the pools' monitor checks it,
+in a thread of its own: a stalled host delays no other. A check that misses the deadline is
 reported down and abandoned: the socket of its probe connection is shut down (so a read
 blocked on it returns) but the connection itself is closed by the check's own thread, never
 from outside: closing a libpq connection under the thread using it can crash the process.
@@ -15,9 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from qdbpool.cluster.check import check_host
+from qdbpool.drivers.base import HostDriver, Role
 from qdbpool.dsn import HostPort
-from qdbpool.ha.driver import HostDriver
-from qdbpool.ha.hosts import Role
 
 ProgressCallback = Callable[[int, int], None]
 """Called as `(finished, total)` each time a check ends within a round."""
@@ -175,31 +176,24 @@ class Prober:
             finished.put(check)
 
     def _check(self, check: _Check) -> HostResult:
-        driver, address = self._driver, check.address
-        try:
-            conn = driver.open_probe(address, self._timeout)
-        except Exception as exc:
-            # Refused for what we asked (a wrong password, an unknown database): the host
-            # is up but its role is unknown to us.
-            role = Role.UNKNOWN if driver.is_configuration_error(exc) else Role.DOWN
-            return HostResult(address, role, error=self._describe(exc))
-        with check.lock:
-            check.conn = conn
-            abandoned = check.abandoned
-        if abandoned:  # connected only after the round gave up: _run closes it
-            return self._no_answer(address, "")
-        try:
-            started = time.monotonic()
-            seen = driver.observe(conn)
-            elapsed_ms = (time.monotonic() - started) * 1000.0
-        except Exception as exc:
-            # Connected, then lost: down. Connected, but the role query failed otherwise
-            # (e.g. a permission): the host is up, its role unknown.
-            role = Role.DOWN if driver.is_connection_lost(conn, exc) else Role.UNKNOWN
-            return HostResult(address, role, error=self._describe(exc))
-        lag = seen.replica_lag if seen.role is Role.REPLICA else None
-        return HostResult(address, seen.role, response_ms=elapsed_ms, lag_s=lag)
+        def adopt(conn: Any) -> bool:
+            with check.lock:
+                check.conn = conn  # from now on _run closes it, whatever happens
+                return not check.abandoned
+
+        found = check_host(self._driver, check.address, self._timeout, adopt=adopt)
+        if found is None:  # connected only after the round gave up
+            return self._no_answer(check.address, "")
+        return HostResult(
+            check.address,
+            found.role,
+            response_ms=None if found.response_time is None else found.response_time * 1000.0,
+            lag_s=found.replica_lag,
+            error=None if found.error is None else self._one_line(found.error),
+        )
 
     def _describe(self, exc: BaseException) -> str:
-        text = self._scrub(self._driver.describe_error(exc))
-        return " ".join(text.split())  # one line, whatever the driver said
+        return self._one_line(self._driver.describe_error(exc))
+
+    def _one_line(self, text: str) -> str:
+        return " ".join(self._scrub(text).split())  # one line, whatever the driver said

@@ -17,9 +17,9 @@ from typing import Any, TextIO
 from qdbpool.cli.checks import HostResult, Prober
 from qdbpool.cli.drivers import DriverUnavailable, Scrubber, make_driver, secrets_of
 from qdbpool.cli.table import render_table
+from qdbpool.cluster import Role
 from qdbpool.dsn import parse_dsn
 from qdbpool.errors import ConfigurationError
-from qdbpool.ha.hosts import Role
 
 EXIT_PRIMARY = 0
 EXIT_NO_PRIMARY = 1

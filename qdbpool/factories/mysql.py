@@ -3,209 +3,19 @@
     MySQL("mysql://app:secret@db1:3306,db2/app?charset=utf8mb4")
     MySQL(host="127.0.0.1", port=3306, user="app", password="secret", database="app")
 
-Role: a host is a replica when `read_only` (or, on MySQL, `super_read_only`) is ON.
-Connections are never reconnected in place (`ping(reconnect=False)`): a dead one is
-replaced by the pool, so a session's state never changes under its user's feet.
+How one host is talked to (roles, lag, lost connections) is the driver's job
+(qdbpool.drivers.pymysql); this module holds the options, their validation and the DSN.
 """
 
 from __future__ import annotations
 
-import inspect
-import logging
 from typing import Any
 
+from qdbpool.cluster.options import RoutingOptions
+from qdbpool.drivers.pymysql import PyMySQLDriver, check_options
 from qdbpool.dsn import DEFAULT_PORTS, HostPort, ParsedDSN, parse_dsn
 from qdbpool.errors import ConfigurationError
-from qdbpool.ha.driver import HostDriver
-from qdbpool.ha.factory import RoutedFactory
-from qdbpool.ha.hosts import Observation, Role
-from qdbpool.protocol import CLEAN, LOST, NEEDS_RESET
-
-try:
-    import pymysql
-    from pymysql.constants import CR, ER, SERVER_STATUS
-except ImportError as exc:  # pragma: no cover - depends on the installed extras
-    raise ImportError("the MySQL factory needs PyMySQL: pip install 'qdbpool[mysql]'") from exc
-
-# Error numbers after which the session is gone.
-_LOST_ERRORS = frozenset(
-    {
-        CR.CR_CONN_HOST_ERROR,  # 2003 can't connect
-        CR.CR_SERVER_GONE_ERROR,  # 2006 MySQL server has gone away
-        CR.CR_SERVER_LOST,  # 2013 lost connection during query
-        2055,  # lost connection at reading/writing (SSL)
-        ER.SERVER_SHUTDOWN,  # 1053 server shutdown in progress
-        1927,  # MariaDB ER_CONNECTION_KILLED
-        4031,  # MySQL 8: disconnected by the server because of inactivity
-    }
-)
-# A write refused because the server is read-only.
-_READ_ONLY_ERRORS = frozenset({ER.OPTION_PREVENTS_STATEMENT, 1792})  # 1290, 1792
-
-_ACCESS_DENIED = 1227  # ER_SPECIFIC_ACCESS_DENIED_ERROR
-# Refusals for what we asked (not for the server's state): retrying cannot help.
-_REFUSED_US = frozenset(
-    {
-        ER.ACCESS_DENIED_ERROR,  # 1045 wrong user or password
-        ER.DBACCESS_DENIED_ERROR,  # 1044 no access to the database
-        ER.BAD_DB_ERROR,  # 1049 unknown database
-        1698,  # ER_ACCESS_DENIED_NO_PASSWORD_ERROR
-    }
-)
-# What pymysql.connect accepts: anything else is refused when the factory is made.
-_PYMYSQL_KWARGS = frozenset(
-    inspect.signature(pymysql.connections.Connection.__init__).parameters
-) - {"self"}
-
-_ROLE_QUERY = "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('read_only', 'super_read_only')"
-
-# DSN query parameters arrive as text; PyMySQL wants these typed.
-_FLOAT_PARAMS = frozenset({"connect_timeout", "read_timeout", "write_timeout"})
-_BOOL_PARAMS = frozenset({"autocommit", "local_infile", "ssl_disabled", "compress"})
-_TRUE = frozenset({"1", "true", "yes", "on"})
-
-_DEFAULT_CONNECT_TIMEOUT = 5.0
-
-logger = logging.getLogger("qdbpool")
-
-
-def _typed_params(params: dict[str, Any]) -> dict[str, Any]:
-    typed: dict[str, Any] = {}
-    for key, value in params.items():
-        if key in _FLOAT_PARAMS and isinstance(value, str):
-            try:
-                typed[key] = float(value)
-            except ValueError:
-                raise ConfigurationError(f"{key} must be a number, not {value!r}") from None
-        elif key in _BOOL_PARAMS and isinstance(value, str):
-            typed[key] = value.lower() in _TRUE
-        else:
-            typed[key] = value
-    return typed
-
-
-def _check_options(options: dict[str, Any], where: str) -> None:
-    """Fail once, at construction, for what pymysql.connect() would refuse at every connect:
-    an option it does not take, or a DSN parameter that is not a number where one is due."""
-    unknown = sorted(set(options) - _PYMYSQL_KWARGS)
-    if unknown:
-        raise ConfigurationError(f"MySQL: pymysql.connect() takes no {where} {', '.join(unknown)}")
-    _typed_params(options)
-
-
-class _PyMySQLDriver(HostDriver):
-    def __init__(self, dsn: ParsedDSN, connect_kwargs: dict[str, Any], check_lag: bool) -> None:
-        self._dsn = dsn
-        self._connect_kwargs = connect_kwargs
-        self._check_lag = check_lag
-        self.secrets = tuple(s for s in (dsn.password, connect_kwargs.get("password")) if s)
-
-    def _kwargs(self, address: HostPort) -> dict[str, Any]:
-        kwargs = _typed_params(dict(self._dsn.host_kwargs(address)))
-        kwargs.update(self._connect_kwargs)
-        kwargs.setdefault("connect_timeout", _DEFAULT_CONNECT_TIMEOUT)
-        return kwargs
-
-    def open(self, address: HostPort, *, read_only: bool) -> Any:
-        return pymysql.connect(**self._kwargs(address))
-
-    def open_probe(self, address: HostPort, timeout: float) -> Any:
-        kwargs = self._kwargs(address)
-        kwargs.update(
-            autocommit=True,
-            connect_timeout=timeout,
-            read_timeout=timeout,
-            write_timeout=timeout,
-            program_name="qdbpool-monitor",
-        )
-        return pymysql.connect(**kwargs)
-
-    def observe(self, probe: Any) -> Observation:
-        with probe.cursor() as cur:
-            cur.execute(_ROLE_QUERY)
-            flags = {str(name).lower(): str(value).upper() for name, value in cur.fetchall()}
-        if "ON" not in flags.values():
-            return Observation(Role.PRIMARY)
-        return Observation(Role.REPLICA, self._lag(probe))
-
-    def _lag(self, probe: Any) -> float | None:
-        """Seconds behind the source, from the replication status (None: not replicating,
-        or not allowed to see it: then the replica counts as stale, not as down)."""
-        if not self._check_lag:
-            return None
-        with probe.cursor(pymysql.cursors.DictCursor) as cur:
-            try:
-                try:
-                    cur.execute("SHOW REPLICA STATUS")
-                except pymysql.err.ProgrammingError:  # older servers know only the old words
-                    cur.execute("SHOW SLAVE STATUS")
-            except pymysql.err.MySQLError as exc:
-                if exc.args and exc.args[0] == _ACCESS_DENIED:
-                    logger.warning(
-                        "max_replica_lag is set but the user may not read the replication "
-                        "status (grant REPLICATION CLIENT, or SLAVE MONITOR on MariaDB): "
-                        "replicas will count as stale"
-                    )
-                    self._check_lag = False
-                    return None
-                raise
-            row = cur.fetchone()
-        if not row:
-            return None
-        lag = row.get("Seconds_Behind_Master", row.get("Seconds_Behind_Source"))
-        return None if lag is None else float(lag)
-
-    def is_open(self, conn: Any) -> bool:
-        return bool(conn.open)
-
-    def is_connection_lost(self, conn: Any, exc: BaseException) -> bool:
-        if not conn.open or isinstance(exc, (pymysql.err.InterfaceError, ConnectionError)):
-            return True
-        if isinstance(exc, pymysql.err.OperationalError) and exc.args:
-            return exc.args[0] in _LOST_ERRORS
-        return False
-
-    def is_configuration_error(self, exc: BaseException) -> bool:
-        if isinstance(exc, TypeError):
-            return True  # an argument pymysql.connect does not take
-        return (
-            isinstance(exc, pymysql.err.MySQLError)
-            and bool(exc.args)
-            and (exc.args[0] in _REFUSED_US)
-        )
-
-    def is_read_only_violation(self, exc: BaseException) -> bool:
-        return (
-            isinstance(exc, pymysql.err.MySQLError)
-            and bool(exc.args)
-            and (exc.args[0] in _READ_ONLY_ERRORS)
-        )
-
-    def socket_of(self, conn: Any) -> int | None:
-        sock = getattr(conn, "_sock", None)
-        try:
-            return None if sock is None else int(sock.fileno())
-        except OSError:
-            return None
-
-    def ping(self, conn: Any) -> None:
-        conn.ping(reconnect=False)
-
-    def state_after_use(self, conn: Any) -> int:
-        if not conn.open:
-            return LOST
-        # The server reports, with every reply, whether a transaction is open: no I/O here.
-        if conn.server_status & SERVER_STATUS.SERVER_STATUS_IN_TRANS:
-            return NEEDS_RESET
-        return CLEAN
-
-    def reset(self, conn: Any) -> None:
-        conn.rollback()
-
-    def describe_error(self, exc: BaseException) -> str:
-        if isinstance(exc, pymysql.err.MySQLError) and len(exc.args) >= 2:
-            return self._one_line(exc, f"({exc.args[0]}) {exc.args[1]}")
-        return self._one_line(exc, str(exc))
+from qdbpool.factories.routed import RoutedFactory
 
 
 class MySQL(RoutedFactory):
@@ -223,20 +33,10 @@ class MySQL(RoutedFactory):
         user: The user name.
         password: The password.
         database: The default database.
-        refresh_delay: Seconds between two rounds of checks of every host.
-        refresh_timeout: Seconds a host may take to answer a check; one that does not is
-            marked down and the sockets of its connections are shut down.
-        acquire_timeout: Seconds a new connection may wait for a host of the wanted role,
-            then `NoHostAvailableError`.
-        fallback_master: Reads go to the primary while no replica is up.
-        master_as_replica_weight: Probability (0 to 1) that the primary competes with
-            the replicas for a new read connection.
-        balancer: How a replica is picked: "greedy" (the one this process has the fewest
-            connections to), "round_robin" or "random_weighted" (by inverse median
-            response time).
-        max_replica_lag: Seconds; replicas further behind, or whose lag is unknown, serve
-            reads only when nothing else can. None: lag is not considered.
-        **connect_kwargs: Go to `pymysql.connect` for every connection
+        **options: The routing options, by name: `refresh_delay`, `refresh_timeout`,
+            `acquire_timeout`, `fallback_master`, `master_as_replica_weight`, `balancer`,
+            `max_replica_lag` (see `qdbpool.cluster.options.RoutingOptions`).
+            Every other keyword goes to `pymysql.connect` for every connection
             (`connect_timeout` defaults to 5).
 
     Raises:
@@ -253,30 +53,16 @@ class MySQL(RoutedFactory):
         user: str | None = None,
         password: str | None = None,
         database: str | None = None,
-        refresh_delay: float = 1.0,
-        refresh_timeout: float = 1.0,
-        acquire_timeout: float = 5.0,
-        fallback_master: bool = False,
-        master_as_replica_weight: float = 0.0,
-        balancer: str = "greedy",
-        max_replica_lag: float | None = None,
-        **connect_kwargs: Any,
+        **options: Any,
     ) -> None:
-        _check_options(connect_kwargs, "argument(s)")
+        routing = RoutingOptions.take_from(options)
+        connect_kwargs = options
+        check_options(connect_kwargs, "argument(s)")
         parsed = self._parse(dsn, host, port, user, password, database)
-        _check_options(dict(parsed.params), "DSN parameter(s)")
+        check_options(dict(parsed.params), "DSN parameter(s)")
         self.dsn = parsed
-        super().__init__(
-            parsed.hosts,
-            _PyMySQLDriver(parsed, connect_kwargs, check_lag=max_replica_lag is not None),
-            refresh_delay=refresh_delay,
-            refresh_timeout=refresh_timeout,
-            acquire_timeout=acquire_timeout,
-            balancer=balancer,
-            fallback_master=fallback_master,
-            master_as_replica_weight=master_as_replica_weight,
-            max_replica_lag=max_replica_lag,
-        )
+        check_lag = routing.max_replica_lag is not None
+        super().__init__(parsed.hosts, PyMySQLDriver(parsed, connect_kwargs, check_lag), routing)
 
     @staticmethod
     def _parse(
@@ -314,3 +100,8 @@ class MySQL(RoutedFactory):
 
     def __repr__(self) -> str:
         return f"MySQL({self.dsn.to_url(redact=True)!r})"
+
+
+# Old private names, kept only until qdbpool/cli/drivers.py imports qdbpool.drivers.pymysql.
+_PyMySQLDriver = PyMySQLDriver
+_check_options = check_options

@@ -3,177 +3,19 @@
     Postgres("postgresql://app:secret@db1,db2,db3/app")
 
 A multi-host DSN is watched by a monitor thread; a single-host DSN works the same way (its
-one host must be a primary for writes). Role: primary iff not in recovery and not
-`transaction_read_only`, so a primary made read-only counts as a replica.
+one host must be a primary for writes). How one host is talked to is the driver's job
+(qdbpool.drivers.psycopg); this module holds the options, their validation and the DSN.
 """
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
-from qdbpool.dsn import HostPort, ParsedDSN, parse_dsn
+from qdbpool.cluster.options import RoutingOptions
+from qdbpool.drivers.psycopg import PsycopgDriver, check_connect_kwargs
+from qdbpool.dsn import parse_dsn
 from qdbpool.errors import ConfigurationError
-from qdbpool.ha.driver import HostDriver
-from qdbpool.ha.factory import RoutedFactory
-from qdbpool.ha.hosts import Observation, Role
-from qdbpool.protocol import CLEAN, LOST, NEEDS_RESET
-
-try:
-    import psycopg
-    import psycopg.conninfo
-    from psycopg import pq
-except ImportError as exc:  # pragma: no cover - depends on the installed extras
-    raise ImportError(
-        "the Postgres factory needs psycopg 3: pip install 'qdbpool[postgres]'"
-    ) from exc
-
-# One round trip answers everything a check needs. A replica's lag is 0 while it has
-# replayed all it received, else the age of the last transaction it replayed (NULL, i.e.
-# unknown, when it has replayed none since it started).
-_ROLE_QUERY = """
-SELECT pg_is_in_recovery(),
-       current_setting('transaction_read_only') = 'on',
-       CASE WHEN NOT pg_is_in_recovery() THEN NULL
-            WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-            ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())
-       END
-"""
-
-# SQLSTATE classes after which the session is gone: connection exceptions (08) and
-# operator intervention (57P: admin/crash shutdown, cannot connect now, ...).
-_LOST_STATES = ("08", "57P")
-# Session-ending timeouts that psycopg raises as InternalError.
-_LOST_CODES = frozenset({"25P03", "25P04"})
-_READ_ONLY_TRANSACTION = "25006"
-
-_DEFAULT_CONNECT_TIMEOUT = 2  # libpq's (and psycopg's) minimum
-
-# What a server says when it refuses us for what we asked rather than for its state.
-_REFUSED_US = (
-    "password authentication failed",
-    "authentication failed",
-    "no pg_hba.conf entry",
-    "does not exist",  # database or role
-    "password is required",
-)
-# psycopg.connect's own keywords; every other keyword is a libpq connection option.
-_PSYCOPG_CONNECT_KWARGS = frozenset(
-    {"autocommit", "prepare_threshold", "context", "row_factory", "cursor_factory"}
-)
-
-_IDLE = int(pq.TransactionStatus.IDLE)
-_INTRANS = int(pq.TransactionStatus.INTRANS)
-_INERROR = int(pq.TransactionStatus.INERROR)
-
-
-class _PsycopgDriver(HostDriver):
-    def __init__(self, dsn: ParsedDSN, connect_kwargs: dict[str, Any]) -> None:
-        self._dsn = dsn
-        self._connect_kwargs = connect_kwargs
-        self.secrets = tuple(s for s in (dsn.password, connect_kwargs.get("password")) if s)
-
-    def _kwargs(self, address: HostPort) -> dict[str, Any]:
-        kwargs: dict[str, Any] = dict(self._dsn.host_kwargs(address))
-        if "database" in kwargs:
-            kwargs["dbname"] = kwargs.pop("database")
-        kwargs.update(self._connect_kwargs)
-        kwargs.setdefault("connect_timeout", _DEFAULT_CONNECT_TIMEOUT)
-        return kwargs
-
-    def open(self, address: HostPort, *, read_only: bool) -> Any:
-        return psycopg.connect(**self._kwargs(address))
-
-    def open_probe(self, address: HostPort, timeout: float) -> Any:
-        kwargs = self._kwargs(address)
-        kwargs["autocommit"] = True
-        kwargs["application_name"] = "qdbpool-monitor"
-        return psycopg.connect(**kwargs)
-
-    def observe(self, probe: Any) -> Observation:
-        row = probe.execute(_ROLE_QUERY).fetchone()
-        in_recovery, read_only, lag = row
-        if in_recovery or read_only:
-            # No lag (None) while it has replayed nothing since it started: unknown, so
-            # stale for max_replica_lag rather than fresh.
-            return Observation(Role.REPLICA, float(lag) if lag is not None else None)
-        return Observation(Role.PRIMARY)
-
-    def is_open(self, conn: Any) -> bool:
-        return not conn.closed
-
-    def is_connection_lost(self, conn: Any, exc: BaseException) -> bool:
-        if conn.closed:
-            return True
-        if not isinstance(exc, psycopg.Error):
-            return isinstance(exc, (ConnectionError, EOFError))
-        state = exc.sqlstate
-        if state is None:
-            # psycopg's own "consuming input failed", "the connection is lost", ...
-            return isinstance(exc, psycopg.OperationalError)
-        return state.startswith(_LOST_STATES) or state in _LOST_CODES
-
-    def is_read_only_violation(self, exc: BaseException) -> bool:
-        return getattr(exc, "sqlstate", None) == _READ_ONLY_TRANSACTION
-
-    def is_configuration_error(self, exc: BaseException) -> bool:
-        if isinstance(exc, (TypeError, psycopg.ProgrammingError)):
-            return True  # an unknown option
-        # libpq reports connection-time refusals as text (psycopg has no SQLSTATE then).
-        text = str(exc)
-        return "FATAL:" in text and any(sign in text for sign in _REFUSED_US)
-
-    def socket_of(self, conn: Any) -> int | None:
-        try:
-            fd: int = conn.pgconn.socket
-        except Exception:
-            return None
-        return fd
-
-    def ping(self, conn: Any) -> None:
-        # An empty query is a round trip that opens no transaction: run it in autocommit,
-        # then put the user's mode back.
-        if conn.autocommit:
-            conn.execute("")
-            return
-        conn.autocommit = True
-        try:
-            conn.execute("")
-        finally:
-            conn.autocommit = False
-
-    # libpq's transaction status is IDLE (0) only on a healthy connection with nothing
-    # open: a C-level getter that the fast path can trust when it reads 0.
-    after_use_hint = operator.attrgetter("pgconn.transaction_status")
-
-    def state_after_use(self, conn: Any) -> int:
-        # libpq's own status, one read (conn.info.transaction_status costs 20x more): it is
-        # UNKNOWN once the connection is closed or broken, so it answers both questions.
-        status = conn.pgconn.transaction_status
-        if status == _IDLE:
-            return CLEAN
-        if status in (_INTRANS, _INERROR):
-            return NEEDS_RESET
-        return LOST  # ACTIVE (a result still streaming) or UNKNOWN (closed, broken)
-
-    def reset(self, conn: Any) -> None:
-        conn.rollback()
-
-    def describe_error(self, exc: BaseException) -> str:
-        return self._one_line(exc, str(exc))
-
-
-def _check_connect_kwargs(connect_kwargs: dict[str, Any]) -> None:
-    """Unknown libpq options fail here, naming the option, not at the first connect."""
-    options = {
-        key: value
-        for key, value in connect_kwargs.items()
-        if key not in _PSYCOPG_CONNECT_KWARGS and key != "password"
-    }
-    try:
-        psycopg.conninfo.make_conninfo("", **options)
-    except psycopg.ProgrammingError as exc:
-        raise ConfigurationError(f"Postgres: {exc}") from None
+from qdbpool.factories.routed import RoutedFactory
 
 
 class Postgres(RoutedFactory):
@@ -182,58 +24,34 @@ class Postgres(RoutedFactory):
     Args:
         dsn: A URL (`postgresql://user:pw@h1:5432,h2,h3/db?sslmode=...`) or a libpq
             key/value string (`host=h1,h2 port=5432,5433 dbname=db`).
-        refresh_delay: Seconds between two rounds of checks of every host.
-        refresh_timeout: Seconds a host may take to answer a check; one that does not is
-            marked down and the sockets of its connections are shut down.
-        acquire_timeout: Seconds a new connection may wait for a host of the wanted role,
-            then `NoHostAvailableError`.
-        fallback_master: Reads go to the primary while no replica is up.
-        master_as_replica_weight: Probability (0 to 1) that the primary competes with
-            the replicas for a new read connection.
-        balancer: How a replica is picked: "greedy" (the one this process has the fewest
-            connections to), "round_robin" or "random_weighted" (by inverse median
-            response time).
-        max_replica_lag: Seconds; replicas further behind, or whose lag is unknown, serve
-            reads only when nothing else can. None: lag is not considered.
-        **connect_kwargs: Go to `psycopg.connect` for every connection (psycopg's own
-            keywords and libpq options; `connect_timeout` defaults to 2).
+        **options: The routing options, by name: `refresh_delay`, `refresh_timeout`,
+            `acquire_timeout`, `fallback_master`, `master_as_replica_weight`, `balancer`,
+            `max_replica_lag` (see `qdbpool.cluster.options.RoutingOptions`).
+            Every other keyword goes to `psycopg.connect` for every connection
+            (psycopg's own keywords and libpq options; `connect_timeout` defaults to 2).
 
     Raises:
         ConfigurationError: A malformed DSN, an unknown libpq option, or an option out of
             range.
     """
 
-    def __init__(
-        self,
-        dsn: str,
-        *,
-        refresh_delay: float = 1.0,
-        refresh_timeout: float = 1.0,
-        acquire_timeout: float = 5.0,
-        fallback_master: bool = False,
-        master_as_replica_weight: float = 0.0,
-        balancer: str = "greedy",
-        max_replica_lag: float | None = None,
-        **connect_kwargs: Any,
-    ) -> None:
+    def __init__(self, dsn: str, **options: Any) -> None:
+        routing = RoutingOptions.take_from(options)
+        connect_kwargs = options
         parsed = parse_dsn(dsn)
         if parsed.family != "postgresql":
             raise ConfigurationError(
                 f"Postgres needs a postgresql:// DSN or a key/value string, not {parsed.scheme}://"
             )
-        _check_connect_kwargs(connect_kwargs)
+        check_connect_kwargs(dict(parsed.params))
+        check_connect_kwargs(connect_kwargs)
         self.dsn = parsed
-        super().__init__(
-            parsed.hosts,
-            _PsycopgDriver(parsed, connect_kwargs),
-            refresh_delay=refresh_delay,
-            refresh_timeout=refresh_timeout,
-            acquire_timeout=acquire_timeout,
-            balancer=balancer,
-            fallback_master=fallback_master,
-            master_as_replica_weight=master_as_replica_weight,
-            max_replica_lag=max_replica_lag,
-        )
+        super().__init__(parsed.hosts, PsycopgDriver(parsed, connect_kwargs), routing)
 
     def __repr__(self) -> str:
         return f"Postgres({self.dsn.to_url(redact=True)!r})"
+
+
+# Old private names, kept only until qdbpool/cli/drivers.py imports qdbpool.drivers.psycopg.
+_PsycopgDriver = PsycopgDriver
+_check_connect_kwargs = check_connect_kwargs

@@ -18,8 +18,8 @@ from qdbpool.cli import main
 from qdbpool.cli.checks import Prober
 from qdbpool.cli.drivers import Scrubber, make_driver
 from qdbpool.cli.table import render_table
+from qdbpool.cluster import Role
 from qdbpool.dsn import parse_dsn
-from qdbpool.ha.hosts import Role
 from qdbpool.testing.mariadb import MariaDBServer
 from qdbpool.testing.postgres import PostgresCluster
 

@@ -139,8 +139,10 @@ def test_bad_keyword_port_is_refused(port: Any) -> None:
         {"max_replica_lag": -1},
         {"refresh_delay": 0},
         {"acquire_timeout": -1.0},
+        {"refresh_timeout": 10**400},
+        {"max_replica_lag": -(10**400)},
     ],
-    ids=["balancer", "weight", "lag", "refresh_delay", "acquire_timeout"],
+    ids=["balancer", "weight", "lag", "refresh_delay", "acquire_timeout", "huge", "-huge"],
 )
 def test_bad_routing_option_is_refused(kwargs: dict[str, Any]) -> None:
     (name,) = kwargs

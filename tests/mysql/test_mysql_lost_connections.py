@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 import qdbpool
+from qdbpool.cluster import Role
 from qdbpool.factories.mysql import MySQL
-from qdbpool.ha.hosts import Role
 from qdbpool.pool import Pool
 from qdbpool.testing._process import wait_until
 from qdbpool.testing.mariadb import MariaDBServer

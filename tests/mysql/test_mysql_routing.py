@@ -17,9 +17,9 @@ import pymysql
 import pytest
 
 import qdbpool
+from qdbpool.cluster import Role
 from qdbpool.errors import NoHostAvailableError
 from qdbpool.factories.mysql import MySQL
-from qdbpool.ha.hosts import Role
 from qdbpool.testing._process import wait_until
 from qdbpool.testing.mariadb import MariaDBReplicaPair, MariaDBServer
 from qdbpool.testing.proxy import FaultProxy

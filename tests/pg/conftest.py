@@ -19,8 +19,8 @@ import pytest
 
 import qdbpool
 from qdbpool import _global
+from qdbpool.cluster import HostStatus
 from qdbpool.factories.postgres import Postgres
-from qdbpool.ha.hosts import HostStatus
 from qdbpool.testing.availability import require_postgres
 from qdbpool.testing.postgres import Node, PostgresCluster
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import qdbpool
-from qdbpool.ha.hosts import Role
+from qdbpool.cluster import Role
 from qdbpool.testing.proxy import FaultProxy
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import qdbpool
-from qdbpool.ha.hosts import Role
+from qdbpool.cluster import Role
 
 PACE = 0.01  # every worker calls its function every 10 ms
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import qdbpool
-from qdbpool.ha.hosts import Role
+from qdbpool.cluster import Role
 
 
 def test_ready_returns_once_the_requested_primaries_and_replicas_are_up(

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 import qdbpool
-from qdbpool.ha.hosts import Role
+from qdbpool.cluster import Role
 
 
 def test_one_lost_session_leaves_other_threads_connections_to_a_healthy_primary_alone(

@@ -6,25 +6,38 @@ is marked down and the sockets of its connections are shut down, so no caller st
 blocked on it. Rounds come every `refresh_delay` seconds, and back to back (every
 `urgent_interval`, 5 ms) while a caller waits for a role no host has, or a host is suspect:
 that is what makes a failover quick without polling the cluster hard the rest of the time.
+
+A host whose checks fail is checked again only after a delay that doubles with each failure
+(from 50 ms up to 1 s, with jitter), however urgent the rounds: a server that accepts
+connections but fails every check must not get a new connection every 5 ms. One answer
+ends the back-off.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 
 from qdbpool import _fork
+from qdbpool.cluster.check import CheckResult, check_host
+from qdbpool.cluster.hosts import HostState, HostStatus
+from qdbpool.drivers.base import HostDriver, Role
 from qdbpool.dsn import HostPort
 from qdbpool.errors import NoHostAvailableError
-from qdbpool.ha.driver import HostDriver
-from qdbpool.ha.hosts import HostState, HostStatus, Observation, Role
 from qdbpool.protocol import Generation
 
 logger = logging.getLogger("qdbpool")
 
+# Back-off of a failing host's checks: the first retry after about FIRST seconds, doubling
+# up to MAX, each delay drawn between half and all of it (so hosts and processes spread out).
+FIRST_BACKOFF = 0.05
+MAX_BACKOFF = 1.0
+
+Workers = concurrent.futures.ThreadPoolExecutor
 Selector = Callable[[Sequence[HostState]], HostState | None]
 
 
@@ -59,24 +72,46 @@ class Topology:
         self._thread: threading.Thread | None = None
         self._workers: concurrent.futures.ThreadPoolExecutor | None = None
         self._waiting = 0  # callers waiting in choose(): rounds go back to back meanwhile
+        self._runs = 0  # moves on at each close()
+        self._jitter = random.Random()
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the monitor (idempotent). Done lazily, so that a factory made before a
-        fork starts its thread in the process that uses it."""
+        fork starts its thread in the process that uses it, and again after close(), so
+        that a new pool can use a factory whose last pool closed it."""
         with self._changed:
-            if self._thread is not None or self._closed:
+            if self._closed:
+                self._reopen()
+            if self._thread is not None:
                 return
             names = ",".join(str(a) for a in self._addresses)
-            self._workers = concurrent.futures.ThreadPoolExecutor(
+            stop = self._stop = threading.Event()
+            workers = self._workers = concurrent.futures.ThreadPoolExecutor(
                 max_workers=len(self.hosts), thread_name_prefix="qdbpool-check"
             )
             self._thread = threading.Thread(
-                target=self._monitor, name=f"qdbpool-monitor[{names}]", daemon=True
+                target=self._monitor,
+                args=(stop, workers),  # its own: a monitor closed late never sees a new one's
+                name=f"qdbpool-monitor[{names}]",
+                daemon=True,
             )
             self._thread.start()
+
+    def _reopen(self) -> None:
+        """Under the lock, after close(): every host is unknown until checked again (its
+        connections' generation moves on), as in a new topology; the host objects stay,
+        so a check still out from before ends, and closes its probe, as usual."""
+        self._closed = False
+        self._thread = self._workers = None
+        for host in self.hosts:
+            host.set_role(Role.UNKNOWN, None)
+            host.checks = host.failures = 0
+            host.next_check = 0.0
+            host.replica_lag = None
+        self.roles_changed.value += 1
 
     def close(self) -> None:
         # A probe is closed only by a thread that is not using it: a check in progress
@@ -85,7 +120,8 @@ class Topology:
         idle_probes = []
         with self._changed:
             self._closed = True
-            thread, workers = self._thread, self._workers
+            self._runs += 1  # callers waiting in choose() from before give up
+            thread, workers, stop = self._thread, self._workers, self._stop
             for host in self.hosts:
                 if host.probe is None:
                     continue
@@ -95,7 +131,7 @@ class Topology:
                     idle_probes.append(host.probe)
                     host.probe = None
             self._changed.notify_all()
-        self._stop.set()
+        stop.set()
         self._wake.set()
         for probe in idle_probes:
             self._driver.close(probe)
@@ -132,9 +168,10 @@ class Topology:
         deadline = time.monotonic() + timeout
         with self._changed:
             self._waiting += 1
+            run = self._runs
             try:
                 while True:
-                    if self._closed:
+                    if self._closed or self._runs != run:
                         raise NoHostAvailableError(f"no {what}: the pool's factory is closed")
                     host = select(self.hosts)
                     if host is not None:
@@ -228,10 +265,10 @@ class Topology:
 
     # -- the monitor ----------------------------------------------------------------------
 
-    def _monitor(self) -> None:
-        while not self._stop.is_set():
+    def _monitor(self, stop: threading.Event, workers: Workers) -> None:
+        while not stop.is_set():
             try:
-                self._round()
+                self._round(workers)
             except Exception:  # never let the monitor die: log and go on next tick
                 logger.exception("qdbpool monitor round failed")
             with self._changed:
@@ -241,16 +278,16 @@ class Topology:
             self._wake.wait(self._urgent_interval if urgent else self._refresh_delay)
             self._wake.clear()
 
-    def _round(self) -> None:
-        workers = self._workers
-        if workers is None:
-            return
+    def _round(self, workers: Workers) -> None:
         running: dict[concurrent.futures.Future[None], HostState] = {}
+        now = time.monotonic()
         for host in self.hosts:
             with self._changed:  # `checking` decides who may close the probe (see close)
                 if self._closed:
                     return
                 if host.checking:  # a stalled check from an earlier round is still out
+                    continue
+                if host.next_check > now:  # failing: backing off
                     continue
                 host.checking = True
             try:
@@ -264,26 +301,38 @@ class Topology:
             self._mark_down(host, f"no answer within {self._refresh_timeout:g}s", sever=True)
 
     def _check(self, host: HostState) -> None:
-        driver = self._driver
-        reused = host.probe is not None
         try:
-            try:
-                self._observe(host)
-            except Exception:
-                if not reused or self._closed:
-                    raise
+            reused = host.probe is not None
+            found = self._check_once(host)
+            if found is not None and not found.answered and reused and not self._closed:
                 # A probe can die alone (a KILL, an idle timeout on the server): one more
                 # try on a fresh connection before calling the host down.
                 self._drop_probe(host)
-                self._observe(host)
-        except Exception as exc:
-            if self._closed:  # severed by close(): says nothing about the host
+                found = self._check_once(host)
+            if found is None or self._closed:  # severed by close(): says nothing about the host
                 return
-            self._drop_probe(host)
-            refused_us = driver.is_configuration_error(exc)
-            self._mark_down(host, driver.describe_error(exc), sever=False, refused_us=refused_us)
+            if found.answered:
+                self._record(host, found)
+            else:
+                self._drop_probe(host)
+                # A host whose role cannot be read serves nothing: down, whatever the reason.
+                why = found.error or "no answer"
+                self._mark_down(host, why, sever=False, refused_us=found.refused_us)
         finally:
             self._end_check(host)
+
+    def _check_once(self, host: HostState) -> CheckResult | None:
+        def adopt(probe: object) -> bool:
+            with self._changed:  # close() decides who closes a probe by this (see close)
+                if not self._closed:
+                    host.probe = probe
+                    return True
+            self._driver.close(probe)  # closed while we were connecting
+            return False
+
+        return check_host(
+            self._driver, host.address, self._refresh_timeout, probe=host.probe, adopt=adopt
+        )
 
     def _end_check(self, host: HostState) -> None:
         with self._changed:
@@ -295,35 +344,22 @@ class Topology:
         if probe is not None:
             self._driver.close(probe)
 
-    def _observe(self, host: HostState) -> None:
-        driver = self._driver
-        probe = host.probe
-        if probe is None:
-            probe = driver.open_probe(host.address, self._refresh_timeout)
-            with self._changed:
-                if not self._closed:
-                    host.probe = probe
-            if host.probe is not probe:  # closed while we were connecting
-                driver.close(probe)
-                return
-        started = time.monotonic()
-        seen = driver.observe(probe)
-        self._record(host, seen, time.monotonic() - started)
-
     def _drop_probe(self, host: HostState) -> None:
         with self._changed:
             probe, host.probe = host.probe, None
         if probe is not None:
             self._driver.close(probe)
 
-    def _record(self, host: HostState, seen: Observation, elapsed: float) -> None:
+    def _record(self, host: HostState, found: CheckResult) -> None:
         with self._changed:
-            host.latencies.append(elapsed)
-            host.replica_lag = seen.replica_lag
+            if found.response_time is not None:
+                host.latencies.append(found.response_time)
+            host.replica_lag = found.replica_lag
             host.checks += 1
-            if host.set_role(seen.role, None):  # clears `suspect` too
+            host.failures, host.next_check = 0, 0.0  # it answers: checked as often as any
+            if host.set_role(found.role, None):  # clears `suspect` too
                 self.roles_changed.value += 1
-                logger.info("host %s is now %s", host.address, seen.role.value)
+                logger.info("host %s is now %s", host.address, found.role.value)
             self._changed.notify_all()
 
     def _mark_down(
@@ -331,6 +367,9 @@ class Topology:
     ) -> None:
         with self._changed:
             host.checks += 1
+            host.failures += 1
+            backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** min(host.failures - 1, 32))
+            host.next_check = time.monotonic() + backoff * self._jitter.uniform(0.5, 1.0)
             changed = host.set_role(Role.DOWN, why)  # also ends a suspect's connections
             host.refused_us = refused_us
             if changed:

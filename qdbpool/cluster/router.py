@@ -14,46 +14,21 @@ import itertools
 import random
 from collections.abc import Sequence
 
-from qdbpool.errors import ConfigurationError
-from qdbpool.ha.hosts import HostState, Role
-
-BALANCERS = ("greedy", "round_robin", "random_weighted")
+from qdbpool.cluster.hosts import HostState
+from qdbpool.cluster.options import RoutingOptions
+from qdbpool.drivers.base import Role
 
 
 class Router:
-    def __init__(
-        self,
-        *,
-        balancer: str = "greedy",
-        fallback_master: bool = False,
-        master_as_replica_weight: float = 0.0,
-        max_replica_lag: float | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
-        if balancer not in BALANCERS:
-            raise ConfigurationError(
-                f"balancer must be one of {', '.join(BALANCERS)}, not {balancer!r}"
-            )
-        if isinstance(master_as_replica_weight, bool) or not (
-            isinstance(master_as_replica_weight, (int, float))
-            and 0.0 <= master_as_replica_weight <= 1.0
-        ):
-            raise ConfigurationError(
-                f"master_as_replica_weight must be a number from 0 to 1, "
-                f"not {master_as_replica_weight!r}"
-            )
-        if max_replica_lag is not None and (
-            isinstance(max_replica_lag, bool)
-            or not isinstance(max_replica_lag, (int, float))
-            or max_replica_lag < 0
-        ):
-            raise ConfigurationError(
-                f"max_replica_lag must be seconds >= 0 or None, not {max_replica_lag!r}"
-            )
-        self.balancer = balancer
-        self.fallback_master = bool(fallback_master)
-        self.master_as_replica_weight = float(master_as_replica_weight)
-        self.max_replica_lag = max_replica_lag
+    """Picks a host for a new connection among the hosts' current states.
+
+    `rng` drives `master_as_replica_weight` and the random balancers (seeded in tests)."""
+
+    def __init__(self, options: RoutingOptions, rng: random.Random | None = None) -> None:
+        self.balancer = options.balancer
+        self.fallback_master = options.fallback_master
+        self.master_as_replica_weight = options.master_as_replica_weight
+        self.max_replica_lag = options.max_replica_lag
         self._rng = rng or random.Random()
         self._turns = itertools.count()  # round_robin; next() on a count is atomic
 

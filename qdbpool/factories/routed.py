@@ -10,19 +10,19 @@ role changes instead, so that it moves once a replica is up.
 from __future__ import annotations
 
 import logging
-import math
 import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from qdbpool.cluster.hosts import HostState, HostStatus
+from qdbpool.cluster.options import RoutingOptions, check_seconds
+from qdbpool.cluster.router import Router
+from qdbpool.cluster.topology import Topology
+from qdbpool.drivers.base import HostDriver, Role
 from qdbpool.dsn import HostPort
 from qdbpool.errors import ConfigurationError, NoHostAvailableError
-from qdbpool.ha.balancer import Router
-from qdbpool.ha.driver import HostDriver
-from qdbpool.ha.hosts import HostState, HostStatus, Role
-from qdbpool.ha.topology import Topology
 from qdbpool.protocol import ConnectionFactory, Generation
 
 logger = logging.getLogger("qdbpool")
@@ -40,18 +40,6 @@ class _Tag:
         return self.watched.value == self.generation
 
 
-def _seconds(name: str, value: float, *, allow_zero: bool = False) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not allow_zero)
-    ):
-        raise ConfigurationError(f"{name} must be a positive number of seconds, not {value!r}")
-    return float(value)
-
-
 class RoutedFactory(ConnectionFactory):
     """The base of `Postgres` and `MySQL`: connections routed to the primary, or with
     `read_only=True` to a replica, among hosts that a monitor thread keeps checking."""
@@ -59,31 +47,16 @@ class RoutedFactory(ConnectionFactory):
     routes_reads = True
 
     def __init__(
-        self,
-        addresses: Sequence[HostPort],
-        driver: HostDriver,
-        *,
-        refresh_delay: float = 1.0,
-        refresh_timeout: float = 1.0,
-        acquire_timeout: float = 5.0,
-        balancer: str = "greedy",
-        fallback_master: bool = False,
-        master_as_replica_weight: float = 0.0,
-        max_replica_lag: float | None = None,
+        self, addresses: Sequence[HostPort], driver: HostDriver, options: RoutingOptions
     ) -> None:
         self._driver = driver
-        self._acquire_timeout = _seconds("acquire_timeout", acquire_timeout)
-        self._router = Router(
-            balancer=balancer,
-            fallback_master=fallback_master,
-            master_as_replica_weight=master_as_replica_weight,
-            max_replica_lag=max_replica_lag,
-        )
+        self._acquire_timeout = options.acquire_timeout
+        self._router = Router(options)
         self._topology = Topology(
             addresses,
             driver,
-            refresh_delay=_seconds("refresh_delay", refresh_delay),
-            refresh_timeout=_seconds("refresh_timeout", refresh_timeout),
+            refresh_delay=options.refresh_delay,
+            refresh_timeout=options.refresh_timeout,
         )
         self._tags: weakref.WeakKeyDictionary[Any, _Tag] = weakref.WeakKeyDictionary()
         # Asked at every release: hand the pool the driver's own method, one call less.
@@ -105,7 +78,7 @@ class RoutedFactory(ConnectionFactory):
             valid = isinstance(count, int) and not isinstance(count, bool) and count >= 0
             if count is not None and not valid:
                 raise ConfigurationError(f"{name} must be an int >= 0 or None, not {count!r}")
-        self._topology.ready(masters_count, replicas_count, _seconds("timeout", timeout))
+        self._topology.ready(masters_count, replicas_count, check_seconds("timeout", timeout))
 
     def hosts(self) -> list[HostStatus]:
         """Each host's last known state (role, response time, lag, error)."""
@@ -177,7 +150,12 @@ class RoutedFactory(ConnectionFactory):
         self._driver.ping(conn)
 
     def interrupt(self, conn: Any) -> None:
-        # shutdown(2) on the socket: a read blocked in the driver returns and raises.
+        # The server is asked to stop the statement (a cancel request, KILL QUERY): without
+        # it, a query whose client went away runs on to its end. Then shutdown(2) on the
+        # socket, so that a read blocked in the driver returns and raises at once.
+        tag = self._tags.get(conn)
+        if tag is not None:
+            self._driver.cancel(conn, tag.host.address)
         self._driver.sever(conn)
 
     def close_connection(self, conn: Any) -> None:
@@ -187,6 +165,9 @@ class RoutedFactory(ConnectionFactory):
         self._driver.close(conn)
 
     def close(self) -> None:
+        """Stop the monitor and close its probes. A factory used again afterwards (a new
+        pool over it, e.g. `initialize(factory)` a second time) starts afresh, every host
+        unknown until checked; callers waiting for a host when it closes get an error."""
         self._topology.close()
 
     def after_fork_in_child(self) -> None:

@@ -1,0 +1,224 @@
+"""The psycopg 3 driver: how to talk to one PostgreSQL host (connect, check its role, ping,
+reset, and tell a lost connection or a refusal from other errors).
+
+Role: primary iff not in recovery and not `transaction_read_only`, so a primary made
+read-only counts as a replica.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import select
+import time
+from collections.abc import Callable
+from typing import Any
+
+from qdbpool.drivers.base import HostDriver, Observation, Role
+from qdbpool.dsn import HostPort, ParsedDSN
+from qdbpool.errors import ConfigurationError
+from qdbpool.protocol import CLEAN, LOST, NEEDS_RESET
+
+try:
+    import psycopg
+    import psycopg.conninfo
+    from psycopg import pq
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "the Postgres factory needs psycopg 3: pip install 'qdbpool[postgres]'"
+    ) from exc
+
+# One round trip answers everything a check needs. A replica's lag is 0 while it has
+# replayed all it received, else the age of the last transaction it replayed (NULL, i.e.
+# unknown, when it has replayed none since it started).
+_ROLE_QUERY = """
+SELECT pg_is_in_recovery(),
+       current_setting('transaction_read_only') = 'on',
+       CASE WHEN NOT pg_is_in_recovery() THEN NULL
+            WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+            ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())
+       END
+"""
+
+# SQLSTATE classes after which the session is gone: connection exceptions (08) and
+# operator intervention (57P: admin/crash shutdown, cannot connect now, ...).
+_LOST_STATES = ("08", "57P")
+# Session-ending timeouts that psycopg raises as InternalError.
+_LOST_CODES = frozenset({"25P03", "25P04"})
+_READ_ONLY_TRANSACTION = "25006"
+
+_DEFAULT_CONNECT_TIMEOUT = 2  # libpq's (and psycopg's) minimum
+_CANCEL_TIMEOUT = 5.0  # bounds the thread that sends a cancel request
+
+# What a server says when it refuses us for what we asked rather than for its state.
+_REFUSED_US = (
+    "password authentication failed",
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "does not exist",  # database or role
+    "password is required",
+)
+# psycopg.connect's own keywords; every other keyword is a libpq connection option.
+_PSYCOPG_CONNECT_KWARGS = frozenset(
+    {"autocommit", "prepare_threshold", "context", "row_factory", "cursor_factory"}
+)
+
+_IDLE = int(pq.TransactionStatus.IDLE)
+_INTRANS = int(pq.TransactionStatus.INTRANS)
+_INERROR = int(pq.TransactionStatus.INERROR)
+
+
+class PsycopgDriver(HostDriver):
+    """psycopg 3 connections to the hosts of `dsn`; `connect_kwargs` go to every
+    `psycopg.connect` (checked beforehand with `check_connect_kwargs`)."""
+
+    def __init__(self, dsn: ParsedDSN, connect_kwargs: dict[str, Any]) -> None:
+        self._dsn = dsn
+        self._connect_kwargs = connect_kwargs
+        self.secrets = tuple(s for s in (dsn.password, connect_kwargs.get("password")) if s)
+
+    def _kwargs(self, address: HostPort) -> dict[str, Any]:
+        kwargs: dict[str, Any] = dict(self._dsn.host_kwargs(address))
+        if "database" in kwargs:
+            kwargs["dbname"] = kwargs.pop("database")
+        kwargs.update(self._connect_kwargs)
+        kwargs.setdefault("connect_timeout", _DEFAULT_CONNECT_TIMEOUT)
+        return kwargs
+
+    def open(self, address: HostPort, *, read_only: bool) -> Any:
+        return psycopg.connect(**self._kwargs(address))
+
+    def open_probe(self, address: HostPort, timeout: float) -> Any:
+        kwargs = self._kwargs(address)
+        kwargs["autocommit"] = True
+        kwargs["application_name"] = "qdbpool-monitor"
+        return psycopg.connect(**kwargs)
+
+    def observe(self, probe: Any) -> Observation:
+        row = probe.execute(_ROLE_QUERY).fetchone()
+        in_recovery, read_only, lag = row
+        if in_recovery or read_only:
+            # No lag (None) while it has replayed nothing since it started: unknown, so
+            # stale for max_replica_lag rather than fresh.
+            return Observation(Role.REPLICA, float(lag) if lag is not None else None)
+        return Observation(Role.PRIMARY)
+
+    def is_open(self, conn: Any) -> bool:
+        return not conn.closed
+
+    def is_connection_lost(self, conn: Any, exc: BaseException) -> bool:
+        if conn.closed:
+            return True
+        if not isinstance(exc, psycopg.Error):
+            return isinstance(exc, (ConnectionError, EOFError))
+        state = exc.sqlstate
+        if state is None:
+            # psycopg's own "consuming input failed", "the connection is lost", ...
+            return isinstance(exc, psycopg.OperationalError)
+        return state.startswith(_LOST_STATES) or state in _LOST_CODES
+
+    def is_read_only_violation(self, exc: BaseException) -> bool:
+        return getattr(exc, "sqlstate", None) == _READ_ONLY_TRANSACTION
+
+    def is_configuration_error(self, exc: BaseException) -> bool:
+        if isinstance(exc, (TypeError, psycopg.ProgrammingError)):
+            return True  # an unknown option
+        # libpq reports connection-time refusals as text (psycopg has no SQLSTATE then).
+        text = str(exc)
+        return "FATAL:" in text and any(sign in text for sign in _REFUSED_US)
+
+    def socket_of(self, conn: Any) -> int | None:
+        try:
+            fd: int = conn.pgconn.socket
+        except Exception:
+            return None
+        return fd
+
+    def cancel_sender(self, conn: Any, address: HostPort) -> Callable[[], None] | None:
+        if not psycopg.capabilities.has_cancel_safe():
+            # libpq < 17 has only PQcancel, which blocks with the GIL held: a stalled host
+            # would freeze the whole process. Better the statement runs to its end.
+            return None
+        try:
+            # No I/O: a copy of what the request needs, valid once `conn` is closed.
+            cancel_conn = conn.pgconn.cancel_conn()
+        except Exception:  # closed already: nothing runs there any more
+            return None
+        return functools.partial(_send_cancel_request, cancel_conn, _CANCEL_TIMEOUT)
+
+    def ping(self, conn: Any) -> None:
+        # An empty query is a round trip that opens no transaction: run it in autocommit,
+        # then put the user's mode back.
+        if conn.autocommit:
+            conn.execute("")
+            return
+        conn.autocommit = True
+        try:
+            conn.execute("")
+        finally:
+            conn.autocommit = False
+
+    # libpq's transaction status is IDLE (0) only on a healthy connection with nothing
+    # open: a C-level getter that the fast path can trust when it reads 0.
+    after_use_hint = operator.attrgetter("pgconn.transaction_status")
+
+    def state_after_use(self, conn: Any) -> int:
+        # libpq's own status, one read (conn.info.transaction_status costs 20x more): it is
+        # UNKNOWN once the connection is closed or broken, so it answers both questions.
+        status = conn.pgconn.transaction_status
+        if status == _IDLE:
+            return CLEAN
+        if status in (_INTRANS, _INERROR):
+            return NEEDS_RESET
+        return LOST  # ACTIVE (a result still streaming) or UNKNOWN (closed, broken)
+
+    def reset(self, conn: Any) -> None:
+        conn.rollback()
+
+    def describe_error(self, exc: BaseException) -> str:
+        return self._one_line(exc, str(exc))
+
+
+def _send_cancel_request(cancel_conn: Any, timeout: float) -> None:
+    """Drive libpq's non-blocking cancel connection to its end, within `timeout` seconds;
+    waits in select(), so other threads run meanwhile."""
+    deadline = time.monotonic() + timeout
+    try:
+        cancel_conn.start()
+        while True:
+            status = cancel_conn.poll()
+            if status == pq.PollingStatus.OK:
+                return
+            if status == pq.PollingStatus.FAILED:
+                raise psycopg.OperationalError(
+                    f"cancel request failed: {cancel_conn.get_error_message()}"
+                )
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no answer to the cancel request within {timeout:g}s")
+            fds = [cancel_conn.socket]
+            if status == pq.PollingStatus.READING:
+                select.select(fds, [], [], remaining)
+            else:
+                select.select([], fds, [], remaining)
+    finally:
+        cancel_conn.finish()
+
+
+def check_connect_kwargs(connect_kwargs: dict[str, Any]) -> None:
+    """Unknown libpq options, and a password that is not a str, fail here (naming the option,
+    never the password), not at every connect; also for a DSN's query parameters."""
+    password = connect_kwargs.get("password")
+    if password is not None and not isinstance(password, str):
+        raise ConfigurationError(
+            f"Postgres: password must be a str or None, not {type(password).__name__}"
+        )
+    options = {
+        key: value
+        for key, value in connect_kwargs.items()
+        if key not in _PSYCOPG_CONNECT_KWARGS and key != "password"
+    }
+    try:
+        psycopg.conninfo.make_conninfo("", **options)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigurationError(f"Postgres: {exc}") from None

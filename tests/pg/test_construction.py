@@ -1,0 +1,79 @@
+"""What Postgres(...) refuses when it is made, before any connection: no server needed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from qdbpool.errors import ConfigurationError
+from qdbpool.factories.postgres import Postgres
+
+SECRET = "Zz-hunter2-Secret-Zz"
+DSN = "postgresql://app@127.0.0.1:1/app"
+SECONDS_OPTIONS = ("refresh_delay", "refresh_timeout", "acquire_timeout", "max_replica_lag")
+
+
+def _everything_said_about(exc: BaseException) -> str:
+    return f"{exc}\n{exc!r}\n{exc.args!r}"
+
+
+@pytest.mark.parametrize("password", [12345, b"secret", 1.5, ["pw"]], ids=repr)
+def test_a_password_that_is_not_a_str_is_refused_at_construction(password: Any) -> None:
+    with pytest.raises(ConfigurationError, match="password must be a str") as err:
+        Postgres(DSN, password=password)
+    assert "secret" not in _everything_said_about(err.value)
+
+
+def test_an_unknown_dsn_parameter_is_refused_at_construction_naming_it() -> None:
+    with pytest.raises(ConfigurationError, match="bogus_option") as err:
+        Postgres(f"postgresql://app:{SECRET}@127.0.0.1/app?bogus_option=1")
+    assert SECRET not in _everything_said_about(err.value)
+
+
+def test_an_unknown_keyword_is_refused_at_construction_naming_it() -> None:
+    with pytest.raises(ConfigurationError, match="bogus_option"):
+        Postgres(DSN, bogus_option=1)
+
+
+@pytest.mark.parametrize("name", SECONDS_OPTIONS)
+@given(value=st.one_of(st.integers(), st.just(10**400), st.just(-(10**5000)), st.floats()))
+def test_any_number_for_a_seconds_option_is_taken_or_refused_as_configuration(
+    name: str, value: float
+) -> None:
+    try:
+        factory = Postgres(DSN, **{name: value})
+    except ConfigurationError as exc:
+        assert name in str(exc)
+    else:
+        factory.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [
+        ({"balancer": "fastest"}, "balancer"),
+        ({"master_as_replica_weight": 1.5}, "master_as_replica_weight"),
+        ({"master_as_replica_weight": True}, "master_as_replica_weight"),
+        ({"refresh_delay": 0}, "refresh_delay"),
+        ({"refresh_timeout": float("inf")}, "refresh_timeout"),
+        ({"acquire_timeout": "5"}, "acquire_timeout"),
+    ],
+    ids=repr,
+)
+def test_a_routing_option_out_of_range_is_refused_naming_it(
+    kwargs: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=named):
+        Postgres(DSN, **kwargs)
+
+
+def test_ready_refuses_a_timeout_too_large_to_wait() -> None:
+    factory = Postgres(DSN)
+    try:
+        with pytest.raises(ConfigurationError, match="timeout"):
+            factory.ready(timeout=10**400)
+    finally:
+        factory.close()
