@@ -19,7 +19,8 @@ PY_VENV = .venv-py$(PY_VERSION)
 # The tests that need no server: quick enough to run on every supported Python.
 SERVER_FREE_TESTS := tests/core tests/dsn
 # The floors in pyproject.toml are tested: `make test-lowest` installs the lowest version
-# each one admits (uv's lowest-direct resolution) on the oldest Python we support.
+# each one admits (uv's lowest-direct resolution) on the oldest Python we support, builds
+# the docs and runs the tests that need no server with them.
 LOWEST_PY_VERSION := 3.10
 LOWEST_VENV := .venv-lowest
 
@@ -33,7 +34,7 @@ help:
 	@echo "make test-core the tests that need no server"
 	@echo "make test-py PY_VERSION=3.13  the tests that need no server, on another Python"
 	@echo "make test-oldest  the same on Python 3.10, the oldest we support"
-	@echo "make test-lowest  the same with the lowest version of every dependency pyproject admits"
+	@echo "make test-lowest  the same and the docs, with the lowest version of every dependency"
 	@echo "make lint      ruff + mypy --strict"
 	@echo "make bench     benchmarks against peers, printing ratios measured in one run"
 	@echo "make bench-quick  the same, short (a smoke run: checks the scripts, judges nothing)"
@@ -77,8 +78,9 @@ test-lowest: $(UV)
 	@test -n "$(PY_INTERPRETER)" || { echo "test-lowest: no python$(LOWEST_PY_VERSION) found; set PY_INTERPRETER"; exit 1; }
 	rm -rf $(LOWEST_VENV)
 	$(UV) venv --quiet --python $(PY_INTERPRETER) $(LOWEST_VENV)
-	VIRTUAL_ENV=$(LOWEST_VENV) $(UV) pip install --quiet --resolution lowest-direct -e '.[dev,bench]'
+	VIRTUAL_ENV=$(LOWEST_VENV) $(UV) pip install --quiet --resolution lowest-direct -e '.[dev,bench,docs]'
 	VIRTUAL_ENV=$(LOWEST_VENV) $(UV) pip freeze --quiet | tr '\n' ' '; echo
+	$(LOWEST_VENV)/bin/python -m mkdocs build --quiet --strict --site-dir $(LOWEST_VENV)/site
 	$(LOWEST_VENV)/bin/python -m pytest -p no:cacheprovider $(SERVER_FREE_TESTS) $(PYTEST_ARGS)
 test-lowest: PY_VERSION = $(LOWEST_PY_VERSION)
 
