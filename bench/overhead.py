@@ -69,11 +69,11 @@ def hand_written(fn: Callable[..., object]) -> Callable[..., object]:
 
 @dataclass
 class Pair:
-    """One ratio with its target: `slower`'s time / `faster`'s, per round."""
+    """A ratio with its target: the numerator variant's time / the denominator's, per round."""
 
     label: str
-    slower: str
-    faster: str
+    numerator: str
+    denominator: str
     at_least: float | None = None
     at_most: float | None = None
 
@@ -133,8 +133,8 @@ def makers(
 
 def per_round(variants: list[Variant], pair: Pair) -> list[float]:
     by_name = {v.name: v for v in variants}
-    slower, faster = by_name[pair.slower], by_name[pair.faster]
-    return [a / b for a, b in zip(slower.samples, faster.samples, strict=True)]
+    top, bottom = by_name[pair.numerator], by_name[pair.denominator]
+    return [a / b for a, b in zip(top.samples, bottom.samples, strict=True)]
 
 
 def timed(quick: bool) -> int:
