@@ -8,7 +8,8 @@ Three comparisons, all variants timed in the same run (the method: docs/benchmar
       @with_conn (target: quasardb.pool's time at least 2.5x qdbpool's);
   (c) `with pool.connect() as conn: return conn` on a pool object (what `instance()`
       returns) for qdbpool's SingletonPool and BoundedPool and for quasardb.pool's
-      SingletonPool (target: quasardb.pool's time at least 1.5x each of qdbpool's).
+      SingletonPool (target: quasardb.pool's time at least 1.5x each of qdbpool's); and,
+      for orientation, the same with one attribute read (`conn.total_changes`) in the body.
 Every pool gets in-memory SQLite connections: quasardb.pool through its `get_conn` callable.
 `--instructions` counts instructions per call of (a) and (b) under valgrind's callgrind
 instead of timing them.
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import qdbpool
-from bench._harness import Variant, compare, pin_to_one_cpu, table, verdict
+from bench._harness import Variant, compare, interval, pin_to_one_cpu, table, verdict
 from qdbpool.factories import SQLite
 
 THREAD_COUNTS = (1, 4)
@@ -87,6 +88,12 @@ PAIRS = [
          "qdbpool SingletonPool connect()", at_least=1.5),
     Pair("(c) connect(): quasardb.pool / qdbpool BoundedPool", "quasardb.pool connect()",
          "qdbpool BoundedPool connect()", at_least=1.5),
+    # The same with one attribute read in the body (no target: for orientation). Reads go
+    # through quasardb.pool's __getattr__, in Python, and through qdbpool's wrapper.
+    Pair("    the same, 1 read: quasardb.pool / SingletonPool", "quasardb.pool connect(), 1 read",
+         "qdbpool SingletonPool connect(), 1 read"),
+    Pair("    the same, 1 read: quasardb.pool / BoundedPool", "quasardb.pool connect(), 1 read",
+         "qdbpool BoundedPool connect(), 1 read"),
 ]  # fmt: skip
 
 
@@ -113,6 +120,14 @@ def makers(
 
         return lambda: call
 
+    def connect_and_read(pool: Any) -> Callable[[], Callable[[], object]]:
+        # One attribute read through what connect() returned, as any real body makes.
+        def call() -> object:
+            with pool.connect() as conn:
+                return conn.total_changes
+
+        return lambda: call
+
     found: dict[str, Callable[[], Callable[[], object]]] = {
         "by hand, select 1": by_hand,
         "hand-written decorator, select 1": lambda: handmade_select,
@@ -120,6 +135,8 @@ def makers(
         "qdbpool @with_conn, trivial": lambda: decorated_trivial,
         "qdbpool SingletonPool connect()": connect(qdbpool.instance()),
         "qdbpool BoundedPool connect()": connect(bounded),
+        "qdbpool SingletonPool connect(), 1 read": connect_and_read(qdbpool.instance()),
+        "qdbpool BoundedPool connect(), 1 read": connect_and_read(bounded),
     }
     if with_quasardb:
         import quasardb.pool as qdb_pool
@@ -128,6 +145,7 @@ def makers(
         original_trivial = qdb_pool.with_conn()(trivial)
         found["quasardb.pool @with_conn, trivial"] = lambda: original_trivial
         found["quasardb.pool connect()"] = connect(qdb_pool.instance())
+        found["quasardb.pool connect(), 1 read"] = connect_and_read(qdb_pool.instance())
     return found
 
 
@@ -158,12 +176,13 @@ def timed(quick: bool) -> int:
             print(table(f"\n{threads} thread(s):", variants, variants[1]))
             lines.append(f"\n{threads} thread(s), medians of per-round ratios:")
             for pair in PAIRS:
-                judged = verdict(
-                    [per_round(variants, pair)],
-                    at_least=pair.at_least,
-                    at_most=pair.at_most,
-                    quick=quick,
-                )
+                ratios = [per_round(variants, pair)]
+                if pair.at_least is None and pair.at_most is None:
+                    judged = interval(ratios)
+                else:
+                    judged = verdict(
+                        ratios, at_least=pair.at_least, at_most=pair.at_most, quick=quick
+                    )
                 lines.append(f"  {pair.label:<54} {judged}")
         print("\n".join(lines))
     return 0
