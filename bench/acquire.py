@@ -10,7 +10,7 @@ pymysql-pool, also the no-op cursor()/commit()/autocommit() its release calls), 
 pools' own work is measured. psycopg_pool can only pool real psycopg connections: it gets
 real ones to a local PostgreSQL (PostgresCluster(standbys=0)); acquiring and releasing an
 idle one does no I/O. Printed: median ns per acquire+release and medians of per-round
-ratios (bench/_harness.py). Run: python -m bench.acquire [--quick]
+ratios (the method: docs/benchmarks.md). Run: python -m bench.acquire [--quick]
 """
 
 from __future__ import annotations

@@ -9,12 +9,10 @@ Variants, each with 1, 4 and 16 threads, all on one server started here:
                           get_connection() ... conn.close()
 Every connection is autocommit (pymysql-pool's default, set for the others too) and
 ssl_disabled (PyMySQL otherwise builds a fresh TLS context per connect: ~20 ms of CPU that
-would only slow down the untimed set-up). The benchmark process and the server are pinned
-to the same CPU. Variants run interleaved in short slices, in a shuffled order each round,
-each on its own threads for the whole comparison (bench/_harness.Gang); ratios are medians
-of per-round ratios, with bootstrap 95% intervals over the rounds (one set of threads per
-variant, so unlike bench/pg_throughput.py's they leave out how fast a set of threads and
-connections happens to be as a whole).
+would only slow down the untimed set-up). Each variant keeps its own threads for the whole
+comparison (bench/_harness.Gang), so the intervals are over rounds alone: unlike
+bench/pg_throughput.py's they leave out how fast a set of threads and connections happens
+to be as a whole. The method: docs/benchmarks.md.
 Targets: SingletonPool >= 0.97x the floor; BoundedPool(4) >= pymysql-pool at every
 thread count. Run: python -m bench.mysql_throughput [--quick]
 """

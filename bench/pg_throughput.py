@@ -7,12 +7,11 @@ layer alone, no checks); qdbpool's SingletonPool with the Postgres factory, thro
 @with_conn; psycopg_pool's ConnectionPool (size = threads, `with pool.connection()`);
 DBUtils PersistentDB (creator=psycopg). The run is made of blocks; in each, every
 variant gets fresh worker threads (and so fresh connections, but for psycopg_pool's)
-that it keeps for the block's rounds. A round gives every variant one slice of work, in
-a freshly shuffled order, each followed by a slice of the floor's: the machine's noise
-drifts over a few slices, so each ratio is taken against the floor's slices just before
-and after. Printed: median queries per second over rounds, and the median over rounds
-of each variant's qps / the floor's, with a bootstrap 95% interval for that median.
-The benchmark process and the PostgreSQL server it starts are pinned to one CPU.
+that it keeps for the block's rounds. Each variant's slice is followed by a slice of the
+floor's: the machine's noise drifts over a few slices, so each ratio is taken against the
+floor's slices just before and after. Printed: median queries per second over rounds, and
+the median over rounds of each variant's qps / the floor's, with its interval (the
+method: docs/benchmarks.md).
 Run: python -m bench.pg_throughput [--quick] [--blocks N] [--rounds N]
 """
 
