@@ -1,9 +1,4 @@
-"""Benchmark method shared by every bench/ script (see shared DESIGN.md, "Benchmarks").
-
-Absolute timings move 2x between runs on our shared 2-core machines; ratios measured in
-the same run do not. So variants run interleaved in short slices, in a shuffled order each
-round, and we report the median of per-round ratios against a baseline.
-"""
+"""The code of the method every bench/ script follows; docs/benchmarks.md states it."""
 
 from __future__ import annotations
 
@@ -226,21 +221,35 @@ def median_ci(
     return medians[int(tail * resamples)], medians[int((1.0 - tail) * resamples) - 1]
 
 
-def verdict(groups: Sequence[Sequence[float]], target: float) -> str:
-    """'OK' or 'MISSED' for the median of per-round ratios (higher is better) against
-    `target`, and whether this run's 95% interval decides it or the noise could."""
-    got = statistics.median(pooled(groups))
+def interval(groups: Sequence[Sequence[float]]) -> str:
+    """The median of per-round values with its 95% interval, e.g. '1.12 (95% CI 1.08..1.17)'."""
     low, high = median_ci(groups)
-    if low >= target:
-        sure = "the whole interval meets it"
-    elif high < target:
-        sure = "the whole interval misses it"
+    return f"{statistics.median(pooled(groups)):.3f} (95% CI {low:.3f}..{high:.3f})"
+
+
+def verdict(
+    groups: Sequence[Sequence[float]],
+    *,
+    at_least: float | None = None,
+    at_most: float | None = None,
+    quick: bool = False,
+) -> str:
+    """The median of per-round ratios with its interval, judged against its target: 'met'
+    when this run's whole 95% interval meets it, 'MISSED' when the whole interval misses it,
+    'across the target' when the noise could decide either way. A quick (smoke) run has too
+    few rounds to judge anything: it gets the figure and its interval alone."""
+    shown = interval(groups)
+    if quick:
+        return shown
+    low, high = median_ci(groups)
+    if at_least is not None:
+        target, meets, misses = f">= {at_least}", low >= at_least, high < at_least
+    elif at_most is not None:
+        target, meets, misses = f"<= {at_most}", high <= at_most, low > at_most
     else:
-        sure = "the interval spans the target: this run cannot tell"
-    return (
-        f"{got:.3f} (95% CI {low:.3f}..{high:.3f}; target >= {target}): "
-        f"{'OK' if got >= target else 'MISSED'}, {sure}"
-    )
+        raise ValueError("verdict() needs a target: at_least or at_most")
+    judged = "met" if meets else "MISSED" if misses else "across the target"
+    return f"{shown}; target {target}: {judged}"
 
 
 def table(title: str, variants: Sequence[Variant], base: Variant) -> str:

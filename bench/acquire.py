@@ -10,7 +10,7 @@ pymysql-pool, also the no-op cursor()/commit()/autocommit() its release calls), 
 pools' own work is measured. psycopg_pool can only pool real psycopg connections: it gets
 real ones to a local PostgreSQL (PostgresCluster(standbys=0)); acquiring and releasing an
 idle one does no I/O. Printed: median ns per acquire+release and medians of per-round
-ratios (bench/_harness.py). Run: python bench/acquire.py [--quick]
+ratios (the method: docs/benchmarks.md). Run: python -m bench.acquire [--quick]
 """
 
 from __future__ import annotations
@@ -19,17 +19,12 @@ import argparse
 import contextlib
 import logging
 import statistics
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _harness import Variant, compare, pin_to_one_cpu, ratio
-
 import qdbpool
+from bench._harness import Variant, compare, pin_to_one_cpu, ratio
 
 SIZE = 4
 
@@ -174,7 +169,7 @@ def main() -> int:
     peer = make_pymysql_pool()
     with psycopg_pool_or_none() as (pg, note):
         print(
-            f"bench/acquire.py: {pinned}; {rounds} rounds, shuffled, medians of per-round "
+            f"bench.acquire: {pinned}; {rounds} rounds, shuffled, medians of per-round "
             f"ratios; pools of {SIZE} connections, nobody waits\n{note}"
         )
         summary = []
