@@ -41,7 +41,7 @@ from _demo_ha_report import FailoverRecord, primaries, summarize, where
 from _demo_ha_workload import CREATE_TABLE, Workload
 
 import qdbpool
-from qdbpool.ha.hosts import Role
+from qdbpool.cluster import Role
 
 try:
     from qdbpool.factories.postgres import Postgres

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from qdbpool import _validate
+from qdbpool import validation
 from qdbpool.errors import ConfigurationError, PoolClosedError, PoolTimeoutError
 from qdbpool.pool import Pool, PooledConnection
 from qdbpool.protocol import Connection, ConnectionFactory
@@ -69,17 +69,17 @@ class BoundedPool(Pool):
         burst_idle: float = 10.0,
         **pool_kwargs: Any,
     ) -> None:
-        self._size = _validate.count("size", size, 1)
+        self._size = validation.count("size", size, 1)
         self._max_size = (
-            self._size if max_size is None else _validate.count("max_size", max_size, 1)
+            self._size if max_size is None else validation.count("max_size", max_size, 1)
         )
         if self._max_size < self._size:
             raise ConfigurationError(f"max_size ({max_size}) must be >= size ({size})")
-        pre_create = _validate.count("pre_create", pre_create, 0)
+        pre_create = validation.count("pre_create", pre_create, 0)
         if pre_create > self._size:
             raise ConfigurationError(f"pre_create ({pre_create}) must be <= size ({size})")
-        self._burst_idle = _validate.seconds("burst_idle", burst_idle)
-        self._timeout = _validate.seconds("timeout", timeout)
+        self._burst_idle = validation.seconds("burst_idle", burst_idle)
+        self._timeout = validation.seconds("timeout", timeout)
         super().__init__(get_conn, **pool_kwargs)
         for _ in range(pre_create):
             with self._lock:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from qdbpool import _fork, _validate
+from qdbpool import _fork, validation
 from qdbpool.backoff import Backoff
 from qdbpool.errors import ConfigurationError, PoolClosedError
 from qdbpool.protocol import (
@@ -120,7 +120,7 @@ def _check_pre_ping(value: bool | float) -> float | None:
     if value is True:
         return 0.0
     try:
-        return _validate.seconds("pre_ping", value, zero_ok=True)
+        return validation.seconds("pre_ping", value, zero_ok=True)
     except ConfigurationError:
         raise ConfigurationError(
             f"pre_ping must be True, False or a number of seconds >= 0, not {value!r}"
@@ -187,8 +187,8 @@ class Pool:
                 raise TypeError(f"{name} must be callable, not {type(hook).__name__}")
         self._factory = as_factory(get_conn)
         self._pre_ping = _check_pre_ping(pre_ping)
-        self._max_lifetime = _validate.optional_seconds("max_lifetime", max_lifetime)
-        self._max_idle = _validate.optional_seconds("max_idle", max_idle)
+        self._max_lifetime = validation.optional_seconds("max_lifetime", max_lifetime)
+        self._max_idle = validation.optional_seconds("max_idle", max_idle)
         # Whether checkouts need the clock at all: keeps time.monotonic() off the default path.
         self._timed = (
             self._pre_ping is not None
@@ -282,7 +282,7 @@ class Pool:
         and left for their holder to close: never freed under the thread using them.
         Idempotent and thread-safe; a second call does not wait for them again.
         """
-        timeout = _validate.seconds("timeout", timeout, zero_ok=True)
+        timeout = validation.seconds("timeout", timeout, zero_ok=True)
         with self._lock:
             first = not self._closed
             self._closed = True

@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from qdbpool.dsn import ParsedDSN, Redactor
-from qdbpool.ha.driver import HostDriver
+from qdbpool.drivers.base import HostDriver
+from qdbpool.dsn import ParsedDSN
 
 # libpq options that choose among the hosts of a multi-host DSN. The probe connects to one
 # host at a time and must reach replicas too, so they are left out (target_session_attrs=
@@ -34,34 +34,24 @@ def make_driver(parsed: ParsedDSN, timeout: float) -> HostDriver:
 
 def _postgres_driver(parsed: ParsedDSN, timeout: float) -> HostDriver:
     try:
-        from qdbpool.factories import postgres
+        from qdbpool.drivers import psycopg as psycopg_driver
     except ImportError as exc:
         raise DriverUnavailable(str(exc)) from None
     params = {k: v for k, v in parsed.params.items() if k not in _HOST_SELECTION_PARAMS}
-    postgres._check_connect_kwargs(params)
+    psycopg_driver.check_connect_kwargs(params)
     # The round's deadline bounds the check anyway; this bounds the thread behind it, which
     # cannot be cut off while it connects (there is no socket to shut down yet).
     connect_timeout = max(_LIBPQ_MIN_CONNECT_TIMEOUT, math.ceil(timeout))
-    return postgres._PsycopgDriver(
+    return psycopg_driver.PsycopgDriver(
         replace(parsed, params=params), {"connect_timeout": connect_timeout}
     )
 
 
 def _mysql_driver(parsed: ParsedDSN) -> HostDriver:
     try:
-        from qdbpool.factories import mysql
+        from qdbpool.drivers import pymysql as pymysql_driver
     except ImportError as exc:
         raise DriverUnavailable(str(exc)) from None
-    mysql._check_options(dict(parsed.params), "DSN parameter(s)")
+    pymysql_driver.check_options(dict(parsed.params), "DSN parameter(s)")
     # open_probe applies the timeout to connect, read and write itself.
-    return mysql._PyMySQLDriver(parsed, {}, check_lag=True)
-
-
-# The redaction itself is qdbpool.dsn's Redactor; these two names remain for probe.py and
-# its tests, until they use Redactor(parsed.secrets) directly.
-Scrubber = Redactor
-
-
-def secrets_of(parsed: ParsedDSN) -> list[str]:
-    """The password and the values of secret-looking parameters (e.g. sslpassword)."""
-    return list(parsed.secrets)
+    return pymysql_driver.PyMySQLDriver(parsed, {}, check_lag=True)

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from qdbpool.cli.checks import HostResult, Prober
-from qdbpool.cli.drivers import DriverUnavailable, Scrubber, make_driver, secrets_of
+from qdbpool.cli.drivers import DriverUnavailable, make_driver
 from qdbpool.cli.table import render_table
 from qdbpool.cluster import Role
-from qdbpool.dsn import parse_dsn
+from qdbpool.dsn import Redactor, parse_dsn
 from qdbpool.errors import ConfigurationError
 
 EXIT_PRIMARY = 0
@@ -197,7 +197,7 @@ def _setup(args: argparse.Namespace) -> tuple[Prober, str] | None:
     except ConfigurationError as exc:
         err.write(f"qdbpool probe: invalid DSN: {_one_line(str(exc))}\n")
         return None
-    scrub = Scrubber(secrets_of(parsed))
+    scrub = Redactor(parsed.secrets)
     try:
         driver = make_driver(parsed, args.timeout)
     except ConfigurationError as exc:

@@ -7,34 +7,18 @@ Written once here, with their defaults, documentation and validation; `Postgres`
 from __future__ import annotations
 
 import dataclasses
-import math
-import threading
 from dataclasses import dataclass
 from typing import Any
 
+from qdbpool import validation
 from qdbpool.errors import ConfigurationError
 
 BALANCERS = ("greedy", "round_robin", "random_weighted")
 
 
 def check_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
-    """A number of seconds (> 0, or >= 0 with allow_zero) that a thread can wait, as a
-    float; else ConfigurationError naming `name`, never OverflowError whatever the int."""
-    # Longest wait threading allows: beyond it, Event.wait() raises OverflowError.
-    longest = threading.TIMEOUT_MAX
-    wanted = "a number of seconds >= 0" if allow_zero else "a positive number of seconds"
-    wanted += f", at most {longest:.0f}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{name} must be {wanted}, not {value!r}")
-    try:
-        seconds = float(value)
-    except OverflowError:  # an int too large for a float
-        seconds = math.inf
-    if not (0 <= seconds <= longest) or (seconds == 0 and not allow_zero):
-        too_large = seconds == math.inf and isinstance(value, int)
-        shown = "an int too large" if too_large else repr(value)  # repr of 10**5000 raises
-        raise ConfigurationError(f"{name} must be {wanted}, not {shown}")
-    return seconds
+    """See qdbpool.validation.seconds: one check of seconds for the whole package."""
+    return validation.seconds(name, value, zero_ok=allow_zero)
 
 
 @dataclass(frozen=True)

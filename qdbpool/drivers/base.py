@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from qdbpool.dsn import HostPort
+from qdbpool.dsn import HostPort, Redactor
 from qdbpool.protocol import CLEAN, LOST
 
 Connection = Any
@@ -148,6 +148,5 @@ class HostDriver(abc.ABC):
     def _one_line(self, exc: BaseException, text: str) -> str:
         """`Type: first line of text`, with every secret blanked out."""
         text = text.strip().splitlines()[0] if text.strip() else ""
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
+        text = Redactor(self.secrets)(text)
         return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

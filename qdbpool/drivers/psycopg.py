@@ -75,7 +75,7 @@ class PsycopgDriver(HostDriver):
     def __init__(self, dsn: ParsedDSN, connect_kwargs: dict[str, Any]) -> None:
         self._dsn = dsn
         self._connect_kwargs = connect_kwargs
-        self.secrets = tuple(s for s in (dsn.password, connect_kwargs.get("password")) if s)
+        self.secrets = (*dsn.secrets, *(p for p in (connect_kwargs.get("password"),) if p))
 
     def _kwargs(self, address: HostPort) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(self._dsn.host_kwargs(address))

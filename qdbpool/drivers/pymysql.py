@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from qdbpool import validation
 from qdbpool.drivers.base import HostDriver, Observation, Role
 from qdbpool.dsn import HostPort, ParsedDSN
 from qdbpool.errors import ConfigurationError
@@ -72,9 +73,11 @@ def typed_params(params: dict[str, Any]) -> dict[str, Any]:
     for key, value in params.items():
         if key in _FLOAT_PARAMS and isinstance(value, str):
             try:
-                typed[key] = float(value)
+                number = float(value)
             except ValueError:
                 raise ConfigurationError(f"{key} must be a number, not {value!r}") from None
+            # socket.settimeout(inf) raises OverflowError at every connect: refuse it here
+            typed[key] = validation.seconds(key, number)
         elif key in _BOOL_PARAMS and isinstance(value, str):
             typed[key] = value.lower() in _TRUE
         else:
@@ -100,7 +103,7 @@ class PyMySQLDriver(HostDriver):
         self._dsn = dsn
         self._connect_kwargs = connect_kwargs
         self._check_lag = check_lag
-        self.secrets = tuple(s for s in (dsn.password, connect_kwargs.get("password")) if s)
+        self.secrets = (*dsn.secrets, *(p for p in (connect_kwargs.get("password"),) if p))
 
     def _kwargs(self, address: HostPort) -> dict[str, Any]:
         kwargs = typed_params(dict(self._dsn.host_kwargs(address)))

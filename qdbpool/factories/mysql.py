@@ -100,8 +100,3 @@ class MySQL(RoutedFactory):
 
     def __repr__(self) -> str:
         return f"MySQL({self.dsn.to_url(redact=True)!r})"
-
-
-# Old private names, kept only until qdbpool/cli/drivers.py imports qdbpool.drivers.pymysql.
-_PyMySQLDriver = PyMySQLDriver
-_check_options = check_options

@@ -50,8 +50,3 @@ class Postgres(RoutedFactory):
 
     def __repr__(self) -> str:
         return f"Postgres({self.dsn.to_url(redact=True)!r})"
-
-
-# Old private names, kept only until qdbpool/cli/drivers.py imports qdbpool.drivers.psycopg.
-_PsycopgDriver = PsycopgDriver
-_check_connect_kwargs = check_connect_kwargs

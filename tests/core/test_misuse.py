@@ -184,9 +184,8 @@ def test_reinitialize_does_not_wait_for_a_dropped_checkout():
 )
 def test_releasing_a_connection_the_pool_never_handed_out_raises_value_error(make, stranger):
     pool = make()
-    with pool.connect():
-        with pytest.raises(ValueError, match="did not hand out"):
-            pool.release(stranger())
+    with pool.connect(), pytest.raises(ValueError, match="did not hand out"):
+        pool.release(stranger())
     assert pool.stats().in_use == 0
 
 
