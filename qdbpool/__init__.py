@@ -10,6 +10,7 @@ def load(conn, table): ...
 from qdbpool._global import close, initialize, instance
 from qdbpool.bounded import BoundedPool
 from qdbpool.errors import (
+    ArgumentTypeError,
     ConfigurationError,
     ConnectionReleasedError,
     NoHostAvailableError,
@@ -24,6 +25,7 @@ from qdbpool.stats import PoolStats
 from qdbpool.with_conn import with_conn
 
 __all__ = [
+    "ArgumentTypeError",
     "BoundedPool",
     "ConfigurationError",
     "ConnectionReleasedError",

@@ -24,6 +24,10 @@ from qdbpool.pool import Pool, PooledConnection
 from qdbpool.protocol import Connection, ConnectionFactory
 
 _CAPACITY = "capacity"  # a waiter was given room to open a connection of its own
+# How long a caller waits for a connection of its own route to come back before it trades
+# an idle one of the other route for it: long enough that steady mixed load (each route's
+# releases a few ms apart) never churns, short enough that an unused one is not hoarded.
+TRADE_AFTER = 0.05
 _CLOSED = "closed"  # the pool closed while it waited
 
 
@@ -180,7 +184,13 @@ class BoundedPool(Pool):
         return waiter
 
     def _wait(self, waiter: _Waiter, deadline: float) -> PooledConnection | str:
-        waiter.event.wait(max(deadline - time.monotonic(), 0.0))
+        patience = min(deadline, time.monotonic() + TRADE_AFTER)
+        if not waiter.event.wait(max(patience - time.monotonic(), 0.0)):
+            traded = self._trade_for(waiter)
+            if traded is not None:
+                self._retire(traded, "its capacity was needed for the other route")
+                return _CAPACITY
+            waiter.event.wait(max(deadline - time.monotonic(), 0.0))
         with self._lock:
             granted = waiter.granted
             if granted is None:  # timed out, and nobody served us in the meantime
@@ -196,6 +206,17 @@ class BoundedPool(Pool):
         if granted == _CLOSED:
             raise PoolClosedError("the pool closed while waiting for a connection")
         return granted
+
+    def _trade_for(self, waiter: _Waiter) -> PooledConnection | None:
+        """A waiter not served within TRADE_AFTER: an idle connection of the other route,
+        taken off the idle list for retirement (its capacity becomes the waiter's), if any."""
+        with self._lock:
+            other_idle = self._idle[_other(waiter.route)]
+            if waiter.granted is not None or not other_idle or self._closed:
+                return None
+            self._waiters.remove(waiter)
+            self._reserved += 1  # given back when the traded one is closed
+            return other_idle.popleft()
 
     def _open_reserved(self, read_only: bool, deadline: float | None = None) -> PooledConnection:
         """Open a connection for capacity already reserved; give it back if that fails."""

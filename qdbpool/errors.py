@@ -27,6 +27,11 @@ class ConfigurationError(QdbPoolError, ValueError):
     """An argument or DSN is malformed; the message names the bad part, never a password."""
 
 
+class ArgumentTypeError(ConfigurationError, TypeError):
+    """An argument is of the wrong kind (a callable expected, a str, ...): a
+    ConfigurationError that is also the TypeError Python code expects for it."""
+
+
 class ConnectionReleasedError(QdbPoolError, RuntimeError):
     """A connection from `connect()` was used after it was released (by `with`, `.close()`
     or `pool.release()`): check out a new one instead."""

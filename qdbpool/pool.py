@@ -24,7 +24,7 @@ from typing import Any
 
 from qdbpool import _fork, validation
 from qdbpool.backoff import Backoff
-from qdbpool.errors import ConfigurationError, PoolClosedError
+from qdbpool.errors import ArgumentTypeError, ConfigurationError, PoolClosedError
 from qdbpool.protocol import (
     CLEAN,
     LOST,
@@ -178,13 +178,13 @@ class Pool:
 
             get_conn = QuasarDB(**kwargs)
         elif kwargs:
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"unexpected keyword arguments {sorted(kwargs)}: without get_conn they are "
                 f"passed to quasardb.Cluster; with get_conn, give them to the factory instead"
             )
         for name, hook in (("configure", configure), ("reset", reset)):
             if hook is not None and not callable(hook):
-                raise TypeError(f"{name} must be callable, not {type(hook).__name__}")
+                raise ArgumentTypeError(f"{name} must be callable, not {type(hook).__name__}")
         self._factory = as_factory(get_conn)
         self._pre_ping = _check_pre_ping(pre_ping)
         self._max_lifetime = validation.optional_seconds("max_lifetime", max_lifetime)
@@ -268,7 +268,7 @@ class Pool:
         with self._lock:
             known = any(p.raw is conn for p in self._live)
         if not known:
-            raise ValueError(
+            raise ConfigurationError(
                 f"release() got a {type(conn).__name__} that this pool did not hand out"
             )
 

@@ -12,6 +12,8 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+from qdbpool.errors import ArgumentTypeError
+
 logger = logging.getLogger("qdbpool")
 
 Connection = Any
@@ -204,7 +206,7 @@ def as_factory(get_conn: Any) -> ConnectionFactory:
     if isinstance(get_conn, ConnectionFactory):
         return get_conn
     if not callable(get_conn):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"get_conn must be callable (a zero-argument function or a factory such as "
             f"qdbpool.factories.SQLite), not {type(get_conn).__name__}"
         )

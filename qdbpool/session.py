@@ -13,7 +13,7 @@ import os
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from qdbpool.errors import ConnectionReleasedError
+from qdbpool.errors import ArgumentTypeError, ConfigurationError, ConnectionReleasedError
 
 if TYPE_CHECKING:
     from qdbpool.pool import Pool, PooledConnection
@@ -96,7 +96,7 @@ class SessionWrapper:
         return repr(self._session_conn)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        raise TypeError("a pooled connection cannot be pickled or copied")
+        raise ArgumentTypeError("a pooled connection cannot be pickled or copied")
 
     # -- release ----------------------------------------------------------------------------
 
@@ -132,7 +132,7 @@ class SessionWrapper:
 
     def _release_from(self, pool: Pool) -> None:
         if pool is not self._session_pool:
-            raise ValueError("this connection belongs to another pool")
+            raise ConfigurationError("this connection belongs to another pool")
         if self._session_conn is not RELEASED:
             _set(self, "_session_conn", RELEASED)
             pool._checkin(self._session_pooled)

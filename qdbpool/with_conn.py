@@ -21,7 +21,7 @@ from typing import Any, Concatenate, Generic, Literal, ParamSpec, Protocol, Type
 import wrapt
 
 from qdbpool import _global
-from qdbpool.errors import PoolNotInitializedError
+from qdbpool.errors import ArgumentTypeError, PoolNotInitializedError
 from qdbpool.session import SessionWrapper
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -81,7 +81,7 @@ class _Plan:
 def _plan(fn: Callable[..., Any], arg: int | str, skip_first: bool) -> _Plan:
     where = f"@with_conn(arg={arg!r}) on {getattr(fn, '__qualname__', fn)!r}"
     if isinstance(arg, bool) or not isinstance(arg, (int, str)):
-        raise TypeError(f"{where}: arg must be a position (int) or a parameter name (str)")
+        raise ArgumentTypeError(f"{where}: arg must be a position (int) or a parameter name (str)")
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):  # a builtin without a signature: trust the caller
@@ -102,13 +102,13 @@ def _plan(fn: Callable[..., Any], arg: int | str, skip_first: bool) -> _Plan:
     if isinstance(arg, str):
         names = {p.name for p in params if p.kind is not kind.POSITIONAL_ONLY}
         if arg not in names and not var_keyword:
-            raise TypeError(f"{where}: the function has no parameter named {arg!r}")
+            raise ArgumentTypeError(f"{where}: the function has no parameter named {arg!r}")
         return _Plan(keyword=arg, index=-1, name=arg, fills_all=0, ambiguous=False)
 
     if arg < 0:
-        raise TypeError(f"{where}: arg must be a position >= 0 or a parameter name")
+        raise ArgumentTypeError(f"{where}: arg must be a position >= 0 or a parameter name")
     if not var_positional and arg >= len(positional):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{where}: the function takes only {len(positional)} positional "
             f"parameter{'s' if len(positional) != 1 else ''}"
         )
@@ -207,7 +207,9 @@ def _decorate(fn: Any, arg: int | str, read_only: bool) -> Any:
         plan = _plan(inner, arg, skip_first=bound_first)
         return type(fn)(_keep_metadata(_injecting(inner, plan, read_only, int(bound_first)), inner))
     if not callable(fn):
-        raise TypeError(f"@with_conn decorates functions and methods, not {type(fn).__name__}")
+        raise ArgumentTypeError(
+            f"@with_conn decorates functions and methods, not {type(fn).__name__}"
+        )
     if _defined_in_class_body(fn):
         # Whether it will be bound (a method) or not (a staticmethod stacked on top of us)
         # shows only at call time: `arg` must fit at least one of the two readings.
@@ -228,7 +230,7 @@ def _decorate(fn: Any, arg: int | str, read_only: bool) -> Any:
                     return as_function(*args, **kwargs)
                 instance, args = args[0], args[1:]
             if as_method is None:
-                raise TypeError(method_error)
+                raise ArgumentTypeError(method_error)
             return as_method(instance, *args, **kwargs)
 
         wrapper = wrapt.FunctionWrapper(fn, bind)
@@ -277,9 +279,11 @@ def with_conn(_fn: Any = None, /, *, arg: int | str = 0, read_only: bool = False
     """
     # A bad `arg` is reported when the function is known, so that the error can name it.
     if not isinstance(read_only, bool):
-        raise TypeError(f"with_conn(read_only=...) takes a bool, not {read_only!r}")
+        raise ArgumentTypeError(f"with_conn(read_only=...) takes a bool, not {read_only!r}")
     if _fn is None:
         return lambda fn: _decorate(fn, arg, read_only)
     if not callable(_fn) and not isinstance(_fn, (staticmethod, classmethod)):
-        raise TypeError(f"with_conn takes keyword arguments only (with_conn(arg=...)), not {_fn!r}")
+        raise ArgumentTypeError(
+            f"with_conn takes keyword arguments only (with_conn(arg=...)), not {_fn!r}"
+        )
     return _decorate(_fn, arg, read_only)

@@ -42,7 +42,7 @@ from qdbpool.dsn.values import (
     is_ipv6,
     quoted,
 )
-from qdbpool.errors import ConfigurationError
+from qdbpool.errors import ArgumentTypeError, ConfigurationError
 
 __all__ = ["parse_dsn"]
 
@@ -66,7 +66,7 @@ def parse_dsn(dsn: str, *, default_port: int | None = None) -> ParsedDSN:
     naming the malformed part; the message never contains the password.
     """
     if not isinstance(dsn, str):
-        raise TypeError(f"a DSN must be a str, not {type(dsn).__name__}")
+        raise ArgumentTypeError(f"a DSN must be a str, not {type(dsn).__name__}")
     if default_port is not None and (
         isinstance(default_port, bool)
         or not isinstance(default_port, int)

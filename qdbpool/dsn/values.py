@@ -239,7 +239,7 @@ class ParsedDSN:
         """
         if host is None:
             if len(self.hosts) != 1:
-                raise ValueError(
+                raise ConfigurationError(
                     f"this DSN has {len(self.hosts)} hosts; pass the one to connect to"
                 )
             host = self.hosts[0]

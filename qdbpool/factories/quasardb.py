@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from qdbpool.errors import ArgumentTypeError
 from qdbpool.protocol import ConnectionFactory
 
 # Parameters of quasardb.Cluster that carry secrets: never shown in a repr or a log line.
@@ -30,7 +31,7 @@ class QuasarDB(ConnectionFactory):
     def __init__(self, uri: str | None = None, **cluster_kwargs: Any) -> None:
         if uri is not None:
             if not isinstance(uri, str):
-                raise TypeError(f"QuasarDB uri must be a str, not {type(uri).__name__}")
+                raise ArgumentTypeError(f"QuasarDB uri must be a str, not {type(uri).__name__}")
             cluster_kwargs["uri"] = uri
         self._cluster_kwargs = cluster_kwargs
         self._qdb = _import_quasardb()

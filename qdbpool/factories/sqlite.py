@@ -7,6 +7,7 @@ import os
 import sqlite3
 from typing import Any
 
+from qdbpool.errors import ArgumentTypeError
 from qdbpool.protocol import ConnectionFactory, sqlite_is_usable
 
 
@@ -19,7 +20,9 @@ class SQLite(ConnectionFactory):
 
     def __init__(self, path: str | os.PathLike[str] = ":memory:", **connect_kwargs: Any) -> None:
         if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"SQLite path must be a str or os.PathLike, not {type(path).__name__}")
+            raise ArgumentTypeError(
+                f"SQLite path must be a str or os.PathLike, not {type(path).__name__}"
+            )
         self.path = os.fspath(path)
         connect_kwargs.setdefault("check_same_thread", False)
         self._connect_kwargs = connect_kwargs

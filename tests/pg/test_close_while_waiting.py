@@ -1,0 +1,62 @@
+"""A caller waiting for a host when the pool closes gets PoolClosedError (issue 11 §4), not
+NoHostAvailableError("the pool's factory is closed"): in a close/initialize race the old
+code gave 45% of such callers the wrong error."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+import qdbpool
+from qdbpool import BoundedPool, PoolClosedError, SingletonPool
+from qdbpool.factories import Postgres
+
+CALLERS = 16
+
+
+def nothing_listening() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@pytest.mark.parametrize("pool_class", [SingletonPool, BoundedPool])
+def test_callers_waiting_for_a_primary_get_pool_closed_error_when_the_pool_closes(
+    pool_class: type[qdbpool.Pool],
+) -> None:
+    # No server at all: every caller waits (up to acquire_timeout) for a primary to appear.
+    dsn = f"postgresql://app@127.0.0.1:{nothing_listening()}/app"
+    factory = Postgres(dsn, acquire_timeout=30, refresh_delay=0.05)
+    pool = pool_class(factory)
+    outcomes: list[BaseException | None] = []
+    lock = threading.Lock()
+    started = threading.Barrier(CALLERS + 1, timeout=30)
+
+    def caller() -> None:
+        started.wait()
+        try:
+            pool.connect().close()
+            outcome: BaseException | None = None
+        except BaseException as exc:
+            outcome = exc
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=caller) for _ in range(CALLERS)]
+    for t in threads:
+        t.start()
+    started.wait()
+    time.sleep(0.2)  # not synchronisation: let the callers get into their wait
+    closed_at = time.monotonic()
+    pool.close(timeout=0)
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads)
+    assert time.monotonic() - closed_at < 10
+    kinds = sorted({type(o).__name__ for o in outcomes})
+    assert kinds == ["PoolClosedError"], (pool_class.__name__, kinds, outcomes[:3])
+    assert all(isinstance(o, PoolClosedError) for o in outcomes)
