@@ -149,9 +149,9 @@ class BoundedPool(Pool):
         with self._lock:
             if self._closed:
                 raise PoolClosedError("the pool is closed")
-            expired = self._take_expired_burst_locked(time.monotonic())
+            expired = self._take_expired_burst_locked()
             idle, other_idle = self._idle[route], self._idle[_other(route)]
-            if any(w.route == route for w in self._waiters):
+            if self._waiters and any(w.route == route for w in self._waiters):
                 waiter = self._enqueue_locked(route)  # others were first: no overtaking
             elif idle:
                 found = idle.pop()  # the most recently used: the extras age out instead
@@ -262,7 +262,11 @@ class BoundedPool(Pool):
             if self._closed:
                 trade = True
             else:
-                waiter = next((w for w in self._waiters if w.route == route), None)
+                waiter = (
+                    next((w for w in self._waiters if w.route == route), None)
+                    if self._waiters
+                    else None
+                )
                 if waiter is not None:
                     self._waiters.remove(waiter)
                     pooled.depth = 1  # in use by the waiter from here on (see close())
@@ -276,7 +280,7 @@ class BoundedPool(Pool):
                 if not trade:
                     pooled.depth = 0  # idle, under the lock that _acquire takes it with
                     self._idle[route].append(pooled)
-                    expired = self._take_expired_burst_locked(time.monotonic())
+                    expired = self._take_expired_burst_locked()
         if not trade:
             self._retire_burst(expired)
             return
@@ -308,7 +312,7 @@ class BoundedPool(Pool):
             waiter.granted = _CAPACITY
             waiter.event.set()
 
-    def _take_expired_burst_locked(self, now: float) -> list[PooledConnection]:
+    def _take_expired_burst_locked(self) -> list[PooledConnection]:
         """Burst connections idle long enough, oldest first, taken off the idle lists.
 
         The caller retires them once it has let go of the lock (closing is I/O); until
@@ -316,6 +320,7 @@ class BoundedPool(Pool):
         victims: list[PooledConnection] = []
         if self._reserved <= self._size:
             return victims  # no burst connection: the usual case
+        now = time.monotonic()
         for idle in self._idle.values():
             while (
                 idle
