@@ -41,6 +41,33 @@ logger = logging.getLogger("qdbpool")
 Hook = Callable[[Connection], object]
 
 
+# How many open pools use each factory: `initialize(factory)` with the previous pool's
+# factory makes the new pool before it closes the old one, and the factory (its monitor
+# thread, the callers waiting on it) must keep serving the new pool. The last to close
+# closes it.
+_factory_users: weakref.WeakKeyDictionary[ConnectionFactory, int] = weakref.WeakKeyDictionary()
+_factory_users_lock = threading.Lock()
+
+
+def _use_factory(factory: ConnectionFactory) -> None:
+    with _factory_users_lock, contextlib.suppress(TypeError):  # unhashable: not counted
+        _factory_users[factory] = _factory_users.get(factory, 0) + 1
+
+
+def _last_user_of(factory: ConnectionFactory) -> bool:
+    """One pool stopped using `factory`: whether it was the last."""
+    with _factory_users_lock:
+        try:
+            left = _factory_users.get(factory, 1) - 1
+            if left > 0:
+                _factory_users[factory] = left
+                return False
+            _factory_users.pop(factory, None)
+        except TypeError:  # unhashable, never counted
+            pass
+        return True
+
+
 #: The generation of a closed connection. No Generation counter ever holds it, so the one
 #: generation compare at a checkout also turns away closed connections.
 _CLOSED_GENERATION = -1
@@ -207,6 +234,7 @@ class Pool:
         self._conn_types: frozenset[type] = frozenset()
         self._closed = False
         self._init_state()
+        _use_factory(self._factory)  # last: a pool whose arguments were refused never counts
         _fork.watch(self)
 
     def _init_state(self) -> None:
@@ -319,7 +347,7 @@ class Pool:
         for pooled in leftovers:  # came back while we waited, or never counted as out
             if self._claim_idle(pooled):
                 self._retire(pooled, "the pool closed")
-        if first:
+        if first and _last_user_of(self._factory):
             self._factory.close()
 
     @staticmethod

@@ -18,6 +18,10 @@ from qdbpool.protocol import CLEAN, LOST
 
 Connection = Any
 
+# How long close() waits for the server to end a session it said goodbye to: a backend
+# normally goes within milliseconds; a stalled host is not waited for longer than this.
+SESSION_END_WAIT = 0.25
+
 logger = logging.getLogger("qdbpool")
 
 
@@ -91,8 +95,30 @@ class HostDriver(abc.ABC):
                 dup.close()
 
     def close(self, conn: Connection) -> None:
+        """Close `conn`, then wait (briefly) until the server has ended the session.
+
+        The server closes its end of the socket only once the session is gone, so a
+        duplicate of our descriptor sees end-of-file then. Waiting for it means that a
+        replacement opened next never puts one session more on the server than the pool
+        allows (a backend otherwise lingers for a moment after the goodbye)."""
+        watcher = None
+        fd = self.socket_of(conn)
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                watcher = socket.socket(fileno=os.dup(fd))
         with contextlib.suppress(Exception):
             conn.close()
+        if watcher is None:
+            return
+        try:
+            watcher.settimeout(SESSION_END_WAIT)
+            for _ in range(64):  # whatever the server still sends, then end-of-file
+                if not watcher.recv(4096):
+                    break
+        except OSError:  # reset, or no end within the wait (a stalled host): go on
+            pass
+        finally:
+            watcher.close()
 
     def cancel_sender(self, conn: Connection, address: HostPort) -> Callable[[], None] | None:
         """What asks the server at `address` to stop the statement `conn` is running, over

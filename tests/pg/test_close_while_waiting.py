@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -60,3 +61,33 @@ def test_callers_waiting_for_a_primary_get_pool_closed_error_when_the_pool_close
     kinds = sorted({type(o).__name__ for o in outcomes})
     assert kinds == ["PoolClosedError"], (pool_class.__name__, kinds, outcomes[:3])
     assert all(isinstance(o, PoolClosedError) for o in outcomes)
+
+
+def test_closing_the_previous_pool_of_a_shared_factory_leaves_the_new_pools_callers_waiting() -> (
+    None
+):
+    # initialize(factory) again makes the new pool before it closes the old one: the old
+    # pool's close() must not close the factory under the new pool's waiting callers.
+    dsn = f"postgresql://app@127.0.0.1:{nothing_listening()}/app"
+    factory = Postgres(dsn, acquire_timeout=30, refresh_delay=0.05)
+    qdbpool.initialize(factory)
+    new = qdbpool.initialize(factory)  # closes the first pool
+    outcome: list[BaseException] = []
+    waiting = threading.Thread(target=lambda: outcome.append(catch(new.connect)))
+    waiting.start()
+    time.sleep(0.2)  # not synchronisation: let the caller get into its wait
+    other = SingletonPool(factory)
+    other.close()  # a third user of the factory comes and goes
+    waiting.join(0.5)
+    assert waiting.is_alive(), outcome  # still waiting for a primary: the factory is open
+    new.close(timeout=0)
+    waiting.join(10)
+    assert [type(o) for o in outcome] == [PoolClosedError]
+
+
+def catch(fn: Callable[[], object]) -> BaseException:
+    try:
+        fn()
+    except BaseException as exc:
+        return exc
+    raise AssertionError("expected an error")
