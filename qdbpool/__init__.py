@@ -19,8 +19,9 @@ from qdbpool.errors import (
     PoolTimeoutError,
     QdbPoolError,
 )
-from qdbpool.pool import Pool, SingletonPool
+from qdbpool.pool import Pool
 from qdbpool.session import SessionWrapper
+from qdbpool.singleton import SingletonPool
 from qdbpool.stats import PoolStats
 from qdbpool.with_conn import with_conn
 

@@ -8,7 +8,8 @@ from typing import Any
 
 from qdbpool import _fork
 from qdbpool.errors import PoolNotInitializedError
-from qdbpool.pool import Pool, SingletonPool
+from qdbpool.pool import Pool
+from qdbpool.singleton import SingletonPool
 
 # Read without the lock on every @with_conn call (one attribute load); written under it.
 current: Pool | None = None

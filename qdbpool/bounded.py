@@ -20,7 +20,8 @@ from typing import Any
 
 from qdbpool import validation
 from qdbpool.errors import ConfigurationError, PoolClosedError, PoolTimeoutError
-from qdbpool.pool import Pool, PooledConnection
+from qdbpool.pool import Pool
+from qdbpool.pooled import PooledConnection
 from qdbpool.protocol import Connection, ConnectionFactory
 
 _CAPACITY = "capacity"  # a waiter was given room to open a connection of its own

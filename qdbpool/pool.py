@@ -1,4 +1,4 @@
-"""Pool, the behaviour every pool strategy shares, and SingletonPool: one connection per thread.
+"""Pool: the behaviour every pool strategy shares (SingletonPool, BoundedPool).
 
 The hot path (a checkout of a connection the thread already holds) does no I/O, takes no
 lock and calls no logger: one thread-local lookup and a generation compare on the way out,
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 import weakref
@@ -25,12 +24,12 @@ from typing import Any
 from qdbpool import _fork, validation
 from qdbpool.backoff import Backoff
 from qdbpool.errors import ArgumentTypeError, ConfigurationError, PoolClosedError
+from qdbpool.pooled import PooledConnection
 from qdbpool.protocol import (
     CLEAN,
     LOST,
     Connection,
     ConnectionFactory,
-    Generation,
     as_factory,
 )
 from qdbpool.session import SessionWrapper
@@ -66,78 +65,6 @@ def _last_user_of(factory: ConnectionFactory) -> bool:
         except TypeError:  # unhashable, never counted
             pass
         return True
-
-
-#: The generation of a closed connection. No Generation counter ever holds it, so the one
-#: generation compare at a checkout also turns away closed connections.
-_CLOSED_GENERATION = -1
-
-
-class PooledConnection:
-    """A driver connection and what the pool knows about it.
-
-    Not public: user code sees the driver's connection (in `@with_conn`) or a SessionWrapper.
-    """
-
-    __slots__ = (
-        "__weakref__",
-        "born",
-        "checkouts",
-        "closed",
-        "depth",
-        "generation",
-        "last_used",
-        "orphaned",
-        "owner",
-        "pid",
-        "pool",
-        "raw",
-        "read_only",
-        "watched",
-    )
-
-    def __init__(
-        self,
-        pool: Pool,
-        raw: Connection,
-        read_only: bool,
-        now: float,
-        generation: tuple[Generation, int],
-    ) -> None:
-        self.pool = pool
-        self.raw = raw
-        self.read_only = read_only
-        # Fit while watched.value == generation (the factory moves `watched` on).
-        self.watched, self.generation = generation
-        self.born = now
-        self.last_used = now
-        self.depth = 0  # nested checkouts in progress; 0 = idle
-        self.checkouts = 0  # counted by the thread that holds it, without the lock
-        self.closed = False
-        # Closed by the pool while its holder kept it past close()'s timeout: counted closed
-        # already, and the holder closes the driver connection when it lets go of it.
-        self.orphaned = False
-        self.owner = threading.get_ident()
-        self.pid = os.getpid()  # a forked child must leave its parent's connections alone
-
-    def mark_closed(self) -> None:
-        """No checkout may take it any more (whether or not the driver connection is shut)."""
-        self.closed = True
-        self.generation = _CLOSED_GENERATION
-
-    def __del__(self) -> None:
-        # The last reference went away: for SingletonPool, the thread that held it ended.
-        if self.pid != os.getpid():
-            # A forked child frees the other threads' thread-local slots inside os.fork(),
-            # before any at-fork hook runs. Closing here would end the parent's session, and
-            # the pool's lock may be held by a thread that does not exist in this process.
-            _fork.keep_inherited(self.raw)
-            return
-        if not self.closed or self.orphaned:
-            # Not through the thread-local: this may run while that thread is torn down.
-            # Anything may fail at interpreter shutdown; nothing is left to protect then.
-            with contextlib.suppress(Exception):
-                self.pool._retire(self, "its thread ended", forget=False)
 
 
 def _check_pre_ping(value: bool | float) -> float | None:
@@ -291,7 +218,11 @@ class Pool:
             return
         pooled = self._find_held(conn)
         if pooled is not None:
-            self._checkin(pooled)
+            session = pooled.session() if pooled.session is not None else None
+            if isinstance(session, SessionWrapper) and not session.released:
+                session._release_from(self)  # so that it stops reaching the connection
+            else:
+                self._checkin(pooled)
             return
         with self._lock:
             known = any(p.raw is conn for p in self._live)
@@ -630,99 +561,3 @@ class Pool:
             _fork.keep_inherited(pooled.raw)
         self._init_state()
         self._factory.after_fork_in_child()
-
-
-class SingletonPool(Pool):
-    """One connection per thread (per route: a thread may hold a primary and a replica
-    connection). A thread's connection is closed when the thread ends.
-
-    Checkouts nested in one thread (a decorated function calling another, or `connect()`
-    inside `@with_conn`) share that thread's connection.
-
-    Takes the arguments of `Pool`.
-    """
-
-    def _checkout(self, read_only: bool) -> PooledConnection:
-        route = "ro" if read_only and self._routes else "rw"
-        pooled: PooledConnection | None = getattr(self._local, route, None)
-        # The usual case: the thread's idle connection, fit as it is. Marked in use before
-        # the checks: a concurrent close() then either sees it in use (and leaves it for our
-        # release) or has already marked it closed (which the generation compare sees).
-        if pooled is not None and not pooled.depth:
-            pooled.depth = 1
-            if pooled.watched.value == pooled.generation and not self._timed:
-                pooled.checkouts += 1
-                return pooled
-            pooled.depth = 0
-        return self._checkout_checked(route, pooled, read_only)
-
-    def _checkout_checked(
-        self, route: str, pooled: PooledConnection | None, read_only: bool
-    ) -> PooledConnection:
-        """_checkout's slow twin: a first or nested checkout, limits, a stale connection."""
-        if pooled is None:
-            return self._take_new(route, read_only)
-        depth = pooled.depth = pooled.depth + 1
-        if (
-            self._closed
-            or pooled.watched.value != pooled.generation
-            # Liveness was checked when it last came back; again only if it never came back
-            # (a nested or a leaked checkout).
-            or (depth > 1 and not self._is_usable(pooled.raw))
-            or (self._timed and depth == 1 and not self._is_fit(pooled))
-        ):
-            return self._replace(route, pooled, read_only)
-        pooled.checkouts += 1
-        return pooled
-
-    def _take_new(self, route: str, read_only: bool) -> PooledConnection:
-        pooled = self._open(read_only)
-        pooled.checkouts = 1
-        setattr(self._local, route, pooled)
-        return pooled
-
-    def _replace(self, route: str, pooled: PooledConnection, read_only: bool) -> PooledConnection:
-        pooled.depth -= 1
-        if self._closed:
-            if pooled.depth == 0:
-                self._retire(pooled, "the pool closed")
-            raise PoolClosedError("the pool is closed")
-        self._retire(pooled, "it failed validation at checkout", discarded=True)
-        return self._take_new(route, read_only)
-
-    def _checkin(self, pooled: PooledConnection) -> None:
-        if pooled.depth == 1 and not self._full_release:
-            try:  # the factory's cheapest look: falsy means clean for certain
-                dirty = self._after_use_hint(pooled.raw)
-            except Exception:
-                dirty = True
-            if not dirty:
-                pooled.depth = 0  # idle, and still this thread's
-                if pooled.closed:  # read after that store: see _claim_idle
-                    self._retire(pooled, "the pool closed")
-                return
-        self._checkin_checked(pooled)
-
-    def _checkin_checked(self, pooled: PooledConnection) -> None:
-        """_checkin's slow twin: a nested checkout, or a connection to look at properly."""
-        if pooled.depth > 1:
-            pooled.depth -= 1  # an outer call in this thread still uses it
-            return
-        # Still marked in use while we look at it and reset it, so that close() leaves it
-        # alone until we are done (it would otherwise close it under the reset hook).
-        if not (pooled.closed or self._closed) and not self._after_use(pooled):
-            pooled.depth = 0
-            return  # dropped
-        pooled.depth = 0
-        if pooled.closed or self._closed:  # read after the store above: see _claim_idle
-            self._retire(pooled, "the pool closed")
-
-    def _release_dropped(self, pooled: PooledConnection) -> None:
-        if pooled.owner == threading.get_ident():
-            self._checkin(pooled)
-            return
-        # Another thread's connection: it may be using it (nested) or about to, so never
-        # reset it from here; if this was its only checkout, close it the safe way.
-        pooled.depth -= 1
-        if self._claim_idle(pooled):
-            self._retire(pooled, "its unreleased checkout was garbage collected", discarded=True)

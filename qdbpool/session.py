@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from qdbpool.errors import ArgumentTypeError, ConfigurationError, ConnectionReleasedError
 
 if TYPE_CHECKING:
-    from qdbpool.pool import Pool, PooledConnection
+    from qdbpool.pool import Pool
+    from qdbpool.pooled import PooledConnection
 
 logger = logging.getLogger("qdbpool")
 
@@ -63,6 +65,7 @@ class SessionWrapper:
         _set(self, "_session_conn", pooled.raw)
         _set(self, "_session_pool", pool)
         _set(self, "_session_pooled", pooled)
+        pooled.session = weakref.ref(self)
 
     # -- the connection's own surface ---------------------------------------------------
 

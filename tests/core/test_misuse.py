@@ -49,7 +49,7 @@ def run_in_thread(fn: Callable[[], object]) -> object:
 # ------------------------------------------------------------------------ use after release
 
 
-@pytest.mark.parametrize("release", ["with", "close", "pool.release"])
+@pytest.mark.parametrize("release", ["with", "close", "pool.release", "pool.release(raw)"])
 def test_every_use_of_a_released_wrapper_raises_and_touches_nothing(make, release):
     pool = make()
     conn = pool.connect()
@@ -59,8 +59,10 @@ def test_every_use_of_a_released_wrapper_raises_and_touches_nothing(make, releas
             pass
     elif release == "close":
         conn.close()
-    else:
+    elif release == "pool.release":
         pool.release(conn)
+    else:
+        pool.release(raw)
     assert conn.released
     with pytest.raises(ConnectionReleasedError, match="released"):
         conn.execute("SELECT 1")

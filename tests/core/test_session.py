@@ -141,9 +141,11 @@ def test_pool_release_of_a_wrapper_releases_it(make_pool, recorder):
 def test_pool_release_of_the_raw_driver_connection_releases_it(make_pool, recorder):
     pool = make_pool(recorder)
     conn = pool.connect()
-    pool.release(conn.__wrapped__)
+    raw = conn.__wrapped__
+    pool.release(raw)
     assert pool.stats().in_use == 0
-    pool.release(conn.__wrapped__)
+    assert conn.released  # its wrapper no longer reaches the connection
+    pool.release(raw)  # a connection the pool handed out: releasing it again is harmless
     assert pool.stats().in_use == 0
 
 

@@ -1,0 +1,90 @@
+"""PooledConnection: a driver connection and what its pool knows about it.
+
+Not public: user code sees the driver's connection (in `@with_conn`) or a SessionWrapper.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from qdbpool import _fork
+from qdbpool.protocol import Connection, Generation
+
+if TYPE_CHECKING:
+    from qdbpool.pool import Pool
+
+#: The generation of a closed connection. No Generation counter ever holds it, so the one
+#: generation compare at a checkout also turns away closed connections.
+_CLOSED_GENERATION = -1
+
+
+class PooledConnection:
+    """A driver connection and what the pool knows about it."""
+
+    __slots__ = (
+        "__weakref__",
+        "born",
+        "checkouts",
+        "closed",
+        "depth",
+        "generation",
+        "last_used",
+        "orphaned",
+        "owner",
+        "pid",
+        "pool",
+        "raw",
+        "read_only",
+        "session",
+        "watched",
+    )
+
+    def __init__(
+        self,
+        pool: Pool,
+        raw: Connection,
+        read_only: bool,
+        now: float,
+        generation: tuple[Generation, int],
+    ) -> None:
+        self.pool = pool
+        self.raw = raw
+        self.read_only = read_only
+        # Fit while watched.value == generation (the factory moves `watched` on).
+        self.watched, self.generation = generation
+        self.born = now
+        self.last_used = now
+        self.depth = 0  # nested checkouts in progress; 0 = idle
+        self.checkouts = 0  # counted by the thread that holds it, without the lock
+        self.closed = False
+        # Closed by the pool while its holder kept it past close()'s timeout: counted closed
+        # already, and the holder closes the driver connection when it lets go of it.
+        self.orphaned = False
+        self.owner = threading.get_ident()
+        self.pid = os.getpid()  # a forked child must leave its parent's connections alone
+        # The wrapper of its latest connect() (weakly: a dropped one must be collectable),
+        # so that pool.release(raw) releases through it and it stops reaching `raw`.
+        self.session: Callable[[], Any] | None = None
+
+    def mark_closed(self) -> None:
+        """No checkout may take it any more (whether or not the driver connection is shut)."""
+        self.closed = True
+        self.generation = _CLOSED_GENERATION
+
+    def __del__(self) -> None:
+        # The last reference went away: for SingletonPool, the thread that held it ended.
+        if self.pid != os.getpid():
+            # A forked child frees the other threads' thread-local slots inside os.fork(),
+            # before any at-fork hook runs. Closing here would end the parent's session, and
+            # the pool's lock may be held by a thread that does not exist in this process.
+            _fork.keep_inherited(self.raw)
+            return
+        if not self.closed or self.orphaned:
+            # Not through the thread-local: this may run while that thread is torn down.
+            # Anything may fail at interpreter shutdown; nothing is left to protect then.
+            with contextlib.suppress(Exception):
+                self.pool._retire(self, "its thread ended", forget=False)
