@@ -25,8 +25,7 @@ class SingletonPool(Pool):
     """
 
     def _checkout(self, read_only: bool) -> PooledConnection:
-        route = "ro" if read_only and self._routes else "rw"
-        pooled: PooledConnection | None = getattr(self._local, route, None)
+        pooled = self._local.ro if read_only and self._routes else self._local.rw
         # The usual case: the thread's idle connection, fit as it is. Marked in use before
         # the checks: a concurrent close() then either sees it in use (and leaves it for our
         # release) or has already marked it closed (which the generation compare sees).
@@ -36,12 +35,13 @@ class SingletonPool(Pool):
                 pooled.checkouts += 1
                 return pooled
             pooled.depth = 0
-        return self._checkout_checked(route, pooled, read_only)
+        return self._checkout_checked(read_only, pooled)
 
     def _checkout_checked(
-        self, route: str, pooled: PooledConnection | None, read_only: bool
+        self, read_only: bool, pooled: PooledConnection | None
     ) -> PooledConnection:
         """_checkout's slow twin: a first or nested checkout, limits, a stale connection."""
+        route = "ro" if read_only and self._routes else "rw"
         if pooled is None:
             return self._take_new(route, read_only)
         depth = pooled.depth = pooled.depth + 1
