@@ -52,8 +52,9 @@ class BoundedPool(Pool):
         size: Connections for the steady load.
         max_size: Connections at most, under a burst (default: `size`).
         pre_create: Connections opened when the pool is made (at most `size`).
-        timeout: Seconds a caller waits, in line, for a connection before
-            `PoolTimeoutError`.
+        timeout: Seconds a checkout may take before `PoolTimeoutError`: waiting in line
+            for a connection, or retrying a server whose new connections fail (then the
+            error's `__cause__` is the last failure).
         burst_idle: Seconds of idleness after which a connection beyond `size` is closed
             (at a later checkout or release).
         **pool_kwargs: The options of `Pool`: `pre_ping`, `max_lifetime`, `max_idle`,

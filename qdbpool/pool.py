@@ -114,8 +114,8 @@ class Pool:
             (TypeError).
 
     Raises:
-        TypeError: `get_conn` or a hook is not callable, or keyword arguments were given
-            with `get_conn`.
+        ArgumentTypeError: `get_conn` or a hook is not callable, or keyword arguments were
+            given with `get_conn` (a ConfigurationError and a TypeError).
         ConfigurationError: `pre_ping`, `max_lifetime` or `max_idle` is out of range (a
             ValueError).
     """
@@ -221,7 +221,8 @@ class Pool:
         Releasing one twice is harmless.
 
         Raises:
-            ValueError: `conn` is not a connection this pool handed out.
+            ConfigurationError: `conn` is not a connection this pool handed out (a
+                ValueError).
         """
         if isinstance(conn, SessionWrapper):
             conn._release_from(self)

@@ -3,6 +3,7 @@
 The wrapper is one ordinary closure (`_injecting`): ask the pool for the thread's connection
 (`_checkout`), call the function with it, give it back (`_checkin`). Everything about *where*
 the connection goes is worked out once, at decoration time (`_plan`).
+
 - Functions defined in a class body are also wrapped in wrapt's FunctionWrapper, whose
   descriptor binding tells a method (self or cls bound) from a staticmethod stacked on top.
 - The function receives the driver's connection itself, not a proxy: the decorator owns
