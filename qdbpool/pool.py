@@ -421,7 +421,7 @@ class Pool:
             if self._closed:
                 # e.g. a routing factory's wait for a primary, cut short by close()
                 raise PoolClosedError("the pool closed while opening a connection") from exc
-            if isinstance(exc, Exception):
+            if isinstance(exc, Exception) and not self._factory.paces_connects:
                 self._backoff.failed(exc)
             raise
 

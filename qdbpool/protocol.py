@@ -50,6 +50,12 @@ class ConnectionFactory:
     #: True when `connect(read_only=True)` may return a different (replica) connection.
     routes_reads: bool = False
 
+    #: True when the factory paces its own connection attempts (the routing factories
+    #: watch every host and back off per host, and wait for a new primary by themselves):
+    #: then the pool adds no pause of its own after a failed `connect()`, which would only
+    #: delay the first write after a failover.
+    paces_connects: bool = False
+
     def connect(self, *, read_only: bool = False) -> Connection:
         """Open and return a new driver connection (for a replica when `read_only`)."""
         raise NotImplementedError

@@ -45,6 +45,7 @@ class RoutedFactory(ConnectionFactory):
     `read_only=True` to a replica, among hosts that a monitor thread keeps checking."""
 
     routes_reads = True
+    paces_connects = True  # per host, in the topology: see ConnectionFactory.paces_connects
 
     def __init__(
         self, addresses: Sequence[HostPort], driver: HostDriver, options: RoutingOptions

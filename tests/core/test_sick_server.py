@@ -170,3 +170,23 @@ def test_closing_the_pool_wakes_a_caller_waiting_out_a_pause():
     t.join(5)
     assert not t.is_alive()
     assert len(outcome) == 1 and isinstance(outcome[0], qdbpool.PoolClosedError)
+
+
+def test_a_factory_that_paces_its_own_attempts_gets_no_pause_from_the_pool():
+    # A routing factory waits for a new primary and backs off per host by itself: a pause
+    # of the pool's own after a failed connect() would only delay writes after a failover.
+    factory = SickSQLite()
+    factory.paces_connects = True
+    factory.refuse = True
+    pool = SingletonPool(factory)
+    try:
+        for _ in range(5):  # five refusals in a row ...
+            with pytest.raises(sqlite3.OperationalError):
+                pool.connect()
+        factory.refuse = False
+        started = time.monotonic()
+        with pool.connect() as conn:  # ... and the next attempt is made at once
+            conn.execute("SELECT 1")
+        assert time.monotonic() - started < 0.05
+    finally:
+        pool.close(timeout=0)
