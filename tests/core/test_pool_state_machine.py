@@ -57,7 +57,7 @@ import qdbpool
 from qdbpool import BoundedPool, SingletonPool
 from qdbpool.protocol import ConnectionFactory
 
-JOIN = 30.0  # seconds: a bound on every wait for a worker, never reached when things work
+JOIN = 10.0  # seconds: a bound on every wait for a worker, never reached when things work
 WORKERS = 3
 POOL_TIMEOUT = 0.02  # BoundedPool's wait for a connection: only ever waited out in full
 CLOSE_TIMEOUT = 0.02  # close()'s wait for holders that this sequential test never releases
@@ -613,15 +613,20 @@ class PoolMachine(RuleBasedStateMachine):
         record.checkouts += 1
         self.handles[hid] = Handle(hid, slot, record, route, raw)
 
-    @rule(pick=st.integers(0, 7), how=st.sampled_from(["close", "pool.release", "__exit__"]))
+    @rule(
+        pick=st.integers(0, 7),
+        how=st.sampled_from(["close", "pool.release", "__exit__"]),
+        keep=st.booleans(),
+    )
     @precondition(lambda self: self.unreleased())
-    def release(self, pick: int, how: str) -> None:
+    def release(self, pick: int, how: str, keep: bool) -> None:
+        """Release a held wrapper; `keep`: the worker keeps a reference to it afterwards."""
         handle = self.pick(pick, self.unreleased())
         pool = handle.record.pool
         hid = handle.hid
 
         def command(held: dict[int, Any]) -> None:
-            wrapper = held[hid]
+            wrapper = held[hid] if keep else held.pop(hid)
             if how == "close":
                 wrapper.close()
             elif how == "pool.release":
@@ -634,6 +639,8 @@ class PoolMachine(RuleBasedStateMachine):
         allowed = (None, "ValueError") if handle.record.closed else (None,)
         assert outcome.raised in allowed, outcome
         handle.released = True
+        if not keep:
+            del self.handles[hid]
         if not self.held_by(handle.worker, handle.record, handle.route):
             # The holder's last checkout of it ended: reset (or closed, if it broke).
             raw = handle.raw
@@ -852,9 +859,10 @@ class PoolMachine(RuleBasedStateMachine):
         for hid in gone:
             del self.handles[hid]
 
-    @rule(by=st.none() | st.integers(0, WORKERS - 1))
-    def close_pool(self, by: int | None) -> None:
-        """close() from the main thread or a worker (which may hold checkouts itself)."""
+    @rule(by=st.none() | st.integers(0, WORKERS - 1), then_reinitialize=st.booleans())
+    def close_pool(self, by: int | None, then_reinitialize: bool) -> None:
+        """close() from the main thread or a worker (which may hold checkouts itself),
+        and maybe a new pool at once (where the last step does not forbid it)."""
         record = self.current
         others = {n for n, slots in self.live_held(record).items() if slots - {by}}
         timeout = CLOSE_TIMEOUT if others else 5.0
@@ -863,6 +871,8 @@ class PoolMachine(RuleBasedStateMachine):
         else:
             assert self.run(by, lambda held: record.pool.close(timeout)).raised is None
         record.closed = True
+        if then_reinitialize and not self.live_held(record):
+            self.reinitialize(same_factory=True)
 
     @rule(same_factory=st.booleans())
     @precondition(lambda self: not self.live_held(self.current))
@@ -1085,7 +1095,7 @@ class ResetHookLeavesTransaction(KnownBugMachine):
 
 _PROFILES = {
     # ~10 s per machine on a loaded 2-core machine.
-    "default": {"max_examples": 60, "stateful_step_count": 30},
+    "default": {"max_examples": 100, "stateful_step_count": 30},
     "soak": {"max_examples": 1500, "stateful_step_count": 80},
 }
 _PROFILE = _PROFILES[os.environ.get("QDBPOOL_HYPOTHESIS_PROFILE", "default")]
