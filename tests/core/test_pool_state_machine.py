@@ -1095,7 +1095,7 @@ class ResetHookLeavesTransaction(KnownBugMachine):
 
 _PROFILES = {
     # ~10 s per machine on a loaded 2-core machine.
-    "default": {"max_examples": 100, "stateful_step_count": 30},
+    "default": {"max_examples": 60, "stateful_step_count": 30},
     "soak": {"max_examples": 1500, "stateful_step_count": 80},
 }
 _PROFILE = _PROFILES[os.environ.get("QDBPOOL_HYPOTHESIS_PROFILE", "default")]
