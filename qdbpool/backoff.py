@@ -11,6 +11,7 @@ The pool asks only when it opens a connection, never on the path of an idle chec
 
 from __future__ import annotations
 
+import copy
 import random
 import threading
 import time
@@ -62,7 +63,7 @@ class Backoff:
             self._failures += 1
             delay = min(MAX_DELAY, INITIAL_DELAY * 2 ** min(self._failures - 1, 16))
             self._not_before = time.monotonic() + delay * random.uniform(0.5, 1.0)
-            self._last_error = error
+            self._last_error = _detached(error)
 
     def succeeded(self) -> None:
         """An attempt worked: the next may start at once."""
@@ -71,3 +72,17 @@ class Backoff:
                 self._failures = 0
                 self._not_before = 0.0
                 self._last_error = None
+
+
+def _detached(error: BaseException) -> BaseException:
+    """A copy of `error` without its traceback: the traceback holds the failing caller's
+    frames, whose locals would otherwise live on here (a connection among them, kept open
+    past its thread's end)."""
+    try:
+        twin = copy.copy(error)
+    except Exception:  # a driver error that cannot be copied: its type and text will do
+        twin = None
+    if not isinstance(twin, BaseException):
+        twin = RuntimeError(f"{type(error).__name__}: {error}")
+    twin.__traceback__ = None
+    return twin

@@ -61,6 +61,8 @@ class SessionWrapper:
 
     __slots__ = ("__weakref__", "_session_conn", "_session_pool", "_session_pooled")
 
+    _session_pooled: PooledConnection | None
+
     def __init__(self, pool: Pool, pooled: PooledConnection) -> None:
         _set(self, "_session_conn", pooled.raw)
         _set(self, "_session_pool", pool)
@@ -123,8 +125,12 @@ class SessionWrapper:
     ) -> None:
         if self._session_conn is RELEASED:
             return  # released inside the block already
-        _set(self, "_session_conn", RELEASED)  # before the pool may hand it to anyone else
         pooled = self._session_pooled
+        # Before the pool may hand the connection to anyone else; and a released wrapper
+        # someone keeps must not keep the connection's record alive (its thread's end
+        # closes the connection only once nothing refers to the record).
+        _set(self, "_session_conn", RELEASED)
+        _set(self, "_session_pooled", None)
         if exc is not None:
             self._session_pool._on_error(pooled, exc)
         self._session_pool._checkin(pooled)
@@ -137,16 +143,19 @@ class SessionWrapper:
         if pool is not self._session_pool:
             raise ConfigurationError("this connection belongs to another pool")
         if self._session_conn is not RELEASED:
+            pooled = self._session_pooled
             _set(self, "_session_conn", RELEASED)
-            pool._checkin(self._session_pooled)
+            _set(self, "_session_pooled", None)
+            pool._checkin(pooled)
 
     def __del__(self) -> None:
         if self._session_conn is RELEASED:
             return
         pooled = self._session_pooled
-        if pooled.pid != os.getpid():
+        if pooled is None or pooled.pid != os.getpid():
             return  # a forked child: the parent's connection is not ours to release
         _set(self, "_session_conn", RELEASED)
+        _set(self, "_session_pooled", None)
         logger.warning(
             "a connection from connect() was garbage collected without being released; "
             "released now (use `with pool.connect() as conn:`)"

