@@ -259,7 +259,7 @@ def test_burst_connections_close_once_idle_for_burst_idle(
     wait_until(shrunk, timeout=WAIT, interval=0.05, what="shrink back to size")
     stats = pool.stats()
     assert (stats.open, stats.closed, stats.discarded) == (2, 2, 0)
-    assert len(sqlite_factory.open_connections()) == 2
+    assert len(sqlite_factory.still_open()) == 2
 
 
 def test_burst_connections_stay_while_idle_less_than_burst_idle(
@@ -373,7 +373,7 @@ def test_connect_after_close_raises_pool_closed_error(
     pool.close()
     with pytest.raises(PoolClosedError):
         pool.connect()
-    assert sqlite_factory.open_connections() == []
+    assert sqlite_factory.still_open() == []
 
 
 # ------------------------------------------------------------------ with_conn

@@ -1,0 +1,259 @@
+"""Fixtures shared by every suite: a clean global pool per test, pools closed after their
+test, both pool classes for the behaviour they share, real sqlite3 connections a test can
+inspect, a hand-moved clock, polling with a deadline and threads joined at teardown.
+
+Helpers are handed out as fixtures: the suite runs with --import-mode=importlib, so test
+modules (and the suites' own conftest files) cannot import this file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+import types
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+import qdbpool
+import qdbpool.pool
+from qdbpool import _global
+from qdbpool.factories import SQLite
+
+T = TypeVar("T")
+
+# How long the teardown of a pool waits for connections still in use: long enough for a
+# holder the test has just told to let go, short enough not to slow a suite down.
+CLOSE_TIMEOUT = 1.0
+
+
+# -- pools --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def no_global_pool(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test starts with no global pool; whatever it initialized is closed after it."""
+    monkeypatch.setattr(_global, "current", None)
+    yield
+    pool = _global.current
+    if pool is not None:
+        pool.close(timeout=CLOSE_TIMEOUT)
+
+
+@pytest.fixture(params=[qdbpool.SingletonPool, qdbpool.BoundedPool], ids=["singleton", "bounded"])
+def pool_cls(request: pytest.FixtureRequest) -> type[qdbpool.Pool]:
+    """Each pool class in turn, for the behaviour both share (validation, hooks, stats,
+    close, lifetime): `make_pool(..., pool_cls=pool_cls)`."""
+    cls: type[qdbpool.Pool] = request.param
+    return cls
+
+
+@pytest.fixture
+def make_pool() -> Iterator[Callable[..., Any]]:
+    """make_pool(*args, pool_cls=SingletonPool, **kwargs): a pool, closed when the test ends
+    whatever happens (a pool closes its factory)."""
+    pools: list[qdbpool.Pool] = []
+
+    def make(
+        *args: Any, pool_cls: type[qdbpool.Pool] = qdbpool.SingletonPool, **kwargs: Any
+    ) -> Any:
+        pool = pool_cls(*args, **kwargs)
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        with contextlib.suppress(Exception):
+            pool.close(timeout=CLOSE_TIMEOUT)
+
+
+# -- real sqlite3 connections -------------------------------------------------------------------
+
+
+def is_closed(conn: sqlite3.Connection) -> bool:
+    """Whether a real sqlite3 connection has been closed (no I/O, any thread)."""
+    try:
+        conn.total_changes  # noqa: B018 - raises ProgrammingError once closed
+    except sqlite3.ProgrammingError:
+        return True
+    return False
+
+
+@pytest.fixture
+def closed_check() -> Callable[[sqlite3.Connection], bool]:
+    """`is_closed(conn)` for real sqlite3 connections."""
+    return is_closed
+
+
+class Recorder:
+    """A plain `get_conn` callable: opens real sqlite3 connections and remembers every one."""
+
+    def __init__(self, path: str = ":memory:") -> None:
+        self.path = path
+        self.created: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def __call__(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False)
+        with self._lock:
+            self.created.append(conn)
+        return conn
+
+    def still_open(self) -> list[sqlite3.Connection]:
+        with self._lock:
+            return [c for c in self.created if not is_closed(c)]
+
+
+class RecordingSQLite(SQLite):
+    """The SQLite factory (rollback at release, ...), remembering every connection it
+    opened, in order."""
+
+    def __init__(self) -> None:
+        super().__init__(":memory:")
+        self.created: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def connect(self, *, read_only: bool = False) -> sqlite3.Connection:
+        conn = super().connect(read_only=read_only)
+        with self._lock:
+            self.created.append(conn)
+        return conn
+
+    def still_open(self) -> list[sqlite3.Connection]:
+        with self._lock:
+            return [c for c in self.created if not is_closed(c)]
+
+
+class PingableConnection:
+    """A real sqlite3 connection behind a `ping()` that the test can make fail."""
+
+    def __init__(self) -> None:
+        self.db = sqlite3.connect(":memory:", check_same_thread=False)
+        self.pings = 0
+        self.ping_fails = False
+
+    @property
+    def closed(self) -> bool:
+        return is_closed(self.db)
+
+    def ping(self) -> None:
+        self.pings += 1
+        if self.ping_fails:
+            raise ConnectionError("ping failed")
+        self.db.execute("SELECT 1").fetchall()
+
+    def execute(self, sql: str, *params: Any) -> sqlite3.Cursor:
+        return self.db.execute(sql, *params)
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class PingableRecorder:
+    """`get_conn` making PingableConnections, remembering each."""
+
+    def __init__(self) -> None:
+        self.created: list[PingableConnection] = []
+
+    def __call__(self) -> PingableConnection:
+        conn = PingableConnection()
+        self.created.append(conn)
+        return conn
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def make_recorder() -> Callable[..., Recorder]:
+    return Recorder
+
+
+@pytest.fixture
+def sqlite_factory() -> RecordingSQLite:
+    return RecordingSQLite()
+
+
+@pytest.fixture
+def pingable() -> PingableRecorder:
+    return PingableRecorder()
+
+
+# -- time ---------------------------------------------------------------------------------------
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    """Replaces the clock that lifetime, idleness and pre-ping read (the stdlib `time`
+    module as qdbpool.pool sees it); BoundedPool's waits keep the real one."""
+    c = Clock()
+    monkeypatch.setattr(qdbpool.pool, "time", types.SimpleNamespace(monotonic=c.monotonic))
+    return c
+
+
+def _poll(
+    probe: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.01, what: str = "it"
+) -> T:
+    """Call `probe` until it returns something truthy, and return that; AssertionError
+    after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        last = probe()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what} not reached within {timeout:g}s (last: {last!r})")
+        time.sleep(interval)  # polling interval, not synchronisation
+
+
+@pytest.fixture
+def poll() -> Callable[..., Any]:
+    """poll(probe, timeout=10, interval=0.01, what="it"): the first truthy probe() result."""
+    return _poll
+
+
+# -- threads ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def threads() -> Iterator[Callable[..., threading.Thread]]:
+    """threads(target, *args, name=None): a started daemon thread, joined (bounded) at
+    teardown. The target's exception, if any, is kept in `thread.error` for the test."""
+    started: list[threading.Thread] = []
+
+    def start(
+        target: Callable[..., object], *args: Any, name: str | None = None
+    ) -> threading.Thread:
+        def run() -> None:
+            try:
+                target(*args)
+            except BaseException as exc:
+                thread.error = exc  # type: ignore[attr-defined]
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
+        thread.error = None  # type: ignore[attr-defined]
+        started.append(thread)
+        thread.start()
+        return thread
+
+    yield start
+    for thread in started:
+        thread.join(timeout=10)
