@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 import qdbpool
+import qdbpool.bounded
 import qdbpool.pool
 from qdbpool import _global
 from qdbpool.factories import SQLite
@@ -202,10 +203,13 @@ class Clock:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    """Replaces the clock that lifetime, idleness and pre-ping read (the stdlib `time`
-    module as qdbpool.pool sees it); BoundedPool's waits keep the real one."""
+    """Replaces the clock the pools read (the stdlib `time` module as qdbpool.pool and
+    qdbpool.bounded see it): lifetime, idleness, pre-ping, and BoundedPool's burst_idle and
+    waits (which then last their whole timeout: leave waiting to the tests without it)."""
     c = Clock()
-    monkeypatch.setattr(qdbpool.pool, "time", types.SimpleNamespace(monotonic=c.monotonic))
+    fake = types.SimpleNamespace(monotonic=c.monotonic)
+    monkeypatch.setattr(qdbpool.pool, "time", fake)
+    monkeypatch.setattr(qdbpool.bounded, "time", fake)
     return c
 
 

@@ -7,6 +7,7 @@ modules cannot import this file.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,6 +21,20 @@ def global_pool(recorder: Any) -> qdbpool.SingletonPool:
     pool = qdbpool.initialize(recorder)
     assert isinstance(pool, qdbpool.SingletonPool)
     return pool
+
+
+@pytest.fixture
+def make_global_pool(
+    make_pool: Callable[..., Any], pool_cls: type[qdbpool.Pool]
+) -> Callable[..., qdbpool.Pool]:
+    """make_global_pool(get_conn, **kwargs): a pool of each class in turn (`pool_cls`),
+    made the global pool, for `@with_conn` behaviour that both classes share."""
+
+    def make(*args: Any, **kwargs: Any) -> qdbpool.Pool:
+        pool: qdbpool.Pool = qdbpool.initialize(make_pool(*args, pool_cls=pool_cls, **kwargs))
+        return pool
+
+    return make
 
 
 @pytest.fixture

@@ -1,4 +1,8 @@
-"""When connections close: the end of their thread, pool.close(), `with SingletonPool(...)`."""
+"""When connections close: the end of their thread, pool.close(), `with SingletonPool(...)`.
+
+What both pool classes share runs against each (`pool_cls`); the end of a thread is a
+SingletonPool's alone.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import time
 import pytest
 
 import qdbpool
-from qdbpool import PoolClosedError, SingletonPool, with_conn
+from qdbpool import PoolClosedError, with_conn
 
 JOIN = 30  # seconds: a bound on every join, never reached when things work
 
@@ -131,8 +135,8 @@ def test_close_closes_idle_connections_of_live_threads_at_once(make_pool, record
     assert [type(e) for e in after_close] == [PoolClosedError]
 
 
-def test_connect_after_close_raises_pool_closed_error(make_pool, recorder):
-    pool = make_pool(recorder)
+def test_connect_after_close_raises_pool_closed_error(make_pool, pool_cls, recorder):
+    pool = make_pool(recorder, pool_cls=pool_cls)
     with pool.connect():
         pass
     pool.close()
@@ -140,10 +144,11 @@ def test_connect_after_close_raises_pool_closed_error(make_pool, recorder):
         pool.connect()
     with pytest.raises(PoolClosedError):
         pool.connect(read_only=True)
+    assert recorder.still_open() == []
 
 
-def test_close_is_idempotent(make_pool, recorder, closed_check):
-    pool = make_pool(recorder)
+def test_close_is_idempotent(make_pool, pool_cls, recorder, closed_check):
+    pool = make_pool(recorder, pool_cls=pool_cls)
     with pool.connect():
         pass
     pool.close()
@@ -202,9 +207,9 @@ def test_concurrent_close_from_eight_threads_closes_each_connection_once(make_po
 
 
 def test_close_waits_for_a_connection_in_use_by_another_thread_then_closes_it(
-    make_pool, recorder, closed_check
+    make_pool, pool_cls, recorder, closed_check
 ):
-    pool = make_pool(recorder)
+    pool = make_pool(recorder, pool_cls=pool_cls)
     checked_out, may_release = threading.Event(), threading.Event()
     seen: dict[str, object] = {}
 
@@ -280,11 +285,11 @@ def test_close_returns_as_soon_as_a_decorated_call_in_another_thread_ends(
 
 
 def test_close_with_timeout_returns_but_never_closes_a_connection_under_its_holder(
-    make_pool, recorder, closed_check
+    make_pool, pool_cls, recorder, closed_check
 ):
     # Freeing a connection under the thread using it can crash the interpreter (sqlite3,
     # libpq): close() gives up waiting after `timeout`, and the holder closes it on release.
-    pool = make_pool(recorder)
+    pool = make_pool(recorder, pool_cls=pool_cls)
     checked_out, finish = threading.Event(), threading.Event()
     seen: dict[str, object] = {}
 
@@ -320,8 +325,10 @@ def test_close_with_timeout_returns_but_never_closes_a_connection_under_its_hold
 
 
 def test_closing_the_global_pool_inside_a_decorated_call_leaves_its_connection_closed(
-    global_pool, recorder, closed_check
+    make_global_pool, recorder, closed_check
 ):
+    pool = make_global_pool(recorder)
+
     @with_conn
     def use(conn):
         qdbpool.close()
@@ -329,11 +336,11 @@ def test_closing_the_global_pool_inside_a_decorated_call_leaves_its_connection_c
 
     use()
     assert closed_check(recorder.created[0])
-    assert global_pool.stats().open == 0
+    assert pool.stats().open == 0
 
 
-def test_with_block_on_the_pool_closes_it_on_exit(recorder, closed_check):
-    with SingletonPool(recorder) as pool:
+def test_with_block_on_the_pool_closes_it_on_exit(pool_cls, recorder, closed_check):
+    with pool_cls(recorder) as pool:
         with pool.connect() as conn:
             conn.execute("SELECT 1")
         assert not pool.closed
@@ -344,8 +351,10 @@ def test_with_block_on_the_pool_closes_it_on_exit(recorder, closed_check):
         pool.connect()
 
 
-def test_with_block_on_the_pool_closes_it_when_an_error_leaves_the_block(recorder, closed_check):
-    with pytest.raises(KeyError), SingletonPool(recorder) as pool:
+def test_with_block_on_the_pool_closes_it_when_an_error_leaves_the_block(
+    pool_cls, recorder, closed_check
+):
+    with pytest.raises(KeyError), pool_cls(recorder) as pool:
         with pool.connect():
             pass
         raise KeyError("x")
