@@ -271,26 +271,7 @@ def spawn_cli() -> Iterator[Callable[..., CliProcess]]:
         cli.stop()
 
 
-# -- polling ------------------------------------------------------------------------------------
-
-
-def _poll(
-    probe: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.01, what: str = "it"
-) -> T:
-    """Call `probe` until it returns something truthy; AssertionError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not reached within {timeout:g}s (last: {last!r})")
-        time.sleep(interval)  # polling interval, not synchronisation
-
-
-@pytest.fixture
-def poll() -> Callable[..., Any]:
-    return _poll
+# -- terminals ---------------------------------------------------------------------------------
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any
 import pymysql
 import pytest
 
-from qdbpool import _global
+import qdbpool
 from qdbpool.factories.mysql import MySQL
 from qdbpool.pool import Pool
 from qdbpool.testing.availability import require_mariadb
@@ -25,16 +25,6 @@ APP_USER = "app"
 # long and distinctive enough that finding it in a message can only mean a leak.
 APP_PASSWORD = "Pw/@:%s3cr3t-7xq"
 APP_DB = "appdb"
-
-
-@pytest.fixture(autouse=True)
-def no_global_pool(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every test starts with no global pool; whatever it initialized is closed after it."""
-    monkeypatch.setattr(_global, "current", None)
-    yield
-    pool = _global.current
-    if pool is not None:
-        pool.close(timeout=0)
 
 
 @pytest.fixture(scope="module")
@@ -128,17 +118,41 @@ def sessions_of() -> Callable[[MariaDBServer], set[int]]:
     return sessions
 
 
+def _connection_id(conn: Any) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT CONNECTION_ID()")
+        (cid,) = cur.fetchone()
+    return int(cid)
+
+
 @pytest.fixture
 def connection_id() -> Callable[[Any], int]:
     """CONNECTION_ID() of a PyMySQL connection, asked over that connection."""
+    return _connection_id
 
-    def ask(conn: Any) -> int:
-        with conn.cursor() as cur:
-            cur.execute("SELECT CONNECTION_ID()")
-            (cid,) = cur.fetchone()
-        return int(cid)
 
-    return ask
+@pytest.fixture
+def session_id() -> Callable[..., int]:
+    """session_id(): CONNECTION_ID() of the session `@with_conn` gives this thread."""
+    return qdbpool.with_conn(_connection_id)
+
+
+@pytest.fixture
+def make_global_pool(
+    pool_cls: type[Pool],
+    make_pool: Callable[..., Any],
+    make_factory: Callable[..., MySQL],
+) -> Callable[..., Pool]:
+    """make_global_pool(target, **kwargs): a pool of each class in turn (`pool_cls`) over
+    MySQL(app DSN of `target`), made the global pool; closed when the test ends."""
+
+    def make(target: Any, **kwargs: Any) -> Pool:
+        pool: Pool = qdbpool.initialize(
+            make_pool(make_factory(target), pool_cls=pool_cls, **kwargs)
+        )
+        return pool
+
+    return make
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -18,7 +17,6 @@ from urllib.parse import quote
 import pytest
 
 import qdbpool
-from qdbpool import _global
 from qdbpool.cluster import HostStatus
 from qdbpool.factories.postgres import Postgres
 from qdbpool.testing.availability import require_postgres
@@ -105,21 +103,10 @@ def url_for() -> Callable[..., str]:
 # -- pools ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def no_global_pool(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every test starts with no global pool; whatever it initialized is closed after it."""
-    monkeypatch.setattr(_global, "current", None)
-    yield
-    pool = _global.current
-    if pool is not None:
-        pool.close(timeout=1)
-
-
 @pytest.fixture
-def make_pool() -> Iterator[Callable[..., Any]]:
+def make_pool(make_pool: Callable[..., Any]) -> Callable[..., Any]:
     """make_pool(dsn, pool_cls=SingletonPool, pool_kwargs=None, **Postgres kwargs): a pool
     over a new Postgres factory (`pool.factory`); closed, with its factory, after the test."""
-    pools: list[Any] = []
 
     def make(
         dsn: str,
@@ -130,39 +117,15 @@ def make_pool() -> Iterator[Callable[..., Any]]:
     ) -> Any:
         factory = Postgres(dsn, **factory_kwargs)
         try:
-            pool = pool_cls(factory, **(pool_kwargs or {}))
+            return make_pool(factory, pool_cls=pool_cls, **(pool_kwargs or {}))
         except BaseException:
             factory.close()
             raise
-        pools.append(pool)
-        return pool
 
-    yield make
-    for pool in pools:
-        pool.close(timeout=1)
+    return make
 
 
-# -- polling and threads ----------------------------------------------------------------------
-
-
-def _poll(
-    probe: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.01, what: str = "it"
-) -> T:
-    """Call `probe` until it returns something truthy; AssertionError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not reached within {timeout:g}s (last: {last!r})")
-        time.sleep(interval)  # polling interval, not synchronisation
-
-
-@pytest.fixture
-def poll() -> Callable[..., Any]:
-    return _poll
+# -- threads ----------------------------------------------------------------------
 
 
 def _in_new_thread(fn: Callable[..., T], *args: Any, timeout: float = 30.0) -> T:
