@@ -14,7 +14,7 @@ import threading
 import time
 import types
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -23,6 +23,9 @@ import qdbpool.bounded
 import qdbpool.pool
 from qdbpool import _global
 from qdbpool.factories import SQLite
+
+if TYPE_CHECKING:  # the server-free suites must not need the PostgreSQL driver
+    from qdbpool.testing.postgres import PostgresCluster
 
 T = TypeVar("T")
 
@@ -53,22 +56,36 @@ def pool_cls(request: pytest.FixtureRequest) -> type[qdbpool.Pool]:
 
 
 @pytest.fixture
-def make_pool() -> Iterator[Callable[..., Any]]:
+def closing() -> Iterator[Callable[[T], T]]:
+    """closing(thing) -> thing: a pool, factory, server or proxy to close when the test ends,
+    whatever happens; last registered, first closed. Pools do not wait long for
+    connections still in use (CLOSE_TIMEOUT)."""
+    things: list[Any] = []
+
+    def register(thing: T) -> T:
+        things.append(thing)
+        return thing
+
+    yield register
+    for thing in reversed(things):
+        with contextlib.suppress(Exception):
+            if isinstance(thing, qdbpool.Pool):
+                thing.close(timeout=CLOSE_TIMEOUT)
+            else:
+                thing.close()
+
+
+@pytest.fixture
+def make_pool(closing: Callable[[Any], Any]) -> Callable[..., Any]:
     """make_pool(*args, pool_cls=SingletonPool, **kwargs): a pool, closed when the test ends
     whatever happens (a pool closes its factory)."""
-    pools: list[qdbpool.Pool] = []
 
     def make(
         *args: Any, pool_cls: type[qdbpool.Pool] = qdbpool.SingletonPool, **kwargs: Any
     ) -> Any:
-        pool = pool_cls(*args, **kwargs)
-        pools.append(pool)
-        return pool
+        return closing(pool_cls(*args, **kwargs))
 
-    yield make
-    for pool in pools:
-        with contextlib.suppress(Exception):
-            pool.close(timeout=CLOSE_TIMEOUT)
+    return make
 
 
 # -- real sqlite3 connections -------------------------------------------------------------------
@@ -89,43 +106,44 @@ def closed_check() -> Callable[[sqlite3.Connection], bool]:
     return is_closed
 
 
-class Recorder:
+class Remembering:
+    """Remembers every sqlite3 connection it opened, in order (`created`), from any thread."""
+
+    def __init__(self) -> None:
+        self.created: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def remember(self, conn: sqlite3.Connection) -> sqlite3.Connection:
+        with self._lock:
+            self.created.append(conn)
+        return conn
+
+    def still_open(self) -> list[sqlite3.Connection]:
+        with self._lock:
+            return [c for c in self.created if not is_closed(c)]
+
+
+class Recorder(Remembering):
     """A plain `get_conn` callable: opens real sqlite3 connections and remembers every one."""
 
     def __init__(self, path: str = ":memory:") -> None:
+        super().__init__()
         self.path = path
-        self.created: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
 
     def __call__(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, check_same_thread=False)
-        with self._lock:
-            self.created.append(conn)
-        return conn
-
-    def still_open(self) -> list[sqlite3.Connection]:
-        with self._lock:
-            return [c for c in self.created if not is_closed(c)]
+        return self.remember(sqlite3.connect(self.path, check_same_thread=False))
 
 
-class RecordingSQLite(SQLite):
+class RecordingSQLite(SQLite, Remembering):
     """The SQLite factory (rollback at release, ...), remembering every connection it
-    opened, in order."""
+    opened."""
 
     def __init__(self) -> None:
-        super().__init__(":memory:")
-        self.created: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        SQLite.__init__(self, ":memory:")
+        Remembering.__init__(self)
 
     def connect(self, *, read_only: bool = False) -> sqlite3.Connection:
-        conn = super().connect(read_only=read_only)
-        with self._lock:
-            self.created.append(conn)
-        return conn
-
-    def still_open(self) -> list[sqlite3.Connection]:
-        with self._lock:
-            return [c for c in self.created if not is_closed(c)]
+        return self.remember(super().connect(read_only=read_only))
 
 
 class PingableConnection:
@@ -261,3 +279,41 @@ def threads() -> Iterator[Callable[..., threading.Thread]]:
     yield start
     for thread in started:
         thread.join(timeout=10)
+
+
+# -- the password the HA and CLI suites guard, and their PostgreSQL clusters --------------------
+
+# Characters that need URL quoting, around a marker that no error, repr, log or output may
+# ever show (neither as is nor percent-encoded: the marker itself needs no quoting, so
+# finding it anywhere means some form of the password leaked).
+SECRET_MARK = "SENTINEL"
+PASSWORD = f"pw:{SECRET_MARK}/@% 7"
+APP_USER = "app"
+
+
+@pytest.fixture(scope="session")
+def password() -> str:
+    """The password of user `app` on the clusters `app_cluster` starts."""
+    return PASSWORD
+
+
+@pytest.fixture(scope="session")
+def secret_mark() -> str:
+    return SECRET_MARK
+
+
+@pytest.fixture(scope="session")
+def app_cluster() -> Callable[[int], contextlib.AbstractContextManager[PostgresCluster]]:
+    """app_cluster(standbys): `with` it for a started primary + that many standbys with
+    user `app` (the password above); skips, or fails under CI, without PostgreSQL."""
+
+    from qdbpool.testing.availability import require_postgres
+    from qdbpool.testing.postgres import PostgresCluster
+
+    @contextlib.contextmanager
+    def start(standbys: int) -> Iterator[PostgresCluster]:
+        require_postgres()
+        with PostgresCluster(standbys=standbys, user=APP_USER, password=PASSWORD) as c:
+            yield c
+
+    return start

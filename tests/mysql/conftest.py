@@ -8,8 +8,9 @@ modules cannot import this file.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pymysql
 import pytest
@@ -20,6 +21,8 @@ from qdbpool.pool import Pool
 from qdbpool.testing.availability import require_mariadb
 from qdbpool.testing.mariadb import MariaDBReplicaPair, MariaDBServer
 
+T = TypeVar("T", MariaDBServer, MariaDBReplicaPair)
+
 APP_USER = "app"
 # Awkward on purpose: URL quoting is exercised wherever the password goes, and it is
 # long and distinctive enough that finding it in a message can only mean a leak.
@@ -27,40 +30,41 @@ APP_PASSWORD = "Pw/@:%s3cr3t-7xq"
 APP_DB = "appdb"
 
 
+@contextlib.contextmanager
+def _with_app_user(kind: type[T]) -> Iterator[T]:
+    """A started MariaDBServer or MariaDBReplicaPair with the `app` user and `appdb`."""
+    require_mariadb()
+    with kind() as target:
+        target.create_user(APP_USER, APP_PASSWORD, APP_DB)
+        yield target
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[MariaDBServer]:
-    """One server per module, with the `app` user and `appdb`; tests must leave it running
-    and its globals as they found them."""
-    require_mariadb()
-    with MariaDBServer() as srv:
-        srv.create_user(APP_USER, APP_PASSWORD, APP_DB)
+    """One server per module; tests must leave it running and its globals as they found
+    them."""
+    with _with_app_user(MariaDBServer) as srv:
         yield srv
 
 
 @pytest.fixture
 def own_server() -> Iterator[MariaDBServer]:
     """A server this test alone uses: it may change globals (wait_timeout, ...)."""
-    require_mariadb()
-    with MariaDBServer() as srv:
-        srv.create_user(APP_USER, APP_PASSWORD, APP_DB)
+    with _with_app_user(MariaDBServer) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[MariaDBReplicaPair]:
     """A primary and a replica that tests leave in their roles."""
-    require_mariadb()
-    with MariaDBReplicaPair() as p:
-        p.create_user(APP_USER, APP_PASSWORD, APP_DB)
+    with _with_app_user(MariaDBReplicaPair) as p:
         yield p
 
 
 @pytest.fixture
 def own_pair() -> Iterator[MariaDBReplicaPair]:
     """A primary and a replica whose roles this test may switch."""
-    require_mariadb()
-    with MariaDBReplicaPair() as p:
-        p.create_user(APP_USER, APP_PASSWORD, APP_DB)
+    with _with_app_user(MariaDBReplicaPair) as p:
         yield p
 
 
@@ -77,24 +81,6 @@ def app_dsn() -> Callable[[Any], str]:
 
 
 @pytest.fixture
-def closing() -> Iterator[Callable[[Any], Any]]:
-    """Register a pool or factory to be closed at the end of the test, whatever happens."""
-    things: list[Any] = []
-
-    def register(thing: Any) -> Any:
-        things.append(thing)
-        return thing
-
-    yield register
-    for thing in reversed(things):
-        with contextlib.suppress(Exception):
-            if isinstance(thing, Pool):
-                thing.close(timeout=0)
-            else:
-                thing.close()
-
-
-@pytest.fixture
 def make_factory(
     closing: Callable[[Any], Any], app_dsn: Callable[[Any], str]
 ) -> Callable[..., MySQL]:
@@ -108,14 +94,29 @@ def make_factory(
 
 
 @pytest.fixture
-def sessions_of() -> Callable[[MariaDBServer], set[int]]:
-    """Connection ids of the app user's sessions on a server, seen from the server side."""
+def sessions_of() -> Iterator[Callable[[MariaDBServer], set[int]]]:
+    """Connection ids of the app user's sessions on a server, seen from the server side.
+
+    Asked over one root connection per server, kept until the test ends: cheap enough for a
+    thread to sample while others work (a new connection each time costs ~20 ms of TLS).
+    """
+    admins: dict[int, Any] = {}
+    lock = threading.Lock()
 
     def sessions(srv: MariaDBServer) -> set[int]:
-        rows = srv.sql("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", (APP_USER,))
-        return {int(row[0]) for row in rows}
+        with lock:
+            if id(srv) not in admins:
+                admins[id(srv)] = srv.connect()
+            with admins[id(srv)].cursor() as cur:
+                cur.execute(
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", (APP_USER,)
+                )
+                return {int(row[0]) for row in cur.fetchall()}
 
-    return sessions
+    yield sessions
+    for admin in admins.values():
+        with contextlib.suppress(Exception):
+            admin.close()
 
 
 def _connection_id(conn: Any) -> int:

@@ -24,11 +24,6 @@ from qdbpool.testing.postgres import Node, PostgresCluster
 
 T = TypeVar("T")
 
-# Characters that need URL quoting, around a marker that no error, repr or log may ever show
-# (neither as is nor percent-encoded: the marker itself needs no quoting).
-SECRET_MARK = "SENTINEL"
-PASSWORD = f"pw:{SECRET_MARK}/@% 7"
-USER = "app"
 MONITOR_APP_NAME = "qdbpool-monitor"
 
 
@@ -36,53 +31,36 @@ MONITOR_APP_NAME = "qdbpool-monitor"
 
 
 @pytest.fixture(scope="session")
-def shared_cluster() -> Iterator[PostgresCluster]:
+def shared_cluster(app_cluster: Callable[[int], Any]) -> Iterator[PostgresCluster]:
     """Primary + 2 standbys shared by tests that leave its topology alone."""
-    require_postgres()
-    with PostgresCluster(standbys=2, user=USER, password=PASSWORD) as c:
+    with app_cluster(2) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def module_cluster() -> Iterator[PostgresCluster]:
+def module_cluster(app_cluster: Callable[[int], Any]) -> Iterator[PostgresCluster]:
     """Primary + 2 standbys for one module's tests, which leave its topology alone."""
-    require_postgres()
-    with PostgresCluster(standbys=2, user=USER, password=PASSWORD) as c:
+    with app_cluster(2) as c:
         yield c
 
 
 @pytest.fixture
-def cluster() -> Iterator[PostgresCluster]:
-    """A fresh primary + 2 standbys (user `app`, with PASSWORD); the test may break it."""
-    require_postgres()
-    with PostgresCluster(standbys=2, user=USER, password=PASSWORD) as c:
+def cluster(app_cluster: Callable[[int], Any]) -> Iterator[PostgresCluster]:
+    """A fresh primary + 2 standbys (user `app`, with `password`); the test may break it."""
+    with app_cluster(2) as c:
         yield c
 
 
 @pytest.fixture
-def make_cluster() -> Iterator[Callable[..., PostgresCluster]]:
+def make_cluster(closing: Callable[[Any], Any]) -> Callable[..., PostgresCluster]:
     """PostgresCluster(**kwargs), started; closed when the test ends."""
     require_postgres()
-    made: list[PostgresCluster] = []
 
     def make(**kwargs: Any) -> PostgresCluster:
-        c = PostgresCluster(**kwargs)
-        made.append(c)
+        c: PostgresCluster = closing(PostgresCluster(**kwargs))
         return c.start()
 
-    yield make
-    for c in made:
-        c.close()
-
-
-@pytest.fixture
-def password() -> str:
-    return PASSWORD
-
-
-@pytest.fixture
-def secret_mark() -> str:
-    return SECRET_MARK
+    return make
 
 
 @pytest.fixture
@@ -405,14 +383,11 @@ class DelayProxy:
 
 
 @pytest.fixture
-def make_delay_proxy() -> Iterator[Callable[[int, float], DelayProxy]]:
-    proxies: list[DelayProxy] = []
+def make_delay_proxy(closing: Callable[[Any], Any]) -> Callable[[int, float], DelayProxy]:
+    """make_delay_proxy(target_port, delay): a DelayProxy, closed when the test ends."""
 
     def make(target_port: int, delay: float) -> DelayProxy:
-        proxy = DelayProxy(target_port, delay)
-        proxies.append(proxy)
+        proxy: DelayProxy = closing(DelayProxy(target_port, delay))
         return proxy
 
-    yield make
-    for proxy in proxies:
-        proxy.close()
+    return make
