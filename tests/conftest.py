@@ -317,3 +317,10 @@ def app_cluster() -> Callable[[int], contextlib.AbstractContextManager[PostgresC
             yield c
 
     return start
+
+
+@pytest.fixture(scope="session")
+def shared_cluster(app_cluster: Callable[[int], Any]) -> Iterator[PostgresCluster]:
+    """Primary + 2 standbys shared by every test that leaves its topology alone."""
+    with app_cluster(2) as c:
+        yield c

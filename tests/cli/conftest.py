@@ -41,12 +41,11 @@ CLI_TIMEOUT = 60.0  # no single CLI run of these tests comes near it
 # -- servers ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pg(app_cluster: Callable[[int], Any]) -> Iterator[PostgresCluster]:
-    """Primary + 2 standbys for the module; tests leave its topology alone (they break
+@pytest.fixture
+def pg(shared_cluster: PostgresCluster) -> PostgresCluster:
+    """The session's primary + 2 standbys; tests leave its topology alone (they break
     hosts through proxies instead)."""
-    with app_cluster(2) as c:
-        yield c
+    return shared_cluster
 
 
 @pytest.fixture

@@ -30,13 +30,6 @@ MONITOR_APP_NAME = "qdbpool-monitor"
 # -- clusters ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def shared_cluster(app_cluster: Callable[[int], Any]) -> Iterator[PostgresCluster]:
-    """Primary + 2 standbys shared by tests that leave its topology alone."""
-    with app_cluster(2) as c:
-        yield c
-
-
 @pytest.fixture(scope="module")
 def module_cluster(app_cluster: Callable[[int], Any]) -> Iterator[PostgresCluster]:
     """Primary + 2 standbys for one module's tests, which leave its topology alone."""
