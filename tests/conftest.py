@@ -9,6 +9,7 @@ modules (and the suites' own conftest files) cannot import this file.
 from __future__ import annotations
 
 import contextlib
+import socket
 import sqlite3
 import threading
 import time
@@ -250,6 +251,15 @@ def _poll(
 def poll() -> Callable[..., Any]:
     """poll(probe, timeout=10, interval=0.01, what="it"): the first truthy probe() result."""
     return _poll
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback TCP port with nothing listening on it (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
 
 
 # -- threads ------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ modules cannot import this file.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -35,12 +34,3 @@ def make_global_pool(
         return pool
 
     return make
-
-
-@pytest.fixture
-def free_port() -> int:
-    """A loopback TCP port with nothing listening on it (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
