@@ -1,6 +1,7 @@
-"""Fixtures shared by every suite: a clean global pool per test, pools closed after their
-test, both pool classes for the behaviour they share, real sqlite3 connections a test can
-inspect, a hand-moved clock, polling with a deadline and threads joined at teardown.
+"""Fixtures shared by every suite: a clean global pool per test, pools (and anything else)
+closed after their test, both pool classes for the behaviour they share, real sqlite3
+connections a test can inspect, a hand-moved clock, polling with a deadline, threads joined
+at teardown, and the password and PostgreSQL cluster of the HA and CLI suites.
 
 Helpers are handed out as fixtures: the suite runs with --import-mode=importlib, so test
 modules (and the suites' own conftest files) cannot import this file.
@@ -35,7 +36,7 @@ T = TypeVar("T")
 CLOSE_TIMEOUT = 1.0
 
 
-# -- pools --------------------------------------------------------------------------------------
+# -- pools -------------------------------------------------------------------------------------
 
 
 @pytest.fixture(autouse=True)
@@ -89,7 +90,7 @@ def make_pool(closing: Callable[[Any], Any]) -> Callable[..., Any]:
     return make
 
 
-# -- real sqlite3 connections -------------------------------------------------------------------
+# -- real sqlite3 connections ------------------------------------------------------------------
 
 
 def is_closed(conn: sqlite3.Connection) -> bool:
@@ -204,7 +205,7 @@ def pingable() -> PingableRecorder:
     return PingableRecorder()
 
 
-# -- time ---------------------------------------------------------------------------------------
+# -- time and waiting --------------------------------------------------------------------------
 
 
 class Clock:
@@ -253,16 +254,7 @@ def poll() -> Callable[..., Any]:
     return _poll
 
 
-@pytest.fixture
-def free_port() -> int:
-    """A loopback TCP port with nothing listening on it (bound, then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
-# -- threads ------------------------------------------------------------------------------------
+# -- threads and ports -------------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -291,7 +283,16 @@ def threads() -> Iterator[Callable[..., threading.Thread]]:
         thread.join(timeout=10)
 
 
-# -- the password the HA and CLI suites guard, and their PostgreSQL clusters --------------------
+@pytest.fixture
+def free_port() -> int:
+    """A loopback TCP port with nothing listening on it (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+# -- the password the HA and CLI suites guard, and their PostgreSQL clusters -------------------
 
 # Characters that need URL quoting, around a marker that no error, repr, log or output may
 # ever show (neither as is nor percent-encoded: the marker itself needs no quoting, so

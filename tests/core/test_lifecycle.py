@@ -18,12 +18,6 @@ from qdbpool import PoolClosedError, with_conn
 JOIN = 30  # seconds: a bound on every join, never reached when things work
 
 
-def start(target, *args) -> threading.Thread:
-    t = threading.Thread(target=target, args=args, daemon=True)
-    t.start()
-    return t
-
-
 class CountingConnection:
     """A real sqlite3 connection that counts the calls to its close()."""
 
@@ -52,12 +46,14 @@ class CountingConnection:
 # ----------------------------------------------------------------- the end of a thread
 
 
-def test_a_threads_connection_is_closed_when_the_thread_ends(global_pool, recorder, closed_check):
+def test_a_threads_connection_is_closed_when_the_thread_ends(
+    global_pool, recorder, closed_check, threads
+):
     @with_conn
     def use(conn):
         return conn.execute("SELECT 1").fetchone()
 
-    t = start(use)
+    t = threads(use)
     t.join(JOIN)
 
     assert len(recorder.created) == 1
@@ -67,10 +63,13 @@ def test_a_threads_connection_is_closed_when_the_thread_ends(global_pool, record
 
 
 def test_a_connect_never_released_is_closed_when_its_thread_ends_and_drops_it(
-    make_pool, recorder, closed_check
+    make_pool,
+    recorder,
+    closed_check,
+    threads,
 ):
     pool = make_pool(recorder)
-    t = start(lambda: pool.connect().execute("SELECT 1"))
+    t = threads(lambda: pool.connect().execute("SELECT 1"))
     t.join(JOIN)
 
     assert closed_check(recorder.created[0])
@@ -104,7 +103,9 @@ def test_two_thousand_short_lived_threads_leave_no_connection_open(global_pool, 
 # ----------------------------------------------------------------- pool.close()
 
 
-def test_close_closes_idle_connections_of_live_threads_at_once(make_pool, recorder, closed_check):
+def test_close_closes_idle_connections_of_live_threads_at_once(
+    make_pool, recorder, closed_check, threads
+):
     pool = make_pool(recorder)
     used, done = threading.Event(), threading.Event()
     after_close: list[BaseException] = []
@@ -119,7 +120,7 @@ def test_close_closes_idle_connections_of_live_threads_at_once(make_pool, record
         except BaseException as exc:
             after_close.append(exc)
 
-    t = start(holder)
+    t = threads(holder)
     assert used.wait(JOIN)
     with pool.connect():
         pass
@@ -161,7 +162,7 @@ def test_close_is_idempotent(make_pool, pool_cls, recorder, closed_check):
     assert (stats.open, stats.created, stats.closed) == (0, 1, 1)
 
 
-def test_concurrent_close_from_eight_threads_closes_each_connection_once(make_pool):
+def test_concurrent_close_from_eight_threads_closes_each_connection_once(make_pool, threads):
     made: list[CountingConnection] = []
 
     def get_conn() -> CountingConnection:
@@ -179,7 +180,7 @@ def test_concurrent_close_from_eight_threads_closes_each_connection_once(make_po
         ready.wait(JOIN)
         release.wait(JOIN)
 
-    holders = [start(holder) for _ in range(3)]
+    holders = [threads(holder) for _ in range(3)]
     ready.wait(JOIN)
 
     closers_ready = threading.Barrier(8)
@@ -192,7 +193,7 @@ def test_concurrent_close_from_eight_threads_closes_each_connection_once(make_po
         except BaseException as exc:
             errors.append(exc)
 
-    closers = [start(closer) for _ in range(8)]
+    closers = [threads(closer) for _ in range(8)]
     for t in closers:
         t.join(JOIN)
     release.set()
@@ -207,7 +208,11 @@ def test_concurrent_close_from_eight_threads_closes_each_connection_once(make_po
 
 
 def test_close_waits_for_a_connection_in_use_by_another_thread_then_closes_it(
-    make_pool, pool_cls, recorder, closed_check
+    make_pool,
+    pool_cls,
+    recorder,
+    closed_check,
+    threads,
 ):
     pool = make_pool(recorder, pool_cls=pool_cls)
     checked_out, may_release = threading.Event(), threading.Event()
@@ -221,9 +226,9 @@ def test_close_waits_for_a_connection_in_use_by_another_thread_then_closes_it(
             seen["answer"] = conn.execute("SELECT 42").fetchone()
             seen["closer_alive"] = closer.is_alive()
 
-    t = start(user)
+    t = threads(user)
     assert checked_out.wait(JOIN)
-    closer = start(pool.close, 30.0)
+    closer = threads(pool.close, 30.0)
 
     deadline = time.monotonic() + JOIN
     while not pool.closed and time.monotonic() < deadline:
@@ -242,7 +247,10 @@ def test_close_waits_for_a_connection_in_use_by_another_thread_then_closes_it(
 
 
 def test_close_returns_as_soon_as_a_decorated_call_in_another_thread_ends(
-    global_pool, recorder, closed_check
+    global_pool,
+    recorder,
+    closed_check,
+    threads,
 ):
     # @with_conn releases a clean connection without calling into the pool: close() must
     # still hear of it, rather than wait out its timeout.
@@ -263,10 +271,10 @@ def test_close_returns_as_soon_as_a_decorated_call_in_another_thread_ends(
 
     hold(False)
     results: list[object] = []
-    t = start(user)
+    t = threads(user)
     assert in_call.wait(JOIN)
 
-    closer = start(global_pool.close, JOIN)
+    closer = threads(global_pool.close, JOIN)
     deadline = time.monotonic() + JOIN
     while len(recorder.still_open()) > 1 and time.monotonic() < deadline:
         time.sleep(0.001)  # until close() has closed the main thread's idle connection
@@ -285,7 +293,11 @@ def test_close_returns_as_soon_as_a_decorated_call_in_another_thread_ends(
 
 
 def test_close_with_timeout_returns_but_never_closes_a_connection_under_its_holder(
-    make_pool, pool_cls, recorder, closed_check
+    make_pool,
+    pool_cls,
+    recorder,
+    closed_check,
+    threads,
 ):
     # Freeing a connection under the thread using it can crash the interpreter (sqlite3,
     # libpq): close() gives up waiting after `timeout`, and the holder closes it on release.
@@ -303,7 +315,7 @@ def test_close_with_timeout_returns_but_never_closes_a_connection_under_its_hold
         except BaseException as exc:
             seen["error"] = exc
 
-    t = start(holder)
+    t = threads(holder)
     assert checked_out.wait(JOIN)
 
     started = time.monotonic()
