@@ -118,15 +118,6 @@ def test_concurrent_holders_each_get_their_own_connection(
     assert pool.stats().in_use == 3
 
 
-def test_released_connection_is_reused_rather_than_a_new_one_opened(
-    sqlite_factory: Any, make_pool: Callable[..., qdbpool.BoundedPool]
-) -> None:
-    pool = make_pool(sqlite_factory, size=3)
-    for _ in range(5):
-        _checkout_once(pool)
-    assert len(sqlite_factory.created) == 1
-
-
 def test_exhausted_pool_times_out_saying_how_many_are_in_use(
     sqlite_factory: Any, make_pool: Callable[..., qdbpool.BoundedPool], hold: Any
 ) -> None:
@@ -360,30 +351,3 @@ def test_nested_with_conn_does_not_wait_for_its_own_connection(
 
     assert outer() == 2
     assert pool.stats().timeouts == 0
-
-
-def test_nested_with_conn_rolls_back_only_when_the_outermost_call_ends(
-    sqlite_factory: Any, make_pool: Callable[..., qdbpool.BoundedPool]
-) -> None:
-    pool = qdbpool.initialize(make_pool(sqlite_factory, size=1))
-
-    @qdbpool.with_conn
-    def inner(conn: sqlite3.Connection) -> None:
-        conn.execute("INSERT INTO t VALUES (1)")  # opens a transaction
-
-    @qdbpool.with_conn
-    def outer(conn: sqlite3.Connection) -> tuple[bool, int]:
-        conn.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
-        conn.commit()
-        inner()
-        rows = conn.execute("SELECT COUNT(*) FROM t").fetchone()[0]
-        return conn.in_transaction, int(rows)
-
-    assert outer() == (True, 1)  # the inner release did not roll the outer's work back
-
-    @qdbpool.with_conn
-    def count(conn: sqlite3.Connection) -> int:
-        return int(conn.execute("SELECT COUNT(*) FROM t").fetchone()[0])
-
-    assert count() == 0  # the outermost release did
-    assert pool.stats().created == 1

@@ -400,6 +400,33 @@ def test_sqlite_factory_rolls_back_an_open_transaction_at_release(make_global_po
         observer.close()
 
 
+def test_sqlite_factory_rolls_back_only_when_the_outermost_decorated_call_ends(
+    make_global_pool, sqlite_factory
+):
+    pool = make_global_pool(sqlite_factory)
+
+    @with_conn
+    def inner(conn):
+        conn.execute("INSERT INTO t VALUES (1)")  # opens a transaction
+
+    @with_conn
+    def outer(conn):
+        conn.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+        conn.commit()
+        inner()
+        rows = conn.execute("SELECT COUNT(*) FROM t").fetchone()[0]
+        return conn.in_transaction, rows
+
+    assert outer() == (True, 1)  # the inner release did not roll the outer's work back
+
+    @with_conn
+    def count(conn):
+        return conn.execute("SELECT COUNT(*) FROM t").fetchone()[0]
+
+    assert count() == 0  # the outermost release did
+    assert pool.stats().created == 1
+
+
 def test_a_warm_threads_decorated_call_has_its_open_transaction_rolled_back(tmp_path):
     # The thread already holds its connection, so @with_conn releases it without going
     # through the pool's checkin: the rollback must happen there all the same.
