@@ -8,6 +8,7 @@ stopped when its test (or module) ends, whatever the outcome.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import queue
 import signal
@@ -22,7 +23,7 @@ from urllib.parse import quote
 
 import pytest
 
-from qdbpool.testing.availability import require_mariadb, require_postgres
+from qdbpool.testing.availability import require_mariadb
 from qdbpool.testing.mariadb import MariaDBServer
 from qdbpool.testing.postgres import PostgresCluster
 from qdbpool.testing.proxy import FaultProxy
@@ -31,12 +32,7 @@ T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Characters that need URL quoting, around a marker that no output may ever show (neither
-# as is nor percent-encoded: the marker itself needs no quoting, so finding it anywhere
-# means some form of the password leaked).
-SECRET_MARK = "SENTINEL"
-PASSWORD = f"pw:{SECRET_MARK}/@% 7"
-USER = "app"
+USER = "app"  # the user `app_cluster` (tests/conftest.py) creates, with `password`
 MYSQL_DB = "appdb"
 
 CLI_TIMEOUT = 60.0  # no single CLI run of these tests comes near it
@@ -45,91 +41,74 @@ CLI_TIMEOUT = 60.0  # no single CLI run of these tests comes near it
 # -- servers ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresCluster]:
-    """Primary + 2 standbys for the module; tests leave its topology alone (they break
+@pytest.fixture
+def pg(shared_cluster: PostgresCluster) -> PostgresCluster:
+    """The session's primary + 2 standbys; tests leave its topology alone (they break
     hosts through proxies instead)."""
-    require_postgres()
-    with PostgresCluster(standbys=2, user=USER, password=PASSWORD) as c:
-        yield c
+    return shared_cluster
 
 
 @pytest.fixture
-def own_pg() -> Iterator[PostgresCluster]:
+def own_pg(app_cluster: Callable[[int], Any]) -> Iterator[PostgresCluster]:
     """A primary + 1 standby that the test may stop or kill."""
-    require_postgres()
-    with PostgresCluster(standbys=1, user=USER, password=PASSWORD) as c:
+    with app_cluster(1) as c:
         yield c
 
 
 @pytest.fixture(scope="module")
-def mariadb() -> Iterator[MariaDBServer]:
-    """One MariaDB server with user `app` (PASSWORD) and database `appdb`."""
+def mariadb(password: str) -> Iterator[MariaDBServer]:
+    """One MariaDB server with user `app` (`password`) and database `appdb`."""
     require_mariadb()
     with MariaDBServer() as srv:
-        srv.create_user(USER, PASSWORD, MYSQL_DB)
+        srv.create_user(USER, password, MYSQL_DB)
         yield srv
 
 
 @pytest.fixture
-def proxy() -> Iterator[Callable[[str, int], FaultProxy]]:
+def proxy(closing: Callable[[Any], Any]) -> Callable[[str, int], FaultProxy]:
     """proxy(host, port) -> a FaultProxy in front of it, closed when the test ends."""
-    made: list[FaultProxy] = []
 
     def make(host: str, port: int) -> FaultProxy:
-        p = FaultProxy(host, port)
-        made.append(p)
+        p: FaultProxy = closing(FaultProxy(host, port))
         return p
 
-    yield make
-    for p in made:
-        p.close()
+    return make
 
 
 # -- DSNs and secrets ---------------------------------------------------------------------------
 
 
 @pytest.fixture
-def password() -> str:
-    return PASSWORD
-
-
-@pytest.fixture
-def secret_forms() -> list[str]:
+def secret_forms(password: str, secret_mark: str) -> list[str]:
     """Every form of the password a leak could take: raw, percent-encoded, repr-escaped,
     and the marker inside it (which covers any other encoding of the rest)."""
     return sorted(
         {
-            PASSWORD,
-            quote(PASSWORD, safe=""),
-            quote(PASSWORD),
-            quote(PASSWORD, safe="/:@"),
-            PASSWORD.replace(" ", "+"),
-            SECRET_MARK,
+            password,
+            quote(password, safe=""),
+            quote(password),
+            quote(password, safe="/:@"),
+            password.replace(" ", "+"),
+            secret_mark,
         }
     )
 
 
-@pytest.fixture
-def pg_url() -> Callable[..., str]:
-    """pg_url([(host, port), ...], password=PASSWORD): a multi-host URL for user `app`."""
-
-    def url(hosts: Sequence[tuple[str, int]], password: str = PASSWORD) -> str:
-        netloc = ",".join(f"{h}:{p}" for h, p in hosts)
-        return f"postgresql://{USER}:{quote(password, safe='')}@{netloc}/postgres"
-
-    return url
+def _url(scheme: str, hosts: Sequence[tuple[str, int]], password: str, dbname: str) -> str:
+    netloc = ",".join(f"{h}:{p}" for h, p in hosts)
+    return f"{scheme}://{USER}:{quote(password, safe='')}@{netloc}/{dbname}"
 
 
 @pytest.fixture
-def mysql_url() -> Callable[..., str]:
+def pg_url(password: str) -> Callable[..., str]:
+    """pg_url([(host, port), ...], password=the app's): a multi-host URL for user `app`."""
+    return functools.partial(_url, "postgresql", password=password, dbname="postgres")
+
+
+@pytest.fixture
+def mysql_url(password: str) -> Callable[..., str]:
     """mysql_url([(host, port), ...]): a multi-host URL for user `app`, database `appdb`."""
-
-    def url(hosts: Sequence[tuple[str, int]], password: str = PASSWORD) -> str:
-        netloc = ",".join(f"{h}:{p}" for h, p in hosts)
-        return f"mysql://{USER}:{quote(password, safe='')}@{netloc}/{MYSQL_DB}"
-
-    return url
+    return functools.partial(_url, "mysql", password=password, dbname=MYSQL_DB)
 
 
 @pytest.fixture
@@ -271,26 +250,7 @@ def spawn_cli() -> Iterator[Callable[..., CliProcess]]:
         cli.stop()
 
 
-# -- polling ------------------------------------------------------------------------------------
-
-
-def _poll(
-    probe: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.01, what: str = "it"
-) -> T:
-    """Call `probe` until it returns something truthy; AssertionError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not reached within {timeout:g}s (last: {last!r})")
-        time.sleep(interval)  # polling interval, not synchronisation
-
-
-@pytest.fixture
-def poll() -> Callable[..., Any]:
-    return _poll
+# -- terminals ---------------------------------------------------------------------------------
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import pytest
 import quasardb
 
 import qdbpool
-from qdbpool import SingletonPool
 from qdbpool.factories import QuasarDB
 
 QDB_KWARGS = {
@@ -111,31 +110,31 @@ def test_connection_refused_surfaces_unchanged_through_with_conn(free_port):
         use()
 
 
-# -------------------------------------------------------------- argument checking
+# -------------------------------------------------------------- argument checking (both pools)
 
 
-def test_get_conn_with_extra_keyword_arguments_raises_type_error(recorder):
+def test_get_conn_with_extra_keyword_arguments_raises_type_error(pool_cls, recorder):
     with pytest.raises(TypeError):
-        SingletonPool(recorder, uri="qdb://127.0.0.1:2836")
+        pool_cls(recorder, uri="qdb://127.0.0.1:2836")
 
 
 @pytest.mark.parametrize("get_conn", ["sqlite.db", 42, object()])
-def test_non_callable_get_conn_raises_type_error(get_conn):
+def test_non_callable_get_conn_raises_type_error(pool_cls, get_conn):
     with pytest.raises(TypeError, match="callable"):
-        SingletonPool(get_conn)
+        pool_cls(get_conn)
 
 
 @pytest.mark.parametrize("value", [-1, -0.5, "yes", "1", [1], math.nan])
-def test_bad_pre_ping_raises_value_error(recorder, value):
+def test_bad_pre_ping_raises_value_error(pool_cls, recorder, value):
     with pytest.raises(ValueError, match="pre_ping"):
-        SingletonPool(recorder, pre_ping=value)
+        pool_cls(recorder, pre_ping=value)
 
 
 @pytest.mark.parametrize("name", ["max_lifetime", "max_idle"])
 @pytest.mark.parametrize("value", [0, -1, -0.5, "10", True, [10], math.nan])
-def test_bad_max_lifetime_or_max_idle_raises_value_error(recorder, name, value):
+def test_bad_max_lifetime_or_max_idle_raises_value_error(pool_cls, recorder, name, value):
     with pytest.raises(ValueError, match=name):
-        SingletonPool(recorder, **{name: value})
+        pool_cls(recorder, **{name: value})
 
 
 @pytest.mark.parametrize(
@@ -152,7 +151,7 @@ def test_bad_max_lifetime_or_max_idle_raises_value_error(recorder, name, value):
         {"max_idle": None},
     ],
 )
-def test_good_validation_settings_are_accepted(make_pool, recorder, kwargs):
-    pool = make_pool(recorder, **kwargs)
+def test_good_validation_settings_are_accepted(make_pool, pool_cls, recorder, kwargs):
+    pool = make_pool(recorder, pool_cls=pool_cls, **kwargs)
     with pool.connect() as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)

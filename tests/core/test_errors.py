@@ -63,22 +63,20 @@ def test_an_argument_of_the_wrong_kind_is_also_a_type_error(call: Callable[[], o
     assert isinstance(caught.value, TypeError)
 
 
-def test_misusing_a_pooled_connection_raises_qdbpool_errors() -> None:
-    pool = SingletonPool(SQLite())
-    other = SingletonPool(SQLite())
-    try:
-        with pool.connect() as conn:
-            with pytest.raises(QdbPoolError):
-                pickle.dumps(conn)
-            with pytest.raises(QdbPoolError):
-                other.release(conn)
-            with pytest.raises(QdbPoolError):
-                pool.release(object())
+def test_misusing_a_pooled_connection_raises_qdbpool_errors(
+    make_pool: Callable[..., qdbpool.Pool], pool_cls: type[qdbpool.Pool]
+) -> None:
+    pool = make_pool(SQLite(), pool_cls=pool_cls)
+    other = make_pool(SQLite(), pool_cls=pool_cls)
+    with pool.connect() as conn:
         with pytest.raises(QdbPoolError):
-            conn.execute("SELECT 1")
-    finally:
-        pool.close(timeout=0)
-        other.close(timeout=0)
+            pickle.dumps(conn)
+        with pytest.raises(QdbPoolError):
+            other.release(conn)
+        with pytest.raises(QdbPoolError):
+            pool.release(object())
+    with pytest.raises(QdbPoolError):
+        conn.execute("SELECT 1")
 
 
 def test_postgres_refuses_a_password_that_is_not_text() -> None:

@@ -3,7 +3,7 @@
 The connections here are real loopback TCP sessions to a tiny server started by the test.
 Closing one says "BYE" and the server then ends that session, as a database server does on
 a client's goodbye: a child that closed an inherited connection would end the *parent's*
-session, and the parent's next request would fail.
+session, and the parent's next request would fail. Fork rules are Pool's: both pool classes.
 """
 
 from __future__ import annotations
@@ -151,7 +151,9 @@ def run_child(target) -> tuple[str, object]:
     return outcome
 
 
-def test_a_forked_child_gets_a_fresh_connection_and_the_parents_keeps_working(server):
+def test_a_forked_child_gets_a_fresh_connection_and_the_parents_keeps_working(
+    server, make_global_pool
+):
     opened: list[int] = []  # session numbers only: no reference may keep a connection alive
 
     def get_conn() -> SessionConnection:
@@ -159,7 +161,7 @@ def test_a_forked_child_gets_a_fresh_connection_and_the_parents_keeps_working(se
         opened.append(conn.session)
         return conn
 
-    qdbpool.initialize(get_conn)
+    make_global_pool(get_conn)
     parent_session, parent_pid, answer = ask()
     assert (parent_pid, answer) == (os.getpid(), parent_session)
 
@@ -178,8 +180,10 @@ def test_a_forked_child_gets_a_fresh_connection_and_the_parents_keeps_working(se
     assert opened == [parent_session]  # in this process: the child's list is its own
 
 
-def test_a_child_forked_while_the_parents_connection_is_in_use_gets_a_fresh_one(server):
-    qdbpool.initialize(lambda: SessionConnection(server.address))
+def test_a_child_forked_while_the_parents_connection_is_in_use_gets_a_fresh_one(
+    server, make_global_pool
+):
+    make_global_pool(lambda: SessionConnection(server.address))
 
     @with_conn
     def fork_while_in_use(conn):

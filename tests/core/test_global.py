@@ -76,11 +76,21 @@ def test_initialize_returns_the_pool_that_instance_returns(recorder):
     assert qdbpool.instance() is pool
 
 
-def test_initialize_accepts_a_pool_instance_and_makes_it_the_global_pool(recorder):
-    mine = SingletonPool(recorder)
+def test_initialize_accepts_a_pool_instance_and_makes_it_the_global_pool(
+    make_pool, pool_cls, recorder
+):
+    mine = make_pool(recorder, pool_cls=pool_cls)
     assert qdbpool.initialize(mine) is mine
     assert qdbpool.instance() is mine
     assert not mine.closed
+
+    @qdbpool.with_conn
+    def answer(conn):
+        return conn.execute("SELECT 41 + 1").fetchone()[0]
+
+    assert answer() == 42
+    stats = mine.stats()
+    assert (stats.checkouts, stats.in_use, stats.open) == (1, 0, 1)
 
 
 def test_initialize_closes_the_previous_global_pool_and_its_connections(

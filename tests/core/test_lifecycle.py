@@ -1,4 +1,8 @@
-"""When connections close: the end of their thread, pool.close(), `with SingletonPool(...)`."""
+"""When connections close: the end of their thread, pool.close(), `with SingletonPool(...)`.
+
+What both pool classes share runs against each (`pool_cls`); the end of a thread is a
+SingletonPool's alone.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +13,9 @@ import time
 import pytest
 
 import qdbpool
-from qdbpool import PoolClosedError, SingletonPool, with_conn
+from qdbpool import PoolClosedError, with_conn
 
 JOIN = 30  # seconds: a bound on every join, never reached when things work
-
-
-def start(target, *args) -> threading.Thread:
-    t = threading.Thread(target=target, args=args, daemon=True)
-    t.start()
-    return t
 
 
 class CountingConnection:
@@ -48,12 +46,14 @@ class CountingConnection:
 # ----------------------------------------------------------------- the end of a thread
 
 
-def test_a_threads_connection_is_closed_when_the_thread_ends(global_pool, recorder, closed_check):
+def test_a_threads_connection_is_closed_when_the_thread_ends(
+    global_pool, recorder, closed_check, threads
+):
     @with_conn
     def use(conn):
         return conn.execute("SELECT 1").fetchone()
 
-    t = start(use)
+    t = threads(use)
     t.join(JOIN)
 
     assert len(recorder.created) == 1
@@ -63,10 +63,13 @@ def test_a_threads_connection_is_closed_when_the_thread_ends(global_pool, record
 
 
 def test_a_connect_never_released_is_closed_when_its_thread_ends_and_drops_it(
-    make_pool, recorder, closed_check
+    make_pool,
+    recorder,
+    closed_check,
+    threads,
 ):
     pool = make_pool(recorder)
-    t = start(lambda: pool.connect().execute("SELECT 1"))
+    t = threads(lambda: pool.connect().execute("SELECT 1"))
     t.join(JOIN)
 
     assert closed_check(recorder.created[0])
@@ -100,7 +103,9 @@ def test_two_thousand_short_lived_threads_leave_no_connection_open(global_pool, 
 # ----------------------------------------------------------------- pool.close()
 
 
-def test_close_closes_idle_connections_of_live_threads_at_once(make_pool, recorder, closed_check):
+def test_close_closes_idle_connections_of_live_threads_at_once(
+    make_pool, recorder, closed_check, threads
+):
     pool = make_pool(recorder)
     used, done = threading.Event(), threading.Event()
     after_close: list[BaseException] = []
@@ -115,7 +120,7 @@ def test_close_closes_idle_connections_of_live_threads_at_once(make_pool, record
         except BaseException as exc:
             after_close.append(exc)
 
-    t = start(holder)
+    t = threads(holder)
     assert used.wait(JOIN)
     with pool.connect():
         pass
@@ -131,8 +136,8 @@ def test_close_closes_idle_connections_of_live_threads_at_once(make_pool, record
     assert [type(e) for e in after_close] == [PoolClosedError]
 
 
-def test_connect_after_close_raises_pool_closed_error(make_pool, recorder):
-    pool = make_pool(recorder)
+def test_connect_after_close_raises_pool_closed_error(make_pool, pool_cls, recorder):
+    pool = make_pool(recorder, pool_cls=pool_cls)
     with pool.connect():
         pass
     pool.close()
@@ -140,10 +145,11 @@ def test_connect_after_close_raises_pool_closed_error(make_pool, recorder):
         pool.connect()
     with pytest.raises(PoolClosedError):
         pool.connect(read_only=True)
+    assert recorder.still_open() == []
 
 
-def test_close_is_idempotent(make_pool, recorder, closed_check):
-    pool = make_pool(recorder)
+def test_close_is_idempotent(make_pool, pool_cls, recorder, closed_check):
+    pool = make_pool(recorder, pool_cls=pool_cls)
     with pool.connect():
         pass
     pool.close()
@@ -156,7 +162,7 @@ def test_close_is_idempotent(make_pool, recorder, closed_check):
     assert (stats.open, stats.created, stats.closed) == (0, 1, 1)
 
 
-def test_concurrent_close_from_eight_threads_closes_each_connection_once(make_pool):
+def test_concurrent_close_from_eight_threads_closes_each_connection_once(make_pool, threads):
     made: list[CountingConnection] = []
 
     def get_conn() -> CountingConnection:
@@ -174,7 +180,7 @@ def test_concurrent_close_from_eight_threads_closes_each_connection_once(make_po
         ready.wait(JOIN)
         release.wait(JOIN)
 
-    holders = [start(holder) for _ in range(3)]
+    holders = [threads(holder) for _ in range(3)]
     ready.wait(JOIN)
 
     closers_ready = threading.Barrier(8)
@@ -187,7 +193,7 @@ def test_concurrent_close_from_eight_threads_closes_each_connection_once(make_po
         except BaseException as exc:
             errors.append(exc)
 
-    closers = [start(closer) for _ in range(8)]
+    closers = [threads(closer) for _ in range(8)]
     for t in closers:
         t.join(JOIN)
     release.set()
@@ -202,9 +208,13 @@ def test_concurrent_close_from_eight_threads_closes_each_connection_once(make_po
 
 
 def test_close_waits_for_a_connection_in_use_by_another_thread_then_closes_it(
-    make_pool, recorder, closed_check
+    make_pool,
+    pool_cls,
+    recorder,
+    closed_check,
+    threads,
 ):
-    pool = make_pool(recorder)
+    pool = make_pool(recorder, pool_cls=pool_cls)
     checked_out, may_release = threading.Event(), threading.Event()
     seen: dict[str, object] = {}
 
@@ -216,9 +226,9 @@ def test_close_waits_for_a_connection_in_use_by_another_thread_then_closes_it(
             seen["answer"] = conn.execute("SELECT 42").fetchone()
             seen["closer_alive"] = closer.is_alive()
 
-    t = start(user)
+    t = threads(user)
     assert checked_out.wait(JOIN)
-    closer = start(pool.close, 30.0)
+    closer = threads(pool.close, 30.0)
 
     deadline = time.monotonic() + JOIN
     while not pool.closed and time.monotonic() < deadline:
@@ -237,7 +247,10 @@ def test_close_waits_for_a_connection_in_use_by_another_thread_then_closes_it(
 
 
 def test_close_returns_as_soon_as_a_decorated_call_in_another_thread_ends(
-    global_pool, recorder, closed_check
+    global_pool,
+    recorder,
+    closed_check,
+    threads,
 ):
     # @with_conn releases a clean connection without calling into the pool: close() must
     # still hear of it, rather than wait out its timeout.
@@ -258,10 +271,10 @@ def test_close_returns_as_soon_as_a_decorated_call_in_another_thread_ends(
 
     hold(False)
     results: list[object] = []
-    t = start(user)
+    t = threads(user)
     assert in_call.wait(JOIN)
 
-    closer = start(global_pool.close, JOIN)
+    closer = threads(global_pool.close, JOIN)
     deadline = time.monotonic() + JOIN
     while len(recorder.still_open()) > 1 and time.monotonic() < deadline:
         time.sleep(0.001)  # until close() has closed the main thread's idle connection
@@ -280,11 +293,15 @@ def test_close_returns_as_soon_as_a_decorated_call_in_another_thread_ends(
 
 
 def test_close_with_timeout_returns_but_never_closes_a_connection_under_its_holder(
-    make_pool, recorder, closed_check
+    make_pool,
+    pool_cls,
+    recorder,
+    closed_check,
+    threads,
 ):
     # Freeing a connection under the thread using it can crash the interpreter (sqlite3,
     # libpq): close() gives up waiting after `timeout`, and the holder closes it on release.
-    pool = make_pool(recorder)
+    pool = make_pool(recorder, pool_cls=pool_cls)
     checked_out, finish = threading.Event(), threading.Event()
     seen: dict[str, object] = {}
 
@@ -298,7 +315,7 @@ def test_close_with_timeout_returns_but_never_closes_a_connection_under_its_hold
         except BaseException as exc:
             seen["error"] = exc
 
-    t = start(holder)
+    t = threads(holder)
     assert checked_out.wait(JOIN)
 
     started = time.monotonic()
@@ -320,8 +337,10 @@ def test_close_with_timeout_returns_but_never_closes_a_connection_under_its_hold
 
 
 def test_closing_the_global_pool_inside_a_decorated_call_leaves_its_connection_closed(
-    global_pool, recorder, closed_check
+    make_global_pool, recorder, closed_check
 ):
+    pool = make_global_pool(recorder)
+
     @with_conn
     def use(conn):
         qdbpool.close()
@@ -329,11 +348,11 @@ def test_closing_the_global_pool_inside_a_decorated_call_leaves_its_connection_c
 
     use()
     assert closed_check(recorder.created[0])
-    assert global_pool.stats().open == 0
+    assert pool.stats().open == 0
 
 
-def test_with_block_on_the_pool_closes_it_on_exit(recorder, closed_check):
-    with SingletonPool(recorder) as pool:
+def test_with_block_on_the_pool_closes_it_on_exit(pool_cls, recorder, closed_check):
+    with pool_cls(recorder) as pool:
         with pool.connect() as conn:
             conn.execute("SELECT 1")
         assert not pool.closed
@@ -344,8 +363,10 @@ def test_with_block_on_the_pool_closes_it_on_exit(recorder, closed_check):
         pool.connect()
 
 
-def test_with_block_on_the_pool_closes_it_when_an_error_leaves_the_block(recorder, closed_check):
-    with pytest.raises(KeyError), SingletonPool(recorder) as pool:
+def test_with_block_on_the_pool_closes_it_when_an_error_leaves_the_block(
+    pool_cls, recorder, closed_check
+):
+    with pytest.raises(KeyError), pool_cls(recorder) as pool:
         with pool.connect():
             pass
         raise KeyError("x")

@@ -11,30 +11,27 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
 import qdbpool
-from qdbpool import BoundedPool, ConnectionReleasedError, SingletonPool
+from qdbpool import BoundedPool, ConnectionReleasedError
 from qdbpool.factories import SQLite
 
 JOIN = 30.0
 
 
-@pytest.fixture(params=[SingletonPool, BoundedPool])
-def make(request: pytest.FixtureRequest) -> Iterator[Callable[..., qdbpool.Pool]]:
-    """A pool of either class over real sqlite3 connections, closed after the test."""
-    pools: list[qdbpool.Pool] = []
+@pytest.fixture
+def make(
+    make_pool: Callable[..., qdbpool.Pool], pool_cls: type[qdbpool.Pool]
+) -> Callable[..., qdbpool.Pool]:
+    """A pool of each class in turn over real sqlite3 connections, closed after the test."""
 
     def make(factory: object = None, **kwargs: object) -> qdbpool.Pool:
-        pool = request.param(factory or SQLite(":memory:"), **kwargs)
-        pools.append(pool)
-        return pool
+        return make_pool(factory or SQLite(":memory:"), pool_cls=pool_cls, **kwargs)
 
-    yield make
-    for pool in pools:
-        pool.close(timeout=0)
+    return make
 
 
 def run_in_thread(fn: Callable[[], object]) -> object:
@@ -93,7 +90,6 @@ def test_a_released_wrapper_cannot_reach_the_connection_another_thread_holds_now
                 done.wait(JOIN)
                 return bool(conn.in_transaction)
 
-        t = threading.Thread(target=other_thread)
         result: list[bool] = []
         t = threading.Thread(target=lambda: result.append(other_thread()))
         t.start()

@@ -10,7 +10,6 @@ down, deterministically, interleavings that it hits only now and then.
 from __future__ import annotations
 
 import multiprocessing
-import sqlite3
 import sys
 import threading
 import time
@@ -189,14 +188,6 @@ class PauseAt:
             pytest.fail(f"never paused at {self.function}: qdbpool changed, update this test")
 
 
-def conn_is_closed(conn: sqlite3.Connection) -> bool:
-    try:
-        conn.total_changes  # noqa: B018 - raises ProgrammingError once closed
-    except sqlite3.ProgrammingError:
-        return True
-    return False
-
-
 def outcome_of(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
@@ -276,7 +267,9 @@ def test_a_connect_racing_close_never_gets_a_connection_closed_under_it(recorder
     assert recorder.still_open() == []
 
 
-def test_a_release_racing_close_is_not_closed_under_the_reset_hook(recorder, make_pool):
+def test_a_release_racing_close_is_not_closed_under_the_reset_hook(
+    recorder, make_pool, closed_check
+):
     """close() runs while a released connection is still being reset: the reset must finish
     on an open connection (close() closes it afterwards), never on one closed under it."""
     in_reset, go = threading.Event(), threading.Event()
@@ -286,7 +279,7 @@ def test_a_release_racing_close_is_not_closed_under_the_reset_hook(recorder, mak
         if threading.current_thread() is user_thread:
             in_reset.set()
             go.wait(JOIN)
-            closed_under_reset.append(conn_is_closed(conn))
+            closed_under_reset.append(closed_check(conn))
 
     pool = make_pool(recorder, reset=reset)
 

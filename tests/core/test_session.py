@@ -1,4 +1,5 @@
-"""pool.connect() / pool.release(): the SessionWrapper around the thread's connection."""
+"""pool.connect() / pool.release(): the SessionWrapper around the thread's connection, the
+same for both pool classes (`pool_cls`) but where a SingletonPool keeps one per thread."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from qdbpool import SessionWrapper
 
 
 def test_connect_returns_a_session_wrapper_that_passes_for_the_driver_connection(
-    make_pool, recorder
+    make_pool, pool_cls, recorder
 ):
-    pool = make_pool(recorder)
+    pool = make_pool(recorder, pool_cls=pool_cls)
     conn = pool.connect()
     try:
         assert type(conn) is SessionWrapper
@@ -24,8 +25,10 @@ def test_connect_returns_a_session_wrapper_that_passes_for_the_driver_connection
         conn.close()
 
 
-def test_session_wrapper_passes_attribute_access_to_the_driver_connection(make_pool, recorder):
-    pool = make_pool(recorder)
+def test_session_wrapper_passes_attribute_access_to_the_driver_connection(
+    make_pool, pool_cls, recorder
+):
+    pool = make_pool(recorder, pool_cls=pool_cls)
     with pool.connect() as conn:
         assert conn.execute("SELECT 41 + 1").fetchone() == (42,)
         conn.row_factory = sqlite3.Row
@@ -33,15 +36,17 @@ def test_session_wrapper_passes_attribute_access_to_the_driver_connection(make_p
         assert conn.in_transaction is False
 
 
-def test_session_wrapper_is_an_instance_of_the_driver_connection_class(make_pool, recorder):
-    pool = make_pool(recorder)
+def test_session_wrapper_is_an_instance_of_the_driver_connection_class(
+    make_pool, pool_cls, recorder
+):
+    pool = make_pool(recorder, pool_cls=pool_cls)
     with pool.connect() as conn:
         assert isinstance(conn, sqlite3.Connection)
         assert conn.__class__ is sqlite3.Connection
 
 
-def test_session_wrapper_repr_identifies_the_driver_connection(make_pool, recorder):
-    pool = make_pool(recorder)
+def test_session_wrapper_repr_identifies_the_driver_connection(make_pool, pool_cls, recorder):
+    pool = make_pool(recorder, pool_cls=pool_cls)
     with pool.connect() as conn:
         text = repr(conn)
     raw = recorder.created[0]
@@ -49,8 +54,10 @@ def test_session_wrapper_repr_identifies_the_driver_connection(make_pool, record
     assert f"{id(raw):x}" in text
 
 
-def test_with_block_releases_the_connection_without_closing_it(make_pool, recorder, closed_check):
-    pool = make_pool(recorder)
+def test_with_block_releases_the_connection_without_closing_it(
+    make_pool, pool_cls, recorder, closed_check
+):
+    pool = make_pool(recorder, pool_cls=pool_cls)
     with pool.connect():
         assert pool.stats().in_use == 1
 
@@ -62,9 +69,9 @@ def test_with_block_releases_the_connection_without_closing_it(make_pool, record
 
 
 def test_close_on_the_wrapper_releases_the_connection_without_closing_it(
-    make_pool, recorder, closed_check
+    make_pool, pool_cls, recorder, closed_check
 ):
-    pool = make_pool(recorder)
+    pool = make_pool(recorder, pool_cls=pool_cls)
     conn = pool.connect()
     conn.close()
 
@@ -74,9 +81,9 @@ def test_close_on_the_wrapper_releases_the_connection_without_closing_it(
 
 
 def test_the_next_connect_in_the_same_thread_returns_the_same_driver_connection(
-    make_pool, recorder
+    make_pool, pool_cls, recorder
 ):
-    pool = make_pool(recorder)
+    pool = make_pool(recorder, pool_cls=pool_cls)
     with pool.connect() as first:
         first_raw = first.__wrapped__
     with pool.connect() as second:
@@ -103,16 +110,16 @@ def test_each_thread_gets_its_own_driver_connection(make_pool, recorder):
     assert len(recorder.created) == 4
 
 
-def test_nested_connects_in_one_thread_share_one_connection(make_pool, recorder):
-    pool = make_pool(recorder)
+def test_nested_connects_in_one_thread_share_one_connection(make_pool, pool_cls, recorder):
+    pool = make_pool(recorder, pool_cls=pool_cls)
     with pool.connect() as outer, pool.connect() as inner:
         assert inner.__wrapped__ is outer.__wrapped__
         assert pool.stats().in_use == 1
     assert len(recorder.created) == 1
 
 
-def test_releasing_a_wrapper_twice_releases_it_once(make_pool, recorder):
-    pool = make_pool(recorder)
+def test_releasing_a_wrapper_twice_releases_it_once(make_pool, pool_cls, recorder):
+    pool = make_pool(recorder, pool_cls=pool_cls)
     outer = pool.connect()
     inner = pool.connect()
 
@@ -129,8 +136,8 @@ def test_releasing_a_wrapper_twice_releases_it_once(make_pool, recorder):
         assert again.__wrapped__ is recorder.created[0]
 
 
-def test_pool_release_of_a_wrapper_releases_it(make_pool, recorder):
-    pool = make_pool(recorder)
+def test_pool_release_of_a_wrapper_releases_it(make_pool, pool_cls, recorder):
+    pool = make_pool(recorder, pool_cls=pool_cls)
     conn = pool.connect()
     pool.release(conn)
     assert pool.stats().in_use == 0
@@ -138,8 +145,8 @@ def test_pool_release_of_a_wrapper_releases_it(make_pool, recorder):
     assert pool.stats().in_use == 0
 
 
-def test_pool_release_of_the_raw_driver_connection_releases_it(make_pool, recorder):
-    pool = make_pool(recorder)
+def test_pool_release_of_the_raw_driver_connection_releases_it(make_pool, pool_cls, recorder):
+    pool = make_pool(recorder, pool_cls=pool_cls)
     conn = pool.connect()
     raw = conn.__wrapped__
     pool.release(raw)
@@ -150,23 +157,23 @@ def test_pool_release_of_the_raw_driver_connection_releases_it(make_pool, record
 
 
 def test_read_only_connect_on_a_non_routing_factory_returns_the_same_connection(
-    make_pool, recorder
+    make_pool, pool_cls, recorder
 ):
-    pool = make_pool(recorder)
+    pool = make_pool(recorder, pool_cls=pool_cls)
     with pool.connect() as rw, pool.connect(read_only=True) as ro:
         assert ro.__wrapped__ is rw.__wrapped__
     assert len(recorder.created) == 1
 
 
-def test_an_ordinary_error_in_a_with_block_propagates_and_releases(make_pool, recorder):
-    pool = make_pool(recorder)
+def test_an_ordinary_error_in_a_with_block_propagates_and_releases(make_pool, pool_cls, recorder):
+    pool = make_pool(recorder, pool_cls=pool_cls)
     with pytest.raises(ZeroDivisionError), pool.connect():
         1 / 0  # noqa: B018
     assert pool.stats().in_use == 0
     assert pool.stats().open == 1
 
 
-def test_session_wrapper_repr_is_the_driver_connections_repr(make_pool, recorder):
-    pool = make_pool(recorder)
+def test_session_wrapper_repr_is_the_driver_connections_repr(make_pool, pool_cls, recorder):
+    pool = make_pool(recorder, pool_cls=pool_cls)
     with pool.connect() as conn:
         assert repr(conn) == repr(recorder.created[0])

@@ -43,22 +43,25 @@ class SickSQLite(SQLite):
         super().ping(conn)
 
 
-def test_a_bounded_pool_gives_up_within_its_timeout_naming_the_last_failure():
+def test_a_pool_with_pre_ping_gives_up_within_its_timeout_naming_the_last_failure(
+    make_pool, pool_cls
+):
     factory = SickSQLite()
-    pool = BoundedPool(factory, size=2, timeout=1.0, pre_ping=True)
-    try:
-        started = time.monotonic()
-        with pytest.raises(PoolTimeoutError) as caught:
-            pool.connect()
-        elapsed = time.monotonic() - started
-        assert elapsed < 1.0 + MAX_DELAY  # its timeout, give or take one pause
-        assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
-        assert "sick" in str(caught.value.__cause__)
-        # 50, 100, 200, 400 ms pauses (halved at most by jitter) fit in a second: a handful.
-        assert factory.opened <= 8, factory.opened
-        assert pool.stats().open == 0
-    finally:
-        pool.close(timeout=0)
+    if pool_cls is BoundedPool:
+        pool = make_pool(factory, pool_cls=BoundedPool, size=2, timeout=1.0, pre_ping=True)
+    else:
+        pool = make_pool(factory, pre_ping=True)
+        pool._timeout = 1.0  # its fixed 30 s, shortened for the test
+    started = time.monotonic()
+    with pytest.raises(PoolTimeoutError) as caught:
+        pool.connect()
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.0 + MAX_DELAY  # its timeout, give or take one pause
+    assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
+    assert "sick" in str(caught.value.__cause__)
+    # 50, 100, 200, 400 ms pauses (halved at most by jitter) fit in a second: a handful.
+    assert factory.opened <= 8, factory.opened
+    assert pool.stats().open == 0
 
 
 def test_many_waiting_callers_open_a_few_connections_a_second_each():
@@ -85,38 +88,22 @@ def test_many_waiting_callers_open_a_few_connections_a_second_each():
     assert per_caller_per_second <= 5, (factory.opened, elapsed)
 
 
-def test_a_singleton_pool_with_pre_ping_backs_off_a_sick_server_too():
-    factory = SickSQLite()
-    pool = SingletonPool(factory, pre_ping=True)
-    pool._timeout = 1.0  # its fixed 30 s, shortened for the test
-    try:
-        with pytest.raises(PoolTimeoutError) as caught:
-            pool.connect()
-        assert isinstance(caught.value.__cause__, sqlite3.OperationalError)
-        assert factory.opened <= 8, factory.opened
-    finally:
-        pool.close(timeout=0)
-
-
-def test_recovery_is_immediate_once_the_server_heals():
+def test_recovery_is_immediate_once_the_server_heals(make_pool):
     factory = SickSQLite()
     # A timeout longer than the longest pause, so that a healed server is tried in time.
-    pool = BoundedPool(factory, size=2, timeout=MAX_DELAY + 0.2, pre_ping=True)
-    try:
-        with pytest.raises(PoolTimeoutError):
-            pool.connect()
-        factory.sick = False
-        started = time.monotonic()
+    pool = make_pool(factory, pool_cls=BoundedPool, size=2, timeout=MAX_DELAY + 0.2, pre_ping=True)
+    with pytest.raises(PoolTimeoutError):
+        pool.connect()
+    factory.sick = False
+    started = time.monotonic()
+    with pool.connect() as conn:
+        assert conn.execute("SELECT 7").fetchone() == (7,)
+    assert time.monotonic() - started <= MAX_DELAY + 0.2  # at most the pause left
+    started = time.monotonic()
+    for _ in range(20):  # the pause is gone once one attempt worked
         with pool.connect() as conn:
-            assert conn.execute("SELECT 7").fetchone() == (7,)
-        assert time.monotonic() - started <= MAX_DELAY + 0.2  # at most the pause left
-        started = time.monotonic()
-        for _ in range(20):  # the pause is gone once one attempt worked
-            with pool.connect() as conn:
-                conn.execute("SELECT 1")
-        assert time.monotonic() - started < 1
-    finally:
-        pool.close(timeout=0)
+            conn.execute("SELECT 1")
+    assert time.monotonic() - started < 1
 
 
 def test_a_refusing_server_raises_the_driver_error_and_later_attempts_back_off():

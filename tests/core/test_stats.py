@@ -1,4 +1,4 @@
-"""pool.stats(): a frozen snapshot of the pool's counters."""
+"""pool.stats(): a frozen snapshot of the pool's counters, the same for both pool classes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import qdbpool
 from qdbpool import PoolStats
 
 
-def test_stats_of_a_new_pool_are_all_zero(make_pool, recorder):
-    assert make_pool(recorder).stats() == PoolStats(
+def test_stats_of_a_new_pool_are_all_zero(make_pool, pool_cls, recorder):
+    assert make_pool(recorder, pool_cls=pool_cls).stats() == PoolStats(
         open=0,
         in_use=0,
         created=0,
@@ -25,14 +25,14 @@ def test_stats_of_a_new_pool_are_all_zero(make_pool, recorder):
     )
 
 
-def test_stats_is_frozen(make_pool, recorder):
-    stats = make_pool(recorder).stats()
+def test_stats_is_frozen(make_pool, pool_cls, recorder):
+    stats = make_pool(recorder, pool_cls=pool_cls).stats()
     with pytest.raises(dataclasses.FrozenInstanceError):
         stats.open = 5  # type: ignore[misc]
 
 
-def test_stats_is_a_snapshot_that_does_not_change_afterwards(make_pool, recorder):
-    pool = make_pool(recorder)
+def test_stats_is_a_snapshot_that_does_not_change_afterwards(make_pool, pool_cls, recorder):
+    pool = make_pool(recorder, pool_cls=pool_cls)
     before = pool.stats()
     with pool.connect():
         pass
@@ -41,6 +41,8 @@ def test_stats_is_a_snapshot_that_does_not_change_afterwards(make_pool, recorder
 
 
 def test_stats_count_open_in_use_and_idle_connections(make_pool, recorder):
+    # A SingletonPool's: the other thread keeps its idle connection (a BoundedPool would lend
+    # it to this one).
     pool = make_pool(recorder)
     in_thread, finish = threading.Event(), threading.Event()
 
@@ -63,8 +65,8 @@ def test_stats_count_open_in_use_and_idle_connections(make_pool, recorder):
     assert (stats.open, stats.in_use, stats.idle) == (2, 1, 1)
 
 
-def test_stats_count_checkouts_including_nested_ones(make_pool, recorder):
-    pool = make_pool(recorder)
+def test_stats_count_checkouts_including_nested_ones(make_pool, pool_cls, recorder):
+    pool = make_pool(recorder, pool_cls=pool_cls)
     with pool.connect(), pool.connect():
         pass
     with pool.connect():
@@ -94,8 +96,8 @@ def test_stats_count_every_decorated_call_past_the_fast_paths_small_counter(reco
         qdbpool.close()
 
 
-def test_stats_count_closed_and_discarded_connections(make_pool, recorder):
-    pool = make_pool(recorder)
+def test_stats_count_closed_and_discarded_connections(make_pool, pool_cls, recorder):
+    pool = make_pool(recorder, pool_cls=pool_cls)
     with pool.connect() as conn:
         conn.__wrapped__.close()  # lost: discarded
     with pool.connect():
@@ -106,11 +108,11 @@ def test_stats_count_closed_and_discarded_connections(make_pool, recorder):
     assert (stats.created, stats.closed, stats.discarded, stats.open) == (2, 2, 1, 0)
 
 
-def test_stats_count_connect_errors(make_pool):
+def test_stats_count_connect_errors(make_pool, pool_cls):
     def refuse():
         raise ConnectionRefusedError("no server")
 
-    pool = make_pool(refuse)
+    pool = make_pool(refuse, pool_cls=pool_cls)
     for _ in range(2):
         with pytest.raises(ConnectionRefusedError):
             pool.connect()

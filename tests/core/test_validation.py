@@ -1,4 +1,7 @@
-"""Checking connections: lost ones discarded, old or idle ones replaced, pre-ping, hooks."""
+"""Checking connections: lost ones discarded, old or idle ones replaced, pre-ping, hooks.
+
+All of it is Pool's, so it runs against both pool classes (`pool_cls`).
+"""
 
 from __future__ import annotations
 
@@ -22,8 +25,10 @@ def which(conn):
 
 
 def test_a_connection_closed_by_the_user_inside_with_conn_is_replaced(
-    global_pool, recorder, closed_check
+    make_global_pool, recorder, closed_check
 ):
+    pool = make_global_pool(recorder)
+
     @with_conn
     def close_it(conn):
         conn.close()
@@ -34,11 +39,13 @@ def test_a_connection_closed_by_the_user_inside_with_conn_is_replaced(
     assert fresh is recorder.created[1]
     assert not closed_check(fresh)
     assert fresh.execute("SELECT 1").fetchone() == (1,)
-    assert global_pool.stats().discarded == 1
+    assert pool.stats().discarded == 1
 
 
-def test_a_connection_closed_by_the_user_through_a_session_wrapper_is_replaced(make_pool, recorder):
-    pool = make_pool(recorder)
+def test_a_connection_closed_by_the_user_through_a_session_wrapper_is_replaced(
+    make_pool, pool_cls, recorder
+):
+    pool = make_pool(recorder, pool_cls=pool_cls)
     with pool.connect() as conn:
         conn.__wrapped__.close()
     with pool.connect() as conn:
@@ -46,8 +53,8 @@ def test_a_connection_closed_by_the_user_through_a_session_wrapper_is_replaced(m
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_an_sqlite_factory_connection_closed_by_the_user_is_replaced(tmp_path):
-    pool = qdbpool.initialize(SQLite(tmp_path / "db.sqlite"))
+def test_an_sqlite_factory_connection_closed_by_the_user_is_replaced(make_global_pool, tmp_path):
+    pool = make_global_pool(SQLite(tmp_path / "db.sqlite"))
 
     @with_conn
     def close_it(conn):
@@ -65,8 +72,10 @@ def test_an_sqlite_factory_connection_closed_by_the_user_is_replaced(tmp_path):
 
 
 def test_a_connection_error_inside_with_conn_propagates_and_discards_the_connection(
-    global_pool, recorder, closed_check
+    make_global_pool, recorder, closed_check
 ):
+    pool = make_global_pool(recorder)
+
     @with_conn
     def fail(conn):
         raise ConnectionError("link down")
@@ -77,10 +86,14 @@ def test_a_connection_error_inside_with_conn_propagates_and_discards_the_connect
 
     assert closed_check(first)
     assert which() is recorder.created[1]
-    assert global_pool.stats().discarded == 1
+    assert pool.stats().discarded == 1
 
 
-def test_an_eof_error_inside_with_conn_discards_the_connection(global_pool, recorder, closed_check):
+def test_an_eof_error_inside_with_conn_discards_the_connection(
+    make_global_pool, recorder, closed_check
+):
+    make_global_pool(recorder)
+
     @with_conn
     def fail(conn):
         raise EOFError
@@ -93,9 +106,9 @@ def test_an_eof_error_inside_with_conn_discards_the_connection(global_pool, reco
 
 
 def test_a_connection_error_inside_a_with_block_discards_the_connection(
-    make_pool, recorder, closed_check
+    make_pool, pool_cls, recorder, closed_check
 ):
-    pool = make_pool(recorder)
+    pool = make_pool(recorder, pool_cls=pool_cls)
     with pytest.raises(ConnectionError), pool.connect():
         raise ConnectionError("link down")
 
@@ -104,8 +117,8 @@ def test_a_connection_error_inside_a_with_block_discards_the_connection(
         assert conn.__wrapped__ is recorder.created[1]
 
 
-def test_an_error_from_a_closed_sqlite_handle_discards_the_connection(tmp_path, closed_check):
-    pool = qdbpool.initialize(SQLite(tmp_path / "db.sqlite"))
+def test_an_error_from_a_closed_sqlite_handle_discards_the_connection(make_global_pool, tmp_path):
+    pool = make_global_pool(SQLite(tmp_path / "db.sqlite"))
 
     @with_conn
     def fail(conn):
@@ -118,8 +131,8 @@ def test_an_error_from_a_closed_sqlite_handle_discards_the_connection(tmp_path, 
     assert pool.stats().discarded == 1
 
 
-def test_an_sql_error_keeps_the_sqlite_connection(tmp_path, closed_check):
-    pool = qdbpool.initialize(SQLite(tmp_path / "db.sqlite"))
+def test_an_sql_error_keeps_the_sqlite_connection(make_global_pool, tmp_path, closed_check):
+    pool = make_global_pool(SQLite(tmp_path / "db.sqlite"))
 
     @with_conn
     def bad_sql(conn):
@@ -135,8 +148,10 @@ def test_an_sql_error_keeps_the_sqlite_connection(tmp_path, closed_check):
 
 
 def test_an_ordinary_error_keeps_the_connection_of_a_plain_callable(
-    global_pool, recorder, closed_check
+    make_global_pool, recorder, closed_check
 ):
+    make_global_pool(recorder)
+
     @with_conn
     def fail(conn):
         raise ValueError("not a connection problem")
@@ -148,8 +163,8 @@ def test_an_ordinary_error_keeps_the_connection_of_a_plain_callable(
     assert not closed_check(first)
 
 
-def test_an_ordinary_error_in_a_with_block_keeps_the_connection(make_pool, recorder):
-    pool = make_pool(recorder)
+def test_an_ordinary_error_in_a_with_block_keeps_the_connection(make_pool, pool_cls, recorder):
+    pool = make_pool(recorder, pool_cls=pool_cls)
     with pytest.raises(sqlite3.OperationalError), pool.connect() as conn:
         conn.execute("SELEKT nonsense")
     with pool.connect() as conn:
@@ -160,9 +175,9 @@ def test_an_ordinary_error_in_a_with_block_keeps_the_connection(make_pool, recor
 
 
 def test_max_lifetime_replaces_a_connection_older_than_it_counting_from_its_creation(
-    recorder, clock, closed_check
+    make_global_pool, recorder, clock, closed_check
 ):
-    qdbpool.initialize(recorder, max_lifetime=10)
+    make_global_pool(recorder, max_lifetime=10)
     first = which()
     clock.advance(5)
     assert which() is first
@@ -174,8 +189,8 @@ def test_max_lifetime_replaces_a_connection_older_than_it_counting_from_its_crea
     assert not closed_check(second)
 
 
-def test_max_lifetime_applies_to_connect_too(make_pool, recorder, clock):
-    pool = make_pool(recorder, max_lifetime=10)
+def test_max_lifetime_applies_to_connect_too(make_pool, pool_cls, recorder, clock):
+    pool = make_pool(recorder, pool_cls=pool_cls, max_lifetime=10)
     with pool.connect():
         pass
     clock.advance(11)
@@ -184,8 +199,10 @@ def test_max_lifetime_applies_to_connect_too(make_pool, recorder, clock):
     assert pool.stats().discarded == 1
 
 
-def test_max_idle_replaces_a_connection_idle_longer_than_it(recorder, clock, closed_check):
-    qdbpool.initialize(recorder, max_idle=10)
+def test_max_idle_replaces_a_connection_idle_longer_than_it(
+    make_global_pool, recorder, clock, closed_check
+):
+    make_global_pool(recorder, max_idle=10)
     first = which()
     clock.advance(8)
     assert which() is first
@@ -198,8 +215,8 @@ def test_max_idle_replaces_a_connection_idle_longer_than_it(recorder, clock, clo
     assert closed_check(first)
 
 
-def test_max_idle_counts_from_the_end_of_the_last_use(recorder, clock):
-    qdbpool.initialize(recorder, max_idle=10)
+def test_max_idle_counts_from_the_end_of_the_last_use(make_global_pool, recorder, clock):
+    make_global_pool(recorder, max_idle=10)
 
     @with_conn
     def slow(conn):
@@ -214,8 +231,10 @@ def test_max_idle_counts_from_the_end_of_the_last_use(recorder, clock):
 # ----------------------------------------------------------------- pre-ping
 
 
-def test_pre_ping_true_pings_each_new_connection_and_each_outermost_checkout_only(pingable):
-    qdbpool.initialize(pingable, pre_ping=True)
+def test_pre_ping_true_pings_each_new_connection_and_each_outermost_checkout_only(
+    make_global_pool, pingable
+):
+    make_global_pool(pingable, pre_ping=True)
 
     @with_conn
     def outer(conn):
@@ -233,8 +252,8 @@ def test_pre_ping_true_pings_each_new_connection_and_each_outermost_checkout_onl
     assert conn.pings == 4
 
 
-def test_pre_ping_true_replaces_a_connection_whose_ping_fails(pingable):
-    pool = qdbpool.initialize(pingable, pre_ping=True)
+def test_pre_ping_true_replaces_a_connection_whose_ping_fails(make_global_pool, pingable):
+    pool = make_global_pool(pingable, pre_ping=True)
     first = which()
     first.ping_fails = True
 
@@ -246,8 +265,8 @@ def test_pre_ping_true_replaces_a_connection_whose_ping_fails(pingable):
     assert pool.stats().discarded == 1
 
 
-def test_pre_ping_true_replaces_an_sqlite_connection_closed_while_idle(tmp_path):
-    qdbpool.initialize(SQLite(tmp_path / "db.sqlite"), pre_ping=True)
+def test_pre_ping_true_replaces_an_sqlite_connection_closed_while_idle(make_global_pool, tmp_path):
+    make_global_pool(SQLite(tmp_path / "db.sqlite"), pre_ping=True)
     first = which()
     first.close()  # behind the pool's back, between two uses
 
@@ -256,8 +275,8 @@ def test_pre_ping_true_replaces_an_sqlite_connection_closed_while_idle(tmp_path)
     assert second.execute("SELECT 1").fetchone() == (1,)
 
 
-def test_pre_ping_seconds_pings_only_after_that_much_idleness(pingable, clock):
-    qdbpool.initialize(pingable, pre_ping=5)
+def test_pre_ping_seconds_pings_only_after_that_much_idleness(make_global_pool, pingable, clock):
+    make_global_pool(pingable, pre_ping=5)
     conn = which()
     clock.advance(3)
     assert which() is conn
@@ -268,8 +287,10 @@ def test_pre_ping_seconds_pings_only_after_that_much_idleness(pingable, clock):
     assert conn.pings == 1
 
 
-def test_pre_ping_seconds_replaces_a_failing_connection_after_idleness(pingable, clock):
-    qdbpool.initialize(pingable, pre_ping=5)
+def test_pre_ping_seconds_replaces_a_failing_connection_after_idleness(
+    make_global_pool, pingable, clock
+):
+    make_global_pool(pingable, pre_ping=5)
     first = which()
     first.ping_fails = True
     clock.advance(3)
@@ -279,8 +300,8 @@ def test_pre_ping_seconds_replaces_a_failing_connection_after_idleness(pingable,
     assert first.closed
 
 
-def test_no_pre_ping_by_default(pingable):
-    qdbpool.initialize(pingable)
+def test_no_pre_ping_by_default(make_global_pool, pingable):
+    make_global_pool(pingable)
     conn = which()
     for _ in range(3):
         which()
@@ -290,9 +311,9 @@ def test_no_pre_ping_by_default(pingable):
 # ----------------------------------------------------------------- hooks
 
 
-def test_configure_is_called_once_per_new_connection(recorder):
+def test_configure_is_called_once_per_new_connection(make_global_pool, pool_cls, recorder):
     configured: list[sqlite3.Connection] = []
-    qdbpool.initialize(recorder, configure=configured.append)
+    make_global_pool(recorder, configure=configured.append)
 
     @with_conn
     def kill(conn):
@@ -307,11 +328,13 @@ def test_configure_is_called_once_per_new_connection(recorder):
     which()  # ... by a new one, configured in turn
 
     assert configured == recorder.created
-    assert len(configured) == 3
+    # The other thread: a SingletonPool opens a connection for it, a BoundedPool lends it
+    # the idle one.
+    assert len(configured) == (3 if pool_cls is qdbpool.SingletonPool else 2)
 
 
-def test_configure_runs_before_the_connection_is_handed_out(recorder):
-    qdbpool.initialize(recorder, configure=lambda c: setattr(c, "row_factory", sqlite3.Row))
+def test_configure_runs_before_the_connection_is_handed_out(make_global_pool, recorder):
+    make_global_pool(recorder, configure=lambda c: setattr(c, "row_factory", sqlite3.Row))
 
     @with_conn
     def row(conn):
@@ -320,9 +343,9 @@ def test_configure_runs_before_the_connection_is_handed_out(recorder):
     assert row()["one"] == 1
 
 
-def test_reset_runs_at_each_outermost_release_only(recorder):
+def test_reset_runs_at_each_outermost_release_only(make_global_pool, recorder):
     resets: list[sqlite3.Connection] = []
-    qdbpool.initialize(recorder, reset=resets.append)
+    make_global_pool(recorder, reset=resets.append)
 
     @with_conn
     def inner(conn):
@@ -339,9 +362,11 @@ def test_reset_runs_at_each_outermost_release_only(recorder):
     assert len(resets) == 2
 
 
-def test_reset_runs_when_a_with_block_releases_the_outermost_checkout(make_pool, recorder):
+def test_reset_runs_when_a_with_block_releases_the_outermost_checkout(
+    make_pool, pool_cls, recorder
+):
     resets: list[sqlite3.Connection] = []
-    pool = make_pool(recorder, reset=resets.append)
+    pool = make_pool(recorder, pool_cls=pool_cls, reset=resets.append)
     with pool.connect():
         with pool.connect():
             pass
@@ -349,12 +374,12 @@ def test_reset_runs_when_a_with_block_releases_the_outermost_checkout(make_pool,
     assert resets == recorder.created
 
 
-def test_sqlite_factory_rolls_back_an_open_transaction_at_release(tmp_path):
+def test_sqlite_factory_rolls_back_an_open_transaction_at_release(make_global_pool, tmp_path):
     path = tmp_path / "db.sqlite"
     with sqlite3.connect(path) as setup:
         setup.execute("CREATE TABLE t (x INTEGER)")
     setup.close()
-    qdbpool.initialize(SQLite(path))
+    make_global_pool(SQLite(path))
 
     @with_conn
     def insert_without_commit(conn):
@@ -373,6 +398,33 @@ def test_sqlite_factory_rolls_back_an_open_transaction_at_release(tmp_path):
         observer.commit()
     finally:
         observer.close()
+
+
+def test_sqlite_factory_rolls_back_only_when_the_outermost_decorated_call_ends(
+    make_global_pool, sqlite_factory
+):
+    pool = make_global_pool(sqlite_factory)
+
+    @with_conn
+    def inner(conn):
+        conn.execute("INSERT INTO t VALUES (1)")  # opens a transaction
+
+    @with_conn
+    def outer(conn):
+        conn.execute("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+        conn.commit()
+        inner()
+        rows = conn.execute("SELECT COUNT(*) FROM t").fetchone()[0]
+        return conn.in_transaction, rows
+
+    assert outer() == (True, 1)  # the inner release did not roll the outer's work back
+
+    @with_conn
+    def count(conn):
+        return conn.execute("SELECT COUNT(*) FROM t").fetchone()[0]
+
+    assert count() == 0  # the outermost release did
+    assert pool.stats().created == 1
 
 
 def test_a_warm_threads_decorated_call_has_its_open_transaction_rolled_back(tmp_path):
@@ -397,9 +449,9 @@ def test_a_warm_threads_decorated_call_has_its_open_transaction_rolled_back(tmp_
     assert qdbpool.instance().stats().created == 1
 
 
-def test_sqlite_factory_keeps_what_was_committed(tmp_path):
+def test_sqlite_factory_keeps_what_was_committed(make_global_pool, tmp_path):
     path = tmp_path / "db.sqlite"
-    qdbpool.initialize(SQLite(path))
+    make_global_pool(SQLite(path))
 
     @with_conn
     def write(conn):
@@ -415,16 +467,12 @@ def test_sqlite_factory_keeps_what_was_committed(tmp_path):
         observer.close()
 
 
-def test_sqlite_factory_rolls_back_when_a_with_block_releases(tmp_path):
-    path = tmp_path / "db.sqlite"
-    pool = qdbpool.SingletonPool(SQLite(path))
-    try:
-        with pool.connect() as conn:
-            conn.execute("CREATE TABLE t (x INTEGER)")
-            conn.commit()
-            conn.execute("INSERT INTO t VALUES (1)")
-        with pool.connect() as conn:
-            assert not conn.in_transaction
-            assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
-    finally:
-        pool.close()
+def test_sqlite_factory_rolls_back_when_a_with_block_releases(make_pool, pool_cls, tmp_path):
+    pool = make_pool(SQLite(tmp_path / "db.sqlite"), pool_cls=pool_cls)
+    with pool.connect() as conn:
+        conn.execute("CREATE TABLE t (x INTEGER)")
+        conn.commit()
+        conn.execute("INSERT INTO t VALUES (1)")
+    with pool.connect() as conn:
+        assert not conn.in_transaction
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)

@@ -171,17 +171,25 @@ def test_arg_name_is_accepted_for_a_function_with_var_keyword(global_pool, recor
     assert use(a=1) == {"a": 1, "db": recorder.created[0]}
 
 
-def test_decorated_function_returns_its_result_and_releases_the_connection(global_pool):
+def test_decorated_function_returns_its_result_and_releases_the_connection(
+    make_global_pool, recorder
+):
+    pool = make_global_pool(recorder)
+
     @with_conn
     def use(conn):
         return conn.execute("SELECT 5").fetchone()
 
     assert use() == (5,)
-    stats = global_pool.stats()
-    assert (stats.open, stats.in_use) == (1, 0)
+    stats = pool.stats()
+    assert (stats.checkouts, stats.open, stats.in_use) == (1, 1, 0)
 
 
-def test_an_ordinary_error_propagates_unchanged_and_releases_the_connection(global_pool):
+def test_an_ordinary_error_propagates_unchanged_and_releases_the_connection(
+    make_global_pool, recorder
+):
+    pool = make_global_pool(recorder)
+
     class Boom(Exception):
         pass
 
@@ -191,10 +199,12 @@ def test_an_ordinary_error_propagates_unchanged_and_releases_the_connection(glob
 
     with pytest.raises(Boom, match="x"):
         use()
-    assert global_pool.stats().in_use == 0
+    assert pool.stats().in_use == 0
 
 
-def test_repeated_calls_in_one_thread_reuse_one_connection(global_pool, recorder):
+def test_repeated_calls_in_one_thread_reuse_one_connection(make_global_pool, recorder):
+    make_global_pool(recorder)
+
     @with_conn
     def use(conn):
         return conn
@@ -217,10 +227,12 @@ def test_calls_in_different_threads_get_different_connections(global_pool, recor
     assert len(recorder.created) == 2
 
 
-def test_nested_decorated_calls_in_one_thread_share_one_connection(global_pool, recorder):
+def test_nested_decorated_calls_in_one_thread_share_one_connection(make_global_pool, recorder):
+    pool = make_global_pool(recorder)
+
     @with_conn
     def inner(conn):
-        return conn, global_pool.stats().in_use
+        return conn, pool.stats().in_use
 
     @with_conn
     def outer(conn):
@@ -230,10 +242,12 @@ def test_nested_decorated_calls_in_one_thread_share_one_connection(global_pool, 
     assert inner_conn is conn
     assert in_use == 1
     assert len(recorder.created) == 1
-    assert global_pool.stats().in_use == 0
+    assert pool.stats().in_use == 0
 
 
-def test_read_only_on_a_non_routing_factory_uses_the_same_connection(global_pool, recorder):
+def test_read_only_on_a_non_routing_factory_uses_the_same_connection(make_global_pool, recorder):
+    make_global_pool(recorder)
+
     @with_conn(read_only=True)
     def read(conn):
         return conn

@@ -8,17 +8,20 @@ modules cannot import this file.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import pymysql
 import pytest
 
-from qdbpool import _global
+import qdbpool
 from qdbpool.factories.mysql import MySQL
 from qdbpool.pool import Pool
 from qdbpool.testing.availability import require_mariadb
 from qdbpool.testing.mariadb import MariaDBReplicaPair, MariaDBServer
+
+T = TypeVar("T", MariaDBServer, MariaDBReplicaPair)
 
 APP_USER = "app"
 # Awkward on purpose: URL quoting is exercised wherever the password goes, and it is
@@ -27,50 +30,41 @@ APP_PASSWORD = "Pw/@:%s3cr3t-7xq"
 APP_DB = "appdb"
 
 
-@pytest.fixture(autouse=True)
-def no_global_pool(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every test starts with no global pool; whatever it initialized is closed after it."""
-    monkeypatch.setattr(_global, "current", None)
-    yield
-    pool = _global.current
-    if pool is not None:
-        pool.close(timeout=0)
+@contextlib.contextmanager
+def _with_app_user(kind: type[T]) -> Iterator[T]:
+    """A started MariaDBServer or MariaDBReplicaPair with the `app` user and `appdb`."""
+    require_mariadb()
+    with kind() as target:
+        target.create_user(APP_USER, APP_PASSWORD, APP_DB)
+        yield target
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[MariaDBServer]:
-    """One server per module, with the `app` user and `appdb`; tests must leave it running
-    and its globals as they found them."""
-    require_mariadb()
-    with MariaDBServer() as srv:
-        srv.create_user(APP_USER, APP_PASSWORD, APP_DB)
+    """One server per module; tests must leave it running and its globals as they found
+    them."""
+    with _with_app_user(MariaDBServer) as srv:
         yield srv
 
 
 @pytest.fixture
 def own_server() -> Iterator[MariaDBServer]:
     """A server this test alone uses: it may change globals (wait_timeout, ...)."""
-    require_mariadb()
-    with MariaDBServer() as srv:
-        srv.create_user(APP_USER, APP_PASSWORD, APP_DB)
+    with _with_app_user(MariaDBServer) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
 def pair() -> Iterator[MariaDBReplicaPair]:
     """A primary and a replica that tests leave in their roles."""
-    require_mariadb()
-    with MariaDBReplicaPair() as p:
-        p.create_user(APP_USER, APP_PASSWORD, APP_DB)
+    with _with_app_user(MariaDBReplicaPair) as p:
         yield p
 
 
 @pytest.fixture
 def own_pair() -> Iterator[MariaDBReplicaPair]:
     """A primary and a replica whose roles this test may switch."""
-    require_mariadb()
-    with MariaDBReplicaPair() as p:
-        p.create_user(APP_USER, APP_PASSWORD, APP_DB)
+    with _with_app_user(MariaDBReplicaPair) as p:
         yield p
 
 
@@ -87,24 +81,6 @@ def app_dsn() -> Callable[[Any], str]:
 
 
 @pytest.fixture
-def closing() -> Iterator[Callable[[Any], Any]]:
-    """Register a pool or factory to be closed at the end of the test, whatever happens."""
-    things: list[Any] = []
-
-    def register(thing: Any) -> Any:
-        things.append(thing)
-        return thing
-
-    yield register
-    for thing in reversed(things):
-        with contextlib.suppress(Exception):
-            if isinstance(thing, Pool):
-                thing.close(timeout=0)
-            else:
-                thing.close()
-
-
-@pytest.fixture
 def make_factory(
     closing: Callable[[Any], Any], app_dsn: Callable[[Any], str]
 ) -> Callable[..., MySQL]:
@@ -118,27 +94,66 @@ def make_factory(
 
 
 @pytest.fixture
-def sessions_of() -> Callable[[MariaDBServer], set[int]]:
-    """Connection ids of the app user's sessions on a server, seen from the server side."""
+def sessions_of() -> Iterator[Callable[[MariaDBServer], set[int]]]:
+    """Connection ids of the app user's sessions on a server, seen from the server side.
+
+    Asked over one root connection per server, kept until the test ends: cheap enough for a
+    thread to sample while others work (a new connection each time costs ~20 ms of TLS).
+    """
+    admins: dict[int, Any] = {}
+    lock = threading.Lock()
 
     def sessions(srv: MariaDBServer) -> set[int]:
-        rows = srv.sql("SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", (APP_USER,))
-        return {int(row[0]) for row in rows}
+        with lock:
+            if id(srv) not in admins:
+                admins[id(srv)] = srv.connect()
+            with admins[id(srv)].cursor() as cur:
+                cur.execute(
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = %s", (APP_USER,)
+                )
+                return {int(row[0]) for row in cur.fetchall()}
 
-    return sessions
+    yield sessions
+    for admin in admins.values():
+        with contextlib.suppress(Exception):
+            admin.close()
+
+
+def _connection_id(conn: Any) -> int:
+    with conn.cursor() as cur:
+        cur.execute("SELECT CONNECTION_ID()")
+        (cid,) = cur.fetchone()
+    return int(cid)
 
 
 @pytest.fixture
 def connection_id() -> Callable[[Any], int]:
     """CONNECTION_ID() of a PyMySQL connection, asked over that connection."""
+    return _connection_id
 
-    def ask(conn: Any) -> int:
-        with conn.cursor() as cur:
-            cur.execute("SELECT CONNECTION_ID()")
-            (cid,) = cur.fetchone()
-        return int(cid)
 
-    return ask
+@pytest.fixture
+def session_id() -> Callable[..., int]:
+    """session_id(): CONNECTION_ID() of the session `@with_conn` gives this thread."""
+    return qdbpool.with_conn(_connection_id)
+
+
+@pytest.fixture
+def make_global_pool(
+    pool_cls: type[Pool],
+    make_pool: Callable[..., Any],
+    make_factory: Callable[..., MySQL],
+) -> Callable[..., Pool]:
+    """make_global_pool(target, **kwargs): a pool of each class in turn (`pool_cls`) over
+    MySQL(app DSN of `target`), made the global pool; closed when the test ends."""
+
+    def make(target: Any, **kwargs: Any) -> Pool:
+        pool: Pool = qdbpool.initialize(
+            make_pool(make_factory(target), pool_cls=pool_cls, **kwargs)
+        )
+        return pool
+
+    return make
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,18 +21,11 @@ def _sleeping(server: MariaDBServer) -> int:
     return int(rows[0][0])
 
 
-def _poll(ok: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not ok():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not reached within {timeout:g}s")
-        time.sleep(0.01)  # polling interval, not synchronisation
-
-
 def test_close_with_a_timeout_stops_the_queries_in_flight_on_the_server(
     server: MariaDBServer,
     make_factory: Callable[..., Any],
     closing: Callable[[Any], Any],
+    poll: Callable[..., Any],
 ) -> None:
     pool = closing(qdbpool.SingletonPool(make_factory(server)))
 
@@ -48,9 +40,9 @@ def test_close_with_a_timeout_stops_the_queries_in_flight_on_the_server(
     for thread in threads:
         thread.start()
     try:
-        _poll(lambda: _sleeping(server) == SESSIONS, timeout=20, what="16 sessions in SLEEP")
+        poll(lambda: _sleeping(server) == SESSIONS, timeout=20, what="16 sessions in SLEEP")
         pool.close(timeout=0.5)
-        _poll(lambda: _sleeping(server) == 0, timeout=2.0, what="no SLEEP left on the server")
+        poll(lambda: _sleeping(server) == 0, timeout=2.0, what="no SLEEP left on the server")
     finally:
         for thread in threads:
             thread.join(timeout=35)

@@ -268,6 +268,22 @@ def table(server: MariaDBServer) -> str:
     return f"{APP_DB}.items"
 
 
+@pytest.fixture
+def one_session_pool(
+    server: MariaDBServer, make_factory: Callable[..., MySQL], make_pool: Callable[..., Any]
+) -> Callable[..., qdbpool.BoundedPool]:
+    """one_session_pool(**MySQL kwargs): a BoundedPool of one connection over the module's
+    server, so that every checkout is the same session."""
+
+    def make(**factory_kwargs: Any) -> qdbpool.BoundedPool:
+        pool: qdbpool.BoundedPool = make_pool(
+            make_factory(server, **factory_kwargs), pool_cls=qdbpool.BoundedPool, size=1
+        )
+        return pool
+
+    return make
+
+
 def _rollbacks(conn: Any) -> int:
     with conn.cursor() as cur:
         cur.execute("SHOW SESSION STATUS LIKE 'Com_rollback'")
@@ -277,12 +293,11 @@ def _rollbacks(conn: Any) -> int:
 
 def test_release_rolls_back_an_open_transaction(
     server: MariaDBServer,
-    make_factory: Callable[..., MySQL],
-    closing: Callable[[Any], Any],
+    one_session_pool: Callable[..., qdbpool.BoundedPool],
     connection_id: Callable[[Any], int],
     table: str,
 ) -> None:
-    pool = closing(qdbpool.BoundedPool(make_factory(server), size=1))
+    pool = one_session_pool()
     with pool.connect() as conn:
         assert conn.get_autocommit() is False
         first_session = connection_id(conn)
@@ -304,11 +319,10 @@ def test_release_rolls_back_an_open_transaction(
 
 def test_release_leaves_autocommit_work_alone(
     server: MariaDBServer,
-    make_factory: Callable[..., MySQL],
-    closing: Callable[[Any], Any],
+    one_session_pool: Callable[..., qdbpool.BoundedPool],
     table: str,
 ) -> None:
-    pool = closing(qdbpool.BoundedPool(make_factory(server, autocommit=True), size=1))
+    pool = one_session_pool(autocommit=True)
     with pool.connect() as conn:
         rollbacks_before = _rollbacks(conn)
         with conn.cursor() as cur:
@@ -320,11 +334,10 @@ def test_release_leaves_autocommit_work_alone(
 
 def test_release_after_commit_sends_no_rollback(
     server: MariaDBServer,
-    make_factory: Callable[..., MySQL],
-    closing: Callable[[Any], Any],
+    one_session_pool: Callable[..., qdbpool.BoundedPool],
     table: str,
 ) -> None:
-    pool = closing(qdbpool.BoundedPool(make_factory(server), size=1))
+    pool = one_session_pool()
     with pool.connect() as conn:
         rollbacks_before = _rollbacks(conn)
         with conn.cursor() as cur:
@@ -337,11 +350,10 @@ def test_release_after_commit_sends_no_rollback(
 
 def test_release_rolls_back_an_explicit_transaction_on_an_autocommit_connection(
     server: MariaDBServer,
-    make_factory: Callable[..., MySQL],
-    closing: Callable[[Any], Any],
+    one_session_pool: Callable[..., qdbpool.BoundedPool],
     table: str,
 ) -> None:
-    pool = closing(qdbpool.BoundedPool(make_factory(server, autocommit=True), size=1))
+    pool = one_session_pool(autocommit=True)
     with pool.connect() as conn:
         conn.begin()
         with conn.cursor() as cur:

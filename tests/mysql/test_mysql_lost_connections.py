@@ -22,41 +22,13 @@ from qdbpool.testing.mariadb import MariaDBServer
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.timeout(60)]
 
-POOLS = {
-    "singleton": lambda factory, **kw: qdbpool.SingletonPool(factory, **kw),
-    "bounded": lambda factory, **kw: qdbpool.BoundedPool(factory, size=2, **kw),
-}
-
-
-@pytest.fixture(params=sorted(POOLS))
-def make_pool(
-    request: pytest.FixtureRequest,
-    server: MariaDBServer,
-    make_factory: Callable[..., MySQL],
-    closing: Callable[[Any], Any],
-) -> Callable[..., Pool]:
-    """A pool of the parametrized kind over the module's server, made global."""
-
-    def make(**kwargs: Any) -> Pool:
-        pool: Pool = closing(POOLS[request.param](make_factory(server), **kwargs))
-        qdbpool.initialize(pool)
-        return pool
-
-    return make
-
-
-@qdbpool.with_conn
-def session_id(conn: Any) -> int:
-    with conn.cursor() as cur:
-        cur.execute("SELECT CONNECTION_ID()")
-        (cid,) = cur.fetchone()
-    return int(cid)
-
 
 def test_killed_idle_connection_is_replaced_at_checkout_with_pre_ping(
-    server: MariaDBServer, make_pool: Callable[..., Pool]
+    server: MariaDBServer,
+    make_global_pool: Callable[..., Pool],
+    session_id: Callable[..., int],
 ) -> None:
-    pool = make_pool(pre_ping=True)
+    pool = make_global_pool(server, pre_ping=True)
     killed = session_id()
     server.kill_connection(killed)
 
@@ -67,9 +39,9 @@ def test_killed_idle_connection_is_replaced_at_checkout_with_pre_ping(
 
 
 def test_killed_connection_is_not_reconnected_in_place(
-    server: MariaDBServer, make_pool: Callable[..., Pool]
+    server: MariaDBServer, make_global_pool: Callable[..., Pool]
 ) -> None:
-    pool = make_pool(pre_ping=True)
+    pool = make_global_pool(server, pre_ping=True)
     with pool.connect() as conn:
         old_raw = conn.__wrapped__
         with conn.cursor() as cur:
@@ -84,10 +56,11 @@ def test_killed_connection_is_not_reconnected_in_place(
 
 def test_error_on_a_killed_connection_discards_it_and_the_next_call_is_healthy(
     server: MariaDBServer,
-    make_pool: Callable[..., Pool],
+    make_global_pool: Callable[..., Pool],
     lost_errors: tuple[type[BaseException], ...],
+    session_id: Callable[..., int],
 ) -> None:
-    pool = make_pool()  # no pre_ping: the call that meets the dead session fails
+    pool = make_global_pool(server)  # no pre_ping: the call that meets the dead session fails
     killed = session_id()
     server.kill_connection(killed)
 
@@ -101,9 +74,12 @@ def test_error_on_a_killed_connection_discards_it_and_the_next_call_is_healthy(
 
 
 def test_connection_killing_itself_is_discarded(
-    make_pool: Callable[..., Pool], lost_errors: tuple[type[BaseException], ...]
+    server: MariaDBServer,
+    make_global_pool: Callable[..., Pool],
+    lost_errors: tuple[type[BaseException], ...],
+    session_id: Callable[..., int],
 ) -> None:
-    pool = make_pool()
+    pool = make_global_pool(server)
 
     @qdbpool.with_conn
     def kill_own_session(conn: Any) -> int:
@@ -163,6 +139,7 @@ def test_session_killed_by_the_server_leaves_the_other_pooled_connections_alone(
     make_factory: Callable[..., MySQL],
     closing: Callable[[Any], Any],
     lost_errors: tuple[type[BaseException], ...],
+    session_id: Callable[..., int],
 ) -> None:
     # MariaDB says so explicitly (1927 "Connection was killed"): the server is up and
     # answering, only that one session ended. The pool's other connections to it are fine.

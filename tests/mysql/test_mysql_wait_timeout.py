@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 import qdbpool
-from qdbpool.factories.mysql import MySQL
 from qdbpool.pool import Pool
 from qdbpool.testing._process import wait_until
 from qdbpool.testing.mariadb import MariaDBServer
@@ -31,37 +30,6 @@ def impatient_server(server: MariaDBServer) -> Iterator[MariaDBServer]:
     server.set_global("wait_timeout", WAIT_TIMEOUT)
     yield server
     server.set_global("wait_timeout", previous)
-
-
-POOLS = {
-    "singleton": lambda factory, **kw: qdbpool.SingletonPool(factory, **kw),
-    "bounded": lambda factory, **kw: qdbpool.BoundedPool(factory, size=2, **kw),
-}
-
-
-@pytest.fixture(params=sorted(POOLS))
-def make_pool(
-    request: pytest.FixtureRequest,
-    impatient_server: MariaDBServer,
-    make_factory: Callable[..., MySQL],
-    closing: Callable[[Any], Any],
-) -> Callable[..., Pool]:
-    """A global pool of the parametrized kind, opened after wait_timeout was lowered."""
-
-    def make(**kwargs: Any) -> Pool:
-        pool: Pool = closing(POOLS[request.param](make_factory(impatient_server), **kwargs))
-        qdbpool.initialize(pool)
-        return pool
-
-    return make
-
-
-@qdbpool.with_conn
-def session_id(conn: Any) -> int:
-    with conn.cursor() as cur:
-        cur.execute("SELECT CONNECTION_ID()")
-        (cid,) = cur.fetchone()
-    return int(cid)
 
 
 @qdbpool.with_conn
@@ -92,9 +60,12 @@ def _wait_until_server_dropped(server: MariaDBServer, cid: int) -> None:
     ids=["pre_ping", "max_idle", "max_lifetime"],
 )
 def test_session_ended_by_wait_timeout_is_replaced_before_use(
-    impatient_server: MariaDBServer, make_pool: Callable[..., Pool], limits: dict[str, Any]
+    impatient_server: MariaDBServer,
+    make_global_pool: Callable[..., Pool],
+    limits: dict[str, Any],
+    session_id: Callable[..., int],
 ) -> None:
-    pool = make_pool(**limits)
+    pool = make_global_pool(impatient_server, **limits)
     assert session_wait_timeout() == WAIT_TIMEOUT  # the pool's sessions really have it
     expired = session_id()
     _wait_until_server_dropped(impatient_server, expired)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -18,7 +17,6 @@ from urllib.parse import quote
 import pytest
 
 import qdbpool
-from qdbpool import _global
 from qdbpool.cluster import HostStatus
 from qdbpool.factories.postgres import Postgres
 from qdbpool.testing.availability import require_postgres
@@ -26,65 +24,36 @@ from qdbpool.testing.postgres import Node, PostgresCluster
 
 T = TypeVar("T")
 
-# Characters that need URL quoting, around a marker that no error, repr or log may ever show
-# (neither as is nor percent-encoded: the marker itself needs no quoting).
-SECRET_MARK = "SENTINEL"
-PASSWORD = f"pw:{SECRET_MARK}/@% 7"
-USER = "app"
 MONITOR_APP_NAME = "qdbpool-monitor"
 
 
 # -- clusters ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def shared_cluster() -> Iterator[PostgresCluster]:
-    """Primary + 2 standbys shared by tests that leave its topology alone."""
-    require_postgres()
-    with PostgresCluster(standbys=2, user=USER, password=PASSWORD) as c:
-        yield c
-
-
 @pytest.fixture(scope="module")
-def module_cluster() -> Iterator[PostgresCluster]:
+def module_cluster(app_cluster: Callable[[int], Any]) -> Iterator[PostgresCluster]:
     """Primary + 2 standbys for one module's tests, which leave its topology alone."""
-    require_postgres()
-    with PostgresCluster(standbys=2, user=USER, password=PASSWORD) as c:
+    with app_cluster(2) as c:
         yield c
 
 
 @pytest.fixture
-def cluster() -> Iterator[PostgresCluster]:
-    """A fresh primary + 2 standbys (user `app`, with PASSWORD); the test may break it."""
-    require_postgres()
-    with PostgresCluster(standbys=2, user=USER, password=PASSWORD) as c:
+def cluster(app_cluster: Callable[[int], Any]) -> Iterator[PostgresCluster]:
+    """A fresh primary + 2 standbys (user `app`, with `password`); the test may break it."""
+    with app_cluster(2) as c:
         yield c
 
 
 @pytest.fixture
-def make_cluster() -> Iterator[Callable[..., PostgresCluster]]:
+def make_cluster(closing: Callable[[Any], Any]) -> Callable[..., PostgresCluster]:
     """PostgresCluster(**kwargs), started; closed when the test ends."""
     require_postgres()
-    made: list[PostgresCluster] = []
 
     def make(**kwargs: Any) -> PostgresCluster:
-        c = PostgresCluster(**kwargs)
-        made.append(c)
+        c: PostgresCluster = closing(PostgresCluster(**kwargs))
         return c.start()
 
-    yield make
-    for c in made:
-        c.close()
-
-
-@pytest.fixture
-def password() -> str:
-    return PASSWORD
-
-
-@pytest.fixture
-def secret_mark() -> str:
-    return SECRET_MARK
+    return make
 
 
 @pytest.fixture
@@ -105,21 +74,10 @@ def url_for() -> Callable[..., str]:
 # -- pools ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def no_global_pool(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every test starts with no global pool; whatever it initialized is closed after it."""
-    monkeypatch.setattr(_global, "current", None)
-    yield
-    pool = _global.current
-    if pool is not None:
-        pool.close(timeout=1)
-
-
 @pytest.fixture
-def make_pool() -> Iterator[Callable[..., Any]]:
+def make_pool(make_pool: Callable[..., Any]) -> Callable[..., Any]:
     """make_pool(dsn, pool_cls=SingletonPool, pool_kwargs=None, **Postgres kwargs): a pool
     over a new Postgres factory (`pool.factory`); closed, with its factory, after the test."""
-    pools: list[Any] = []
 
     def make(
         dsn: str,
@@ -130,39 +88,15 @@ def make_pool() -> Iterator[Callable[..., Any]]:
     ) -> Any:
         factory = Postgres(dsn, **factory_kwargs)
         try:
-            pool = pool_cls(factory, **(pool_kwargs or {}))
+            return make_pool(factory, pool_cls=pool_cls, **(pool_kwargs or {}))
         except BaseException:
             factory.close()
             raise
-        pools.append(pool)
-        return pool
 
-    yield make
-    for pool in pools:
-        pool.close(timeout=1)
+    return make
 
 
-# -- polling and threads ----------------------------------------------------------------------
-
-
-def _poll(
-    probe: Callable[[], T], *, timeout: float = 10.0, interval: float = 0.01, what: str = "it"
-) -> T:
-    """Call `probe` until it returns something truthy; AssertionError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = probe()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not reached within {timeout:g}s (last: {last!r})")
-        time.sleep(interval)  # polling interval, not synchronisation
-
-
-@pytest.fixture
-def poll() -> Callable[..., Any]:
-    return _poll
+# -- threads ----------------------------------------------------------------------
 
 
 def _in_new_thread(fn: Callable[..., T], *args: Any, timeout: float = 30.0) -> T:
@@ -442,14 +376,11 @@ class DelayProxy:
 
 
 @pytest.fixture
-def make_delay_proxy() -> Iterator[Callable[[int, float], DelayProxy]]:
-    proxies: list[DelayProxy] = []
+def make_delay_proxy(closing: Callable[[Any], Any]) -> Callable[[int, float], DelayProxy]:
+    """make_delay_proxy(target_port, delay): a DelayProxy, closed when the test ends."""
 
     def make(target_port: int, delay: float) -> DelayProxy:
-        proxy = DelayProxy(target_port, delay)
-        proxies.append(proxy)
+        proxy: DelayProxy = closing(DelayProxy(target_port, delay))
         return proxy
 
-    yield make
-    for proxy in proxies:
-        proxy.close()
+    return make

@@ -4,35 +4,23 @@ code gave 45% of such callers the wrong error."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Callable
 
-import pytest
-
 import qdbpool
-from qdbpool import BoundedPool, PoolClosedError, SingletonPool
+from qdbpool import PoolClosedError, SingletonPool
 from qdbpool.factories import Postgres
 
 CALLERS = 16
 
 
-def nothing_listening() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
-@pytest.mark.parametrize("pool_class", [SingletonPool, BoundedPool])
 def test_callers_waiting_for_a_primary_get_pool_closed_error_when_the_pool_closes(
-    pool_class: type[qdbpool.Pool],
+    pool_cls: type[qdbpool.Pool], make_pool: Callable[..., qdbpool.Pool], free_port: int
 ) -> None:
     # No server at all: every caller waits (up to acquire_timeout) for a primary to appear.
-    dsn = f"postgresql://app@127.0.0.1:{nothing_listening()}/app"
-    factory = Postgres(dsn, acquire_timeout=30, refresh_delay=0.05)
-    pool = pool_class(factory)
+    dsn = f"postgresql://app@127.0.0.1:{free_port}/app"
+    pool = make_pool(dsn, pool_cls=pool_cls, acquire_timeout=30, refresh_delay=0.05)
     outcomes: list[BaseException | None] = []
     lock = threading.Lock()
     started = threading.Barrier(CALLERS + 1, timeout=30)
@@ -59,16 +47,16 @@ def test_callers_waiting_for_a_primary_get_pool_closed_error_when_the_pool_close
     assert not any(t.is_alive() for t in threads)
     assert time.monotonic() - closed_at < 10
     kinds = sorted({type(o).__name__ for o in outcomes})
-    assert kinds == ["PoolClosedError"], (pool_class.__name__, kinds, outcomes[:3])
+    assert kinds == ["PoolClosedError"], (pool_cls.__name__, kinds, outcomes[:3])
     assert all(isinstance(o, PoolClosedError) for o in outcomes)
 
 
-def test_closing_the_previous_pool_of_a_shared_factory_leaves_the_new_pools_callers_waiting() -> (
-    None
-):
+def test_closing_the_previous_pool_of_a_shared_factory_leaves_the_new_pools_callers_waiting(
+    free_port: int,
+) -> None:
     # initialize(factory) again makes the new pool before it closes the old one: the old
     # pool's close() must not close the factory under the new pool's waiting callers.
-    dsn = f"postgresql://app@127.0.0.1:{nothing_listening()}/app"
+    dsn = f"postgresql://app@127.0.0.1:{free_port}/app"
     factory = Postgres(dsn, acquire_timeout=30, refresh_delay=0.05)
     qdbpool.initialize(factory)
     new = qdbpool.initialize(factory)  # closes the first pool

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import sqlite3
 import sys
-from collections.abc import Iterator
 
 import pytest
 
 import qdbpool
-from qdbpool import _global
 from qdbpool.factories import SQLite
 
 if sys.version_info >= (3, 11):
@@ -82,16 +80,15 @@ def _calls_a_type_checker_must_reject() -> None:
 
 
 @pytest.fixture
-def users(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    monkeypatch.setattr(_global, "current", None)
+def users(tmp_path: pytest.TempPathFactory) -> str:
+    """A table `users` in the global pool's database (closed by tests/conftest.py)."""
     path = str(tmp_path / "typing.sqlite3")  # type: ignore[operator]
     with sqlite3.connect(path) as setup:
         setup.execute("CREATE TABLE users (name TEXT)")
         setup.executemany("INSERT INTO users VALUES (?)", [("ann",), ("bob",), ("cy",)])
     setup.close()
-    pool = qdbpool.initialize(SQLite(path))
-    yield "users"
-    pool.close(timeout=0)
+    qdbpool.initialize(SQLite(path))
+    return "users"
 
 
 def test_the_positional_form_takes_every_argument_but_the_connection(users: str) -> None:

@@ -29,31 +29,16 @@ WAIT = 30.0
 
 @pytest.fixture
 def pool_of(
-    app_dsn: str, make_pool: Callable[..., qdbpool.BoundedPool]
+    server: MariaDBServer, app_dsn: Callable[[Any], str], make_pool: Callable[..., Any]
 ) -> Callable[..., qdbpool.BoundedPool]:
     """A global BoundedPool over MySQL(app DSN); the pool closes its factory."""
 
     def make(**kwargs: Any) -> qdbpool.BoundedPool:
-        pool = make_pool(MySQL(app_dsn), **kwargs)
+        pool = make_pool(MySQL(app_dsn(server)), pool_cls=qdbpool.BoundedPool, **kwargs)
         qdbpool.initialize(pool)
         return pool
 
     return make
-
-
-@pytest.fixture
-def admin(server: MariaDBServer) -> Any:
-    conn = server.connect()
-    yield conn
-    conn.close()
-
-
-@qdbpool.with_conn
-def session_id(conn: Any) -> int:
-    with conn.cursor() as cur:
-        cur.execute("SELECT CONNECTION_ID()")
-        (cid,) = cur.fetchone()
-    return int(cid)
 
 
 def _run_threads(n: int, target: Callable[[int], None], timeout: float = WAIT) -> list[str]:
@@ -85,8 +70,7 @@ def _run_threads(n: int, target: Callable[[int], None], timeout: float = WAIT) -
 def test_64_threads_are_all_served_by_at_most_max_size_sessions(
     server: MariaDBServer,
     pool_of: Callable[..., qdbpool.BoundedPool],
-    admin: Any,
-    app_sessions: Callable[[Any], set[int]],
+    sessions_of: Callable[[MariaDBServer], set[int]],
 ) -> None:
     pool = pool_of(size=4, max_size=8, timeout=WAIT)
     calls_per_thread = 10
@@ -118,7 +102,7 @@ def test_64_threads_are_all_served_by_at_most_max_size_sessions(
             if stop.is_set():
                 return
             stats = pool.stats()
-            samples.append((app_sessions(admin), stats.open, stats.in_use))
+            samples.append((sessions_of(server), stats.open, stats.in_use))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -143,14 +127,19 @@ def test_64_threads_are_all_served_by_at_most_max_size_sessions(
 
 def test_pool_serves_at_full_capacity_after_1000_lost_connections(
     server: MariaDBServer,
-    app_dsn: str,
-    make_pool: Callable[..., qdbpool.BoundedPool],
-    admin: Any,
-    app_sessions: Callable[[Any], set[int]],
+    app_dsn: Callable[[Any], str],
+    make_pool: Callable[..., Any],
+    sessions_of: Callable[[MariaDBServer], set[int]],
 ) -> None:
     # PyMySQL's default (TLS "preferred") builds a fresh SSLContext for every connection,
     # ~20 ms of CPU each: a thousand reconnects would eat this suite's whole time budget.
-    pool = make_pool(MySQL(app_dsn + "?ssl_disabled=true"), size=4, max_size=8, timeout=WAIT)
+    pool = make_pool(
+        MySQL(app_dsn(server) + "?ssl_disabled=true"),
+        pool_cls=qdbpool.BoundedPool,
+        size=4,
+        max_size=8,
+        timeout=WAIT,
+    )
     qdbpool.initialize(pool)
     kills_per_thread, threads = 125, 8
     unexpected: list[str] = []
@@ -193,7 +182,7 @@ def test_pool_serves_at_full_capacity_after_1000_lost_connections(
         together.wait()  # all 8 are checked out at this point
         with lock:
             if len(held) == 8 and not unexpected:
-                live = app_sessions(admin)
+                live = sessions_of(server)
                 unexpected.extend(f"session {c} not on the server" for c in held if c not in live)
 
     assert _run_threads(8, lambda _: hold_one()) == []
@@ -223,7 +212,9 @@ def test_initialize_bounded_pool_serves_with_conn(
 
 
 def test_nested_with_conn_shares_one_server_session(
-    server: MariaDBServer, pool_of: Callable[..., qdbpool.BoundedPool]
+    server: MariaDBServer,
+    pool_of: Callable[..., qdbpool.BoundedPool],
+    session_id: Callable[..., int],
 ) -> None:
     pool = pool_of(size=2)
 
@@ -290,8 +281,8 @@ def _reap(pid: int, timeout: float) -> int | None:
 def test_forked_child_gets_fresh_sessions_and_the_parent_keeps_its_own(
     server: MariaDBServer,
     pool_of: Callable[..., qdbpool.BoundedPool],
-    admin: Any,
-    app_sessions: Callable[[Any], set[int]],
+    sessions_of: Callable[[MariaDBServer], set[int]],
+    session_id: Callable[..., int],
 ) -> None:
     pool = pool_of(size=2)
     parent_session = session_id()  # idle in the pool when we fork
@@ -310,6 +301,6 @@ def test_forked_child_gets_fresh_sessions_and_the_parent_keeps_its_own(
     assert kind == "ok"
     assert int(child_session) != parent_session
     # The child never used nor closed the parent's session: it is alive and still ours.
-    assert parent_session in app_sessions(admin)
+    assert parent_session in sessions_of(server)
     assert session_id() == parent_session
     assert pool.stats().discarded == 0
