@@ -20,9 +20,8 @@ checks that:
 - `stats()` agrees with the driver: open == opened - closed, created == opened,
   closed, connect errors, and checkouts counted by the machine.
 
-The main machine is limited to what today's code gets right. The known bugs of issue 11 §3
-each get one rule more, in a machine of their own, marked xfail(strict=True) in
-`TestIssue11Section3`: drop a marker once the fix lands (strict: an unexpected pass fails).
+The misuse rules of issue 11 §3 each get one rule more, in a machine of their own
+(`TestIssue11Section3`); each of them found its bug in the code before the fix.
 
 Runs: 9-20 s for the whole file on a 2-core machine, depending on its load.
 `QDBPOOL_HYPOTHESIS_PROFILE=soak` runs 5x the examples, each twice as long (for
@@ -969,10 +968,10 @@ class PoolMachine(RuleBasedStateMachine):
                     worker.stop()
 
 
-# -- the known bugs of issue 11 §3, one rule each ------------------------------------------
+# -- the misuse rules of issue 11 §3, one rule each -----------------------------------------
 #
-# Each rule reaches its bug from any state (it makes the checkout it needs when there is
-# none), so that a few examples find it every time: these tests are xfail(strict=True).
+# Each rule reaches its case from any state (it makes the checkout it needs when there is
+# none), so that a few examples find a regression every time.
 
 
 class KnownBugMachine(PoolMachine):
@@ -1126,7 +1125,7 @@ KNOWN_BUG_SETTINGS = settings(
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
     report_multiple_bugs=False,
     database=None,
-    derandomize=True,  # the same examples every run: strict xfail must fail every time
+    derandomize=True,  # the same examples every run
 )
 KINDS = ["singleton", "bounded"]
 # Hypothesis shrinks a failure for up to 5 minutes: let it finish and print the example.
