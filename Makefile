@@ -81,7 +81,8 @@ test-lowest: $(UV)
 	VIRTUAL_ENV=$(LOWEST_VENV) $(UV) pip install --quiet --resolution lowest-direct -e '.[dev,bench,docs]'
 	VIRTUAL_ENV=$(LOWEST_VENV) $(UV) pip freeze --quiet | tr '\n' ' '; echo
 	$(LOWEST_VENV)/bin/python -m mkdocs build --quiet --strict --site-dir $(LOWEST_VENV)/site
-	$(LOWEST_VENV)/bin/python -m pytest -p no:cacheprovider $(SERVER_FREE_TESTS) $(PYTEST_ARGS)
+	# A few examples of the pool state machine: the floors are what this run proves
+	QDBPOOL_HYPOTHESIS_PROFILE=quick $(LOWEST_VENV)/bin/python -m pytest -p no:cacheprovider $(SERVER_FREE_TESTS) $(PYTEST_ARGS)
 test-lowest: PY_VERSION = $(LOWEST_PY_VERSION)
 
 lint: $(INSTALLED)
