@@ -22,6 +22,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("qdbpool")
 
+_RELEASED_MESSAGE = (
+    "this connection was released to the pool; check out another with pool.connect()"
+)
+
 _set = object.__setattr__  # our own slots, past the forwarding __setattr__ below
 
 
@@ -85,7 +89,7 @@ class SessionWrapper:
         """The driver's connection itself (the name functools and wrapt use for it)."""
         conn = self._session_conn
         if conn is RELEASED:
-            conn.__wrapped__  # noqa: B018 - raises ConnectionReleasedError
+            raise ConnectionReleasedError(_RELEASED_MESSAGE)
         return conn
 
     @property  # type: ignore[misc]
@@ -112,9 +116,7 @@ class SessionWrapper:
 
     def __enter__(self) -> SessionWrapper:
         if self._session_conn is RELEASED:
-            raise ConnectionReleasedError(
-                "this connection was released to the pool; check out another with pool.connect()"
-            )
+            raise ConnectionReleasedError(_RELEASED_MESSAGE)
         return self
 
     def __exit__(
