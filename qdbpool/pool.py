@@ -278,7 +278,7 @@ class Pool:
                 # Still in _live, so nobody has closed it yet: safe to interrupt here.
                 self._interrupt(pooled)
                 self._live.discard(pooled)
-                pooled.orphaned = True
+                pooled.retired = pooled.orphaned = True
                 self._count_closed(pooled, discarded=False)
             leftovers = [p for p in self._live if p.depth == 0]
         if held:
@@ -398,6 +398,7 @@ class Pool:
         with self._lock:
             if self._closed:  # closed while we were connecting: nobody may get this one
                 pooled.mark_closed()
+                pooled.retired = True  # never counted: closed right below
                 closed_meanwhile = True
             else:
                 closed_meanwhile = False
@@ -510,12 +511,16 @@ class Pool:
     ) -> None:
         """Close a connection for good. Idempotent; safe from any thread."""
         with self._lock:
-            if pooled not in self._live:  # retired already, orphaned by close(), or never ours
+            # Not `pooled in self._live`: the cycle collector clears weak references before
+            # it runs finalizers, so a record collected with its wrapper has left the
+            # WeakSet before anyone could retire it.
+            if pooled.retired:  # retired already, or orphaned by close()
                 pooled.mark_closed()
                 if not pooled.orphaned:
                     return
                 pooled.orphaned = False  # counted when orphaned; its holder closes it now
             else:
+                pooled.retired = True
                 pooled.mark_closed()
                 self._live.discard(pooled)
                 self._count_closed(pooled, discarded=discarded)
@@ -569,6 +574,7 @@ class Pool:
         inherited = list(self._live)
         for pooled in inherited:
             pooled.mark_closed()  # so that no finalizer or release ever closes it here
+            pooled.retired = True
             _fork.keep_inherited(pooled.raw)
         self._init_state()
         self._factory.after_fork_in_child()

@@ -39,6 +39,7 @@ class PooledConnection:
         "pool",
         "raw",
         "read_only",
+        "retired",
         "session",
         "watched",
     )
@@ -61,6 +62,9 @@ class PooledConnection:
         self.depth = 0  # nested checkouts in progress; 0 = idle
         self.checkouts = 0  # counted by the thread that holds it, without the lock
         self.closed = False
+        # Counted closed by its pool: its driver connection closed, or left to its holder
+        # (see `orphaned`). A flag, not membership of the pool's WeakSet: see Pool._retire.
+        self.retired = False
         # Closed by the pool while its holder kept it past close()'s timeout: counted closed
         # already, and the holder closes the driver connection when it lets go of it.
         self.orphaned = False
@@ -83,7 +87,7 @@ class PooledConnection:
             # the pool's lock may be held by a thread that does not exist in this process.
             _fork.keep_inherited(self.raw)
             return
-        if not self.closed or self.orphaned:
+        if not self.retired or self.orphaned:
             # Not through the thread-local: this may run while that thread is torn down.
             # Anything may fail at interpreter shutdown; nothing is left to protect then.
             with contextlib.suppress(Exception):

@@ -128,6 +128,30 @@ def test_a_wrapper_collected_unreleased_is_released_with_a_warning(make, caplog)
     assert pool.stats().open == 0
 
 
+def test_a_wrapper_dropped_inside_a_reference_cycle_is_closed_and_counted(
+    make, pool_cls, closed_check
+):
+    # The usual way: an exception's traceback holds the frame that held the wrapper. The
+    # cycle collector clears weak references before it runs finalizers, so the pool must
+    # not rely on a WeakSet to know that the connection is still its own to close.
+    pool = make(size=1, max_size=1, timeout=5) if pool_cls is BoundedPool else make()
+
+    def check_out_into_a_cycle() -> object:
+        conn = pool.connect()
+        cycle: list[object] = [conn]
+        cycle.append(cycle)
+        return conn.__wrapped__
+
+    # In a thread that ends: then nothing but the cycle refers to the connection's record.
+    raw = run_in_thread(check_out_into_a_cycle)
+    gc.collect()
+    stats = pool.stats()
+    assert (stats.open, stats.in_use, stats.closed) == (0, 0, 1)
+    assert closed_check(raw)
+    with pool.connect() as again:  # a BoundedPool got its capacity back
+        assert again.execute("SELECT 1").fetchone() == (1,)
+
+
 def test_a_wrapper_collected_unreleased_in_another_thread_frees_its_connection(make):
     pool = make()
     conn = run_in_thread(pool.connect)  # checked out there, never released

@@ -1171,20 +1171,7 @@ class TestIssue11Section3:
             settings=KNOWN_BUG_SETTINGS,
         )
 
-    def test_reset_hook_leaving_a_transaction_discards_the_connection(
-        self, kind: str, request: pytest.FixtureRequest
-    ) -> None:
-        if kind == "bounded":
-            # Open bug: the cycle collector clears weak references before it runs
-            # finalizers, so a connection record collected together with its wrapper has
-            # left the pool's WeakSet when the wrapper's finalizer releases it, and
-            # Pool._retire takes that for "retired already": the driver connection is not
-            # closed and the stats lose it. Retiring by a flag fixed it (commit 302cc6b)
-            # but was reverted: it made the soak's BoundedPool failover exceed max_size
-            # sessions (the driver's own finalizer may close the socket first, so the wait
-            # for the server's end of the session sees nothing). See the session note.
-            # It still runs: an XPASS shows when a fix lands.
-            request.applymarker(pytest.mark.xfail(strict=False, reason="open: in_use leak"))
+    def test_reset_hook_leaving_a_transaction_discards_the_connection(self, kind: str) -> None:
         run_state_machine_as_test(
             functools.partial(ResetHookLeavesTransaction, kind), settings=KNOWN_BUG_SETTINGS
         )
