@@ -23,6 +23,7 @@ import wrapt
 
 from qdbpool import _global
 from qdbpool.errors import ArgumentTypeError, PoolNotInitializedError
+from qdbpool.pool import Pool
 from qdbpool.session import SessionWrapper
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -129,15 +130,45 @@ def _plan(fn: Callable[..., Any], arg: int | str, skip_first: bool) -> _Plan:
     )
 
 
-def _is_connection(value: Any) -> bool:
-    pool = _global.current
+@dataclass(frozen=True)
+class _Source:
+    """Which pool a decorated function takes its connection from: a pool given as such,
+    or a global one looked up at each call (so that it may be initialized, or replaced,
+    after the function was decorated): the default (name None) or a named one."""
+
+    pool: Pool | None
+    name: str | None
+
+    def lookup(self) -> Pool | None:
+        if self.pool is not None:
+            return self.pool
+        return _global.current if self.name is None else _global.named.get(self.name)
+
+
+_DEFAULT = _Source(None, None)
+
+
+def _source(pool: object) -> _Source:
+    if pool is None:
+        return _DEFAULT
+    if isinstance(pool, Pool):
+        return _Source(pool, None)
+    if isinstance(pool, str) and pool:
+        return _Source(None, pool)
+    raise ArgumentTypeError(
+        f"with_conn(pool=...) takes a Pool or the name of a global pool, not {pool!r}"
+    )
+
+
+def _is_connection(value: Any, source: _Source) -> bool:
+    pool = source.lookup()
     return isinstance(value, SessionWrapper) or (
         pool is not None and type(value) in pool._conn_types
     )
 
 
 def _injecting(
-    fn: Callable[..., Any], plan: _Plan, read_only: bool, offset: int
+    fn: Callable[..., Any], plan: _Plan, read_only: bool, offset: int, source: _Source
 ) -> Callable[..., Any]:
     """The wrapper around `fn`; `offset` counts a bound self/cls at the head of its args."""
     index = plan.index + offset
@@ -152,6 +183,8 @@ def _injecting(
     else:
         reached = plan.fills_all + offset
     ambiguous = plan.ambiguous
+    fixed, pool_name = source.pool, source.name
+    not_initialized = _NOT_INITIALIZED if pool_name is None else _global.not_initialized(pool_name)
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         # The caller's own connection, by name or by position: nothing to inject.
@@ -162,11 +195,18 @@ def _injecting(
                 own = kwargs.pop(name)
                 return fn(*args[:index], own, *args[index:], **kwargs)
             return fn(*args, **kwargs)
-        if len(args) >= reached and (not ambiguous or _is_connection(args[index])):
+        if len(args) >= reached and (not ambiguous or _is_connection(args[index], source)):
             return fn(*args, **kwargs)
-        pool = _global.current
+        # source.lookup(), inlined: this is every call's path.
+        pool: Pool | None
+        if fixed is not None:
+            pool = fixed
+        elif pool_name is None:
+            pool = _global.current
+        else:
+            pool = _global.named.get(pool_name)
         if pool is None:
-            raise PoolNotInitializedError(_NOT_INITIALIZED)
+            raise PoolNotInitializedError(not_initialized)
         pooled = pool._checkout(read_only)
         try:
             if keyword is not None:
@@ -200,13 +240,14 @@ def _defined_in_class_body(fn: Callable[..., Any]) -> bool:
     return bool(parent) and not parent.endswith("<locals>")
 
 
-def _decorate(fn: Any, arg: int | str, read_only: bool) -> Any:
+def _decorate(fn: Any, arg: int | str, read_only: bool, source: _Source) -> Any:
     if isinstance(fn, (staticmethod, classmethod)):
         # We sit under the descriptor, so we know exactly what the call's args hold.
         bound_first = isinstance(fn, classmethod)
         inner = fn.__func__
         plan = _plan(inner, arg, skip_first=bound_first)
-        return type(fn)(_keep_metadata(_injecting(inner, plan, read_only, int(bound_first)), inner))
+        wrapper = _injecting(inner, plan, read_only, int(bound_first), source)
+        return type(fn)(_keep_metadata(wrapper, inner))
     if not callable(fn):
         raise ArgumentTypeError(
             f"@with_conn decorates functions and methods, not {type(fn).__name__}"
@@ -214,10 +255,10 @@ def _decorate(fn: Any, arg: int | str, read_only: bool) -> Any:
     if _defined_in_class_body(fn):
         # Whether it will be bound (a method) or not (a staticmethod stacked on top of us)
         # shows only at call time: `arg` must fit at least one of the two readings.
-        as_function = _injecting(fn, _plan(fn, arg, skip_first=False), read_only, 0)
+        as_function = _injecting(fn, _plan(fn, arg, skip_first=False), read_only, 0, source)
         try:
             as_method: Callable[..., Any] | None = _injecting(
-                fn, _plan(fn, arg, skip_first=True), read_only, 1
+                fn, _plan(fn, arg, skip_first=True), read_only, 1, source
             )
         except TypeError as exc:
             as_method, method_error = None, str(exc)
@@ -236,7 +277,8 @@ def _decorate(fn: Any, arg: int | str, read_only: bool) -> Any:
 
         wrapper = wrapt.FunctionWrapper(fn, bind)
         return wrapper
-    return _keep_metadata(_injecting(fn, _plan(fn, arg, skip_first=False), read_only, 0), fn)
+    plan = _plan(fn, arg, skip_first=False)
+    return _keep_metadata(_injecting(fn, plan, read_only, 0, source), fn)
 
 
 def _called_by_classmethod(first: Any, wrapper: Any) -> bool:
@@ -260,11 +302,20 @@ def with_conn(_fn: Callable[Concatenate[C, P], R], /) -> Injected[C, P, R]: ...
 # `arg=0` also fits the next overload; checkers take the first that fits, which is meant.
 @overload
 def with_conn(  # type: ignore[overload-overlap]
-    *, arg: Literal[0] = 0, read_only: bool = False
+    *, arg: Literal[0] = 0, read_only: bool = False, pool: Pool | str | None = None
 ) -> _InjectFirst: ...
 @overload
-def with_conn(*, arg: int | str, read_only: bool = False) -> Callable[[F], F]: ...
-def with_conn(_fn: Any = None, /, *, arg: int | str = 0, read_only: bool = False) -> Any:
+def with_conn(
+    *, arg: int | str, read_only: bool = False, pool: Pool | str | None = None
+) -> Callable[[F], F]: ...
+def with_conn(
+    _fn: Any = None,
+    /,
+    *,
+    arg: int | str = 0,
+    read_only: bool = False,
+    pool: Pool | str | None = None,
+) -> Any:
     """Inject the calling thread's connection from the global pool.
 
     `@with_conn` / `@with_conn()` inject it as the first argument (after self/cls for
@@ -272,6 +323,11 @@ def with_conn(_fn: Any = None, /, *, arg: int | str = 0, read_only: bool = False
     keyword argument; `read_only=True` asks for a replica from factories that route.
     A caller that passes its own connection there gets no injection. Nested decorated
     calls in one thread share one connection.
+
+    `pool` takes the connection from another pool: a name given to `initialize(...,
+    name=...)` (looked up at each call, so it may be initialized after decoration), or a
+    `Pool` itself. Each pool keeps its own connection per thread: a function of one pool
+    called inside a function of another gets its own pool's connection.
 
     Typing: in the positional form at position 0 (`@with_conn`, `@with_conn()`,
     `@with_conn(read_only=True)`) type checkers see the function without its connection
@@ -281,10 +337,11 @@ def with_conn(_fn: Any = None, /, *, arg: int | str = 0, read_only: bool = False
     # A bad `arg` is reported when the function is known, so that the error can name it.
     if not isinstance(read_only, bool):
         raise ArgumentTypeError(f"with_conn(read_only=...) takes a bool, not {read_only!r}")
+    source = _source(pool)
     if _fn is None:
-        return lambda fn: _decorate(fn, arg, read_only)
+        return lambda fn: _decorate(fn, arg, read_only, source)
     if not callable(_fn) and not isinstance(_fn, (staticmethod, classmethod)):
         raise ArgumentTypeError(
             f"with_conn takes keyword arguments only (with_conn(arg=...)), not {_fn!r}"
         )
-    return _decorate(_fn, arg, read_only)
+    return _decorate(_fn, arg, read_only, source)

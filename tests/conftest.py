@@ -41,12 +41,14 @@ CLOSE_TIMEOUT = 1.0
 
 @pytest.fixture(autouse=True)
 def no_global_pool(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every test starts with no global pool; whatever it initialized is closed after it."""
+    """Every test starts with no global pool, default or named; whatever it initialized is
+    closed after it."""
     monkeypatch.setattr(_global, "current", None)
+    monkeypatch.setattr(_global, "named", {})
     yield
-    pool = _global.current
-    if pool is not None:
-        pool.close(timeout=CLOSE_TIMEOUT)
+    for pool in [_global.current, *_global.named.values()]:
+        if pool is not None:
+            pool.close(timeout=CLOSE_TIMEOUT)
 
 
 @pytest.fixture(params=[qdbpool.SingletonPool, qdbpool.BoundedPool], ids=["singleton", "bounded"])

@@ -40,6 +40,11 @@ def first(conn: sqlite3.Connection, table: str) -> str | None:
     return None if row[0] is None else str(row[0])
 
 
+@qdbpool.with_conn(pool="named")
+def count_in_named(conn: sqlite3.Connection, table: str) -> int:
+    return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
 @qdbpool.with_conn(arg="conn")
 def by_keyword(table: str, *, conn: sqlite3.Connection | None = None) -> int:
     # Another `arg` keeps the signature as written: the parameter needs a default.
@@ -88,6 +93,7 @@ def users(tmp_path: pytest.TempPathFactory) -> str:
         setup.executemany("INSERT INTO users VALUES (?)", [("ann",), ("bob",), ("cy",)])
     setup.close()
     qdbpool.initialize(SQLite(path))
+    qdbpool.initialize(SQLite(path), name="named")
     return "users"
 
 
@@ -97,6 +103,7 @@ def test_the_positional_form_takes_every_argument_but_the_connection(users: str)
     assert assert_type(load(table=users), list[str]) == ["ann", "bob", "cy"]
     assert assert_type(count(users), int) == 3
     assert assert_type(first(users), str | None) == "ann"
+    assert assert_type(count_in_named(users), int) == 3  # a named pool types the same
 
 
 def test_methods_drop_self_and_the_connection(users: str) -> None:
