@@ -1,17 +1,19 @@
-"""`python -m qdbpool ...`: see qdbpool.cli."""
+"""`python -m qdbpool ...`, and the `qdbpool` console script (see pyproject.toml): see
+qdbpool.cli."""
 
 from __future__ import annotations
 
 
-def _main() -> int:
+def main() -> int:
+    """Run the command line; the exit status. Ctrl-C at any point ends it quietly (130)."""
     try:
         # Imported here so that a Ctrl-C even during the imports ends without a traceback.
-        from qdbpool.cli import main
+        from qdbpool.cli import main as run_command_line
 
-        return main()
+        return run_command_line()
     except KeyboardInterrupt:
         return 130
 
 
 if __name__ == "__main__":
-    raise SystemExit(_main())
+    raise SystemExit(main())

@@ -1,8 +1,10 @@
-"""The `python -m qdbpool` command line: one subcommand per module of this package."""
+"""The `qdbpool` command line (also `python -m qdbpool`): one subcommand per module of
+this package."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import sys
 from collections.abc import Sequence
@@ -12,13 +14,33 @@ from qdbpool.cli import probe
 __all__ = ["build_parser", "main"]
 
 PROG = "python -m qdbpool"
+SCRIPT = "qdbpool"  # the console script pyproject.toml installs
+
+
+def version() -> str:
+    """qdbpool's version as installed (the package metadata's), or "unknown" when run
+    from a source tree that was never installed."""
+    try:
+        return importlib.metadata.version("qdbpool")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _prog() -> str:
+    """How the user called us, for usage lines: `python -m qdbpool` runs __main__.py."""
+    called = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return PROG if called in ("", "__main__.py", "-c") else SCRIPT
 
 
 def build_parser() -> argparse.ArgumentParser:
+    prog = _prog()
     parser = argparse.ArgumentParser(
-        prog=PROG,
+        prog=prog,
         description="Command-line tools of qdbpool.",
-        epilog=f"Run '{PROG} COMMAND --help' for the options of a command.",
+        epilog=f"Run '{prog} COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"qdbpool {version()}", help="show the version"
     )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     probe.add_parser(subparsers)

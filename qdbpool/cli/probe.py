@@ -7,16 +7,18 @@ none did, 2 for bad usage or an invalid DSN, 130 when interrupted before a round
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TextIO
 
 from qdbpool.cli.checks import HostResult, Prober
 from qdbpool.cli.drivers import DriverUnavailable, make_driver
-from qdbpool.cli.table import render_table
+from qdbpool.cli.table import HOST_COLUMNS, host_table
+from qdbpool.cli.watch import ChangeLog, LiveScreen, is_terminal, terminated_as_exit
 from qdbpool.cluster import Role
 from qdbpool.dsn import Redactor, parse_dsn
 from qdbpool.errors import ConfigurationError
@@ -27,7 +29,7 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 DEFAULT_TIMEOUT = 2.0
-COLUMNS = ("HOST", "ROLE", "RESPONSE", "LAG", "ERROR")
+COLUMNS = HOST_COLUMNS
 
 DESCRIPTION = """\
 Check every host of a (multi-host) DSN at once and show its role: primary, replica,
@@ -48,7 +50,11 @@ exit status:
   2    bad usage or an invalid DSN
   130  interrupted (Ctrl-C) before any round completed
 
---json prints one object per round, on its own line:
+--watch on a terminal redraws one screen in place (the table, then the latest
+changes); into a pipe or file it prints a line per change instead: a host's role
+(up/down included) and which host is primary, each line with its time.
+
+--json prints one object per round, on its own line (with --watch too):
   {"dsn": "<the DSN, password redacted>",
    "hosts": [{"host": str, "port": int, "role": str, "response_ms": float|null,
               "lag_s": float|null, "error": str|null}, ...],
@@ -79,7 +85,8 @@ def add_parser(subparsers: Any) -> None:
         "--watch",
         metavar="SECONDS",
         type=_positive_seconds,
-        help="check again every SECONDS until Ctrl-C",
+        help="check again every SECONDS until Ctrl-C: one screen redrawn in place on a "
+        "terminal, a line per change otherwise",
     )
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object per round instead of a table"
@@ -120,20 +127,6 @@ class Progress:
             self._shown = False
 
 
-def _table(results: Sequence[HostResult]) -> str:
-    rows = [
-        (
-            str(r.address),
-            r.role.value,
-            "" if r.response_ms is None else f"{r.response_ms:.1f} ms",
-            "" if r.lag_s is None else f"{r.lag_s:.1f} s",
-            r.error or "",
-        )
-        for r in results
-    ]
-    return render_table(COLUMNS, rows)
-
-
 def _primary(results: Sequence[HostResult]) -> HostResult | None:
     return next((r for r in results if r.role is Role.PRIMARY), None)
 
@@ -166,20 +159,19 @@ def run(args: argparse.Namespace) -> int:
     prober, redacted_dsn = setup
     progress = Progress(sys.stderr)
     status: int | None = None
-    rounds = 0
     try:
-        while True:
-            started = time.monotonic()
-            results = prober.round(progress.update)
-            progress.clear()
-            rounds += 1
-            # Before printing: a Ctrl-C just after a round reached the screen must exit with
-            # that round's status, not the one before.
-            status = EXIT_PRIMARY if _primary(results) is not None else EXIT_NO_PRIMARY
-            _print_round(args, redacted_dsn, results, rounds)
-            if args.watch is None:
-                return status
-            time.sleep(max(0.0, started + args.watch - time.monotonic()))
+        with terminated_as_exit(), _output(args, redacted_dsn) as show:
+            while True:
+                started = time.monotonic()
+                results = prober.round(progress.update)
+                progress.clear()
+                # Before showing: a Ctrl-C just after a round reached the screen must exit
+                # with that round's status, not the one before.
+                status = EXIT_PRIMARY if _primary(results) is not None else EXIT_NO_PRIMARY
+                show(results)
+                if args.watch is None:
+                    return status
+                time.sleep(max(0.0, started + args.watch - time.monotonic()))
     except KeyboardInterrupt:
         progress.clear()
         if args.watch is None or status is None:
@@ -187,6 +179,31 @@ def run(args: argparse.Namespace) -> int:
         return status  # --watch: Ctrl-C is how it ends, and the last round says how it went
     finally:
         prober.close()
+
+
+Show = Callable[[Sequence[HostResult]], None]
+
+
+@contextlib.contextmanager
+def _output(args: argparse.Namespace, redacted_dsn: str) -> Iterator[Show]:
+    """What shows each round: JSON lines, the table once, or (--watch) the terminal's
+    live screen or a line per change."""
+    out = sys.stdout
+    if args.json:
+        yield lambda results: _write(out, json.dumps(round_json(redacted_dsn, results)) + "\n")
+    elif args.watch is None:
+        yield lambda results: _write(out, host_table(results) + "\n")
+    elif is_terminal(out):
+        title = f"qdbpool probe {redacted_dsn}   every {args.watch:g}s, Ctrl-C to stop"
+        with LiveScreen(out, title) as screen:
+            yield screen.show
+    else:
+        yield ChangeLog(out).show
+
+
+def _write(out: TextIO, text: str) -> None:
+    out.write(text)
+    out.flush()  # a pipe is block-buffered: each round must reach its reader now
 
 
 def _setup(args: argparse.Namespace) -> tuple[Prober, str] | None:
@@ -211,20 +228,6 @@ def _setup(args: argparse.Namespace) -> tuple[Prober, str] | None:
     _quiet_library_logging()
     prober = Prober(driver, parsed.hosts, args.timeout, scrub=scrub)
     return prober, parsed.to_url(redact=True)
-
-
-def _print_round(
-    args: argparse.Namespace, redacted_dsn: str, results: Sequence[HostResult], rounds: int
-) -> None:
-    out = sys.stdout
-    if args.json:
-        out.write(json.dumps(round_json(redacted_dsn, results)) + "\n")
-    else:
-        if args.watch is not None:  # rounds apart: a blank line, then when it ran
-            separator = "\n" if rounds > 1 else ""
-            out.write(f"{separator}{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        out.write(_table(results) + "\n")
-    out.flush()  # a pipe is block-buffered: each round must reach its reader now
 
 
 def _one_line(text: str) -> str:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from qdbpool.cli.checks import HostResult
+
 _GAP = "  "
+
+HOST_COLUMNS = ("HOST", "ROLE", "RESPONSE", "LAG", "ERROR")
 
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -24,3 +28,18 @@ def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         padded = _GAP.join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True))
         lines.append(padded.rstrip())
     return "\n".join(lines)
+
+
+def host_table(results: Sequence[HostResult]) -> str:
+    """One round of `probe` as the table it prints: a row per host, in the DSN's order."""
+    rows = [
+        (
+            str(r.address),
+            r.role.value,
+            "" if r.response_ms is None else f"{r.response_ms:.1f} ms",
+            "" if r.lag_s is None else f"{r.lag_s:.1f} s",
+            r.error or "",
+        )
+        for r in results
+    ]
+    return render_table(HOST_COLUMNS, rows)
