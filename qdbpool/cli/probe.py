@@ -194,7 +194,7 @@ def _output(args: argparse.Namespace, redacted_dsn: str) -> Iterator[Show]:
     elif args.watch is None:
         yield lambda results: _write(out, host_table(results) + "\n")
     elif is_terminal(out):
-        title = f"qdbpool probe {redacted_dsn}   every {args.watch:g}s, Ctrl-C to stop"
+        title = f"every {args.watch:g}s, Ctrl-C to stop   qdbpool probe {redacted_dsn}"
         with LiveScreen(out, title) as screen:
             yield screen.show
     else:

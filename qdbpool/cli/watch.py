@@ -132,7 +132,8 @@ class LiveScreen:
         self._write(self._frame(stamp, table.splitlines(), width, height))
 
     def _frame(self, stamp: str, table: list[str], width: int, height: int) -> str:
-        lines = [f"{self._title}   {stamp}", "", *table]
+        # The time first: a long DSN may be cut by the window's edge.
+        lines = [f"{stamp}   {self._title}", "", *table]
         # The last row stays free for the progress line (and so nothing ever scrolls).
         room = height - 1 - len(lines) - 2
         if self._changes and room > 0:

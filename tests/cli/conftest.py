@@ -11,11 +11,14 @@ import contextlib
 import functools
 import os
 import queue
+import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -23,7 +26,7 @@ from urllib.parse import quote
 
 import pytest
 
-from qdbpool.testing.availability import require_mariadb
+from qdbpool.testing.availability import require_mariadb, under_ci
 from qdbpool.testing.mariadb import MariaDBServer
 from qdbpool.testing.postgres import PostgresCluster
 from qdbpool.testing.proxy import FaultProxy
@@ -263,3 +266,122 @@ def pty_pair() -> Iterator[tuple[int, int]]:
     for fd in (master, slave):
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+class Tmux:
+    """A terminal a person would look at: one tmux window of a fixed size, on a private
+    server (`tmux -L <unique name>`), running one command as a shell would. When the
+    command exits, the window says `exit status N` and stays, so the terminal as the
+    command left it can still be read."""
+
+    def __init__(self, binary: str, tmp: Path, width: int, height: int) -> None:
+        self.binary = binary
+        self.socket = f"qdbpool-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.width = width
+        self.height = height
+        self._config = tmp / "tmux.conf"
+        # No status line: the pane is the whole window.
+        self._config.write_text("set -g status off\nset -g history-limit 5000\n")
+        self._started = False
+
+    def _capture(self, *args: str) -> str:
+        # -J joins the lines the terminal wrapped, but keeps blanks: trim them.
+        shown = self._tmux("capture-pane", "-p", "-J", *args, "-t", "cli")
+        return "\n".join(line.rstrip() for line in shown.splitlines())
+
+    def _tmux(self, *args: str) -> str:
+        env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
+        done = subprocess.run(
+            [self.binary, "-L", self.socket, "-f", str(self._config), *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=15,
+            check=True,
+        )
+        return done.stdout
+
+    def start(self, command: Sequence[str]) -> None:
+        """Run `command` (its arguments as they are) in the window; then `cat` keeps the
+        window open, reading the terminal, until the server is killed."""
+        self._started = True
+        size = ["-x", str(self.width), "-y", str(self.height)]
+        # The trap keeps the shell alive through the Ctrl-C meant for the command (which
+        # gets SIGINT's default back, as a trapped signal is not inherited).
+        script = 'trap : INT; "$@"; echo "exit status $?"; exec cat'
+        self._tmux(
+            "new-session", "-d", "-s", "cli", *size, "-c", str(REPO),
+            "--", "sh", "-c", script, "sh", *command,
+        )  # fmt: skip
+
+    def screen(self) -> str:
+        """What the window shows now, line by line (a line wrapped by the terminal joined)."""
+        return self._capture()
+
+    def everything(self) -> str:
+        """The scrollback history and the screen: what scrolled off shows up here."""
+        return self._capture("-S", "-", "-E", "-")
+
+    def pane(self, variable: str) -> str:
+        """A tmux format variable of the pane, e.g. alternate_on, cursor_flag."""
+        return self._tmux("display-message", "-p", "-t", "cli", f"#{{{variable}}}").strip()
+
+    def send_keys(self, *keys: str) -> None:
+        self._tmux("send-keys", "-t", "cli", *keys)
+
+    def wait_for(self, done: Callable[[str], bool], what: str, timeout: float = 30.0) -> str:
+        """The screen, once `done(screen)` holds; AssertionError (with the screen) after
+        `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            shown = self.screen()
+            if done(shown):
+                return shown
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{what} not on the screen within {timeout:g}s:\n{shown}")
+            time.sleep(0.05)  # polling interval, not synchronisation
+
+    def exit_status(self, timeout: float = 15.0) -> int:
+        """Wait (bounded) for the command to exit; its exit status."""
+        pattern = re.compile(r"^exit status (\d+)$", re.MULTILINE)
+        shown = self.wait_for(lambda s: pattern.search(s) is not None, "the exit", timeout)
+        found = pattern.search(shown)
+        assert found is not None
+        return int(found.group(1))
+
+    def kill(self) -> None:
+        """Stop this test's tmux server, and with it what runs in the window."""
+        if self._started:
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                self._tmux("kill-server")
+
+
+def require_tmux() -> str:
+    """The path of tmux, or skip (locally) / fail (under CI, where .ci/run installs it)."""
+    found = shutil.which("tmux")
+    if found is None:
+        reason = "tmux not installed (the terminal the --watch screen is tested in)"
+        if under_ci():
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return found
+
+
+@pytest.fixture
+def tmux(tmp_path: Path) -> Iterator[Callable[..., Tmux]]:
+    """tmux(command, width=100, height=30) -> a Tmux window running `python -m qdbpool
+    *command`; its server is killed when the test ends, whatever the outcome."""
+    binary = require_tmux()
+    made: list[Tmux] = []
+
+    def start(args: Sequence[str], width: int = 100, height: int = 30) -> Tmux:
+        window = Tmux(binary, tmp_path, width, height)
+        made.append(window)
+        window.start(_command(args))
+        return window
+
+    try:
+        yield start
+    finally:
+        for window in made:
+            window.kill()
