@@ -351,9 +351,12 @@ class Tmux:
 
     def kill(self) -> None:
         """Stop this test's tmux server, and with it what runs in the window."""
-        if self._started:
-            with contextlib.suppress(subprocess.SubprocessError, OSError):
-                self._tmux("kill-server")
+        if not self._started:
+            return
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            socket = self._tmux("display-message", "-p", "#{socket_path}").strip()
+            self._tmux("kill-server")
+            Path(socket).unlink(missing_ok=True)  # tmux leaves it behind
 
 
 def require_tmux() -> str:

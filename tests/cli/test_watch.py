@@ -24,6 +24,7 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 REPO = Path(__file__).resolve().parents[2]
 STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
 HEADER = re.compile(r"^HOST +ROLE +RESPONSE +LAG +ERROR$", re.MULTILINE)
+HEADER_START = re.compile(r"^HOST +ROLE", re.MULTILINE)  # in a narrow window, the rest is cut
 
 
 def roles_on(screen: str) -> dict[int, str]:
@@ -84,6 +85,26 @@ def test_a_failover_on_the_terminal_redraws_one_screen(
     assert "Traceback" not in final
     assert len(HEADER.findall(final)) == 1, final
     assert roles_on(final) == {old.port: "down", new.port: "primary"}
+
+
+def test_a_small_window_is_filled_but_never_scrolled(
+    pg: PostgresCluster, pg_url: Callable[..., str], hosts_of: Any, free_port: int, tmux: Any
+) -> None:
+    # Four hosts (one refusing, with a long error) need 7 lines and more than 50 columns.
+    url = pg_url([*hosts_of(pg), ("127.0.0.1", free_port)])
+    window = tmux(["probe", url, "--watch", "0.2"], width=50, height=6)
+
+    screen = window.wait_for(
+        lambda s: re.search(r"^127\.0\.0\.1:\d+ +primary", s, re.M) is not None, "the table"
+    )
+    top = screen.splitlines()[0]
+    window.wait_for(lambda s: s.splitlines()[0] != top, "a later second's round")
+
+    lines = window.everything().splitlines()
+    assert len(HEADER_START.findall("\n".join(lines))) == 1, lines
+    assert len(lines) <= 6 and all(len(line) < 50 for line in lines), lines
+    last_row = window.screen().splitlines()[5:]
+    assert last_row == [] or last_row[0].startswith("probing 4 hosts... "), last_row  # progress
 
 
 # -- into a pipe -------------------------------------------------------------------------------
