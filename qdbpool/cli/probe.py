@@ -1,7 +1,8 @@
 """`python -m qdbpool probe DSN`: the role, response time and lag of every host of a DSN.
 
 Exit status: 0 when a primary answered (in the last completed round, with --watch), 1 when
-none did, 2 for bad usage or an invalid DSN, 130 when interrupted before a round completed.
+none did, 2 for bad usage or an invalid DSN, 130 when interrupted before a round completed,
+143 when terminated (SIGTERM).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ exit status:
   1    no primary answered
   2    bad usage or an invalid DSN
   130  interrupted (Ctrl-C) before any round completed
+  143  terminated (SIGTERM)
 
 --watch on a terminal redraws one screen in place (the table, then the latest
 changes); into a pipe or file it prints a line per change instead: a host's role

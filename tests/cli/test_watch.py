@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -85,6 +87,23 @@ def test_a_failover_on_the_terminal_redraws_one_screen(
     assert "Traceback" not in final
     assert len(HEADER.findall(final)) == 1, final
     assert roles_on(final) == {old.port: "down", new.port: "primary"}
+
+
+def test_sigterm_restores_the_terminal_too(
+    pg: PostgresCluster, pg_url: Callable[..., str], hosts_of: Any, tmux: Any
+) -> None:
+    window = tmux(["probe", pg_url(hosts_of(pg)), "--watch", "0.2"])
+    window.wait_for(lambda s: HEADER.search(s) is not None, "the table")
+    assert window.pane("alternate_on") == "1"
+    shell = int(window.pane("pane_pid"))  # the `sh -c` running the probe
+    (probe,) = Path(f"/proc/{shell}/task/{shell}/children").read_text().split()
+
+    os.kill(int(probe), signal.SIGTERM)
+
+    assert window.exit_status() == 128 + signal.SIGTERM
+    assert window.pane("alternate_on") == "0"
+    assert window.pane("cursor_flag") == "1"
+    assert "Traceback" not in window.everything()
 
 
 def test_a_small_window_is_filled_but_never_scrolled(
