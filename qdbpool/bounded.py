@@ -20,6 +20,7 @@ from typing import Any
 
 from qdbpool import validation
 from qdbpool.errors import ConfigurationError, PoolClosedError, PoolTimeoutError
+from qdbpool.events import CheckoutWaited
 from qdbpool.pool import Pool
 from qdbpool.pooled import PooledConnection
 from qdbpool.protocol import Connection, ConnectionFactory
@@ -128,12 +129,15 @@ class BoundedPool(Pool):
         deadline = time.monotonic() + self._timeout  # read once: it bounds the retries too
         while True:
             pooled, fresh = self._acquire(route, read_only, deadline)
-            if fresh or (  # a new connection was checked as it was opened
-                pooled.watched.value == pooled.generation
-                and (not self._timed or self._is_fit(pooled))
-            ):
+            if fresh:  # a new connection was checked as it was opened
                 break
-            self._retire(pooled, "it failed validation at checkout", discarded=True)
+            if pooled.watched.value != pooled.generation:
+                self._retire(pooled, "stale")
+                continue
+            unfit = self._unfit_reason(pooled) if self._timed else None
+            if unfit is None:
+                break
+            self._retire(pooled, unfit)
         pooled.depth = 1
         pooled.checkouts += 1
         pooled.owner = threading.get_ident()
@@ -170,7 +174,7 @@ class BoundedPool(Pool):
                 waiter = self._enqueue_locked(route)
         self._retire_burst(expired)  # may hand their capacity to our waiter
         if surplus is not None:
-            self._retire(surplus, "its capacity was needed for the other route")
+            self._retire(surplus, "route_traded")
         if found is not None:
             return found, False
         if waiter is None:
@@ -186,11 +190,23 @@ class BoundedPool(Pool):
         return waiter
 
     def _wait(self, waiter: _Waiter, deadline: float) -> PooledConnection | str:
+        started = time.monotonic()
+        try:
+            granted = self._wait_in_line(waiter, deadline)
+        except PoolTimeoutError:
+            if self._events:
+                self._events.emit(CheckoutWaited(self, time.monotonic() - started, True))
+            raise
+        if self._events:
+            self._events.emit(CheckoutWaited(self, time.monotonic() - started, False))
+        return granted
+
+    def _wait_in_line(self, waiter: _Waiter, deadline: float) -> PooledConnection | str:
         patience = min(deadline, time.monotonic() + TRADE_AFTER)
         if not waiter.event.wait(max(patience - time.monotonic(), 0.0)):
             traded = self._trade_for(waiter)
             if traded is not None:
-                self._retire(traded, "its capacity was needed for the other route")
+                self._retire(traded, "route_traded")
                 return _CAPACITY
             waiter.event.wait(max(deadline - time.monotonic(), 0.0))
         with self._lock:
@@ -243,7 +259,7 @@ class BoundedPool(Pool):
         # it goes idle or straight to a waiter: close() leaves it alone meanwhile.
         if pooled.closed or self._closed:
             pooled.depth = 0
-            self._retire(pooled, "the pool closed")
+            self._retire(pooled, "pool_closed")
             return
         if not self._after_use(pooled):
             pooled.depth = 0
@@ -287,8 +303,8 @@ class BoundedPool(Pool):
             self._retire_burst(expired)
             return
         pooled.depth = 0
-        why = "the pool closed" if self._closed else "a waiter needed the other route"
-        self._retire(pooled, why)  # its capacity goes to that waiter
+        # Its capacity goes to that waiter.
+        self._retire(pooled, "pool_closed" if self._closed else "route_traded")
 
     def _route_of(self, pooled: PooledConnection) -> str:
         return "ro" if pooled.read_only and self._routes else "rw"
@@ -334,7 +350,7 @@ class BoundedPool(Pool):
 
     def _retire_burst(self, victims: list[PooledConnection]) -> None:
         for victim in victims:
-            self._retire(victim, "burst connection idle")
+            self._retire(victim, "burst_idle")
 
     def _on_close(self) -> None:
         while self._waiters:

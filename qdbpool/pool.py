@@ -24,6 +24,14 @@ from typing import Any
 from qdbpool import _fork, validation
 from qdbpool.backoff import Backoff
 from qdbpool.errors import ArgumentTypeError, ConfigurationError, PoolClosedError
+from qdbpool.events import (
+    DISCARD_REASONS,
+    CloseReason,
+    ConnectionClosed,
+    ConnectionOpened,
+    Listener,
+    Listeners,
+)
 from qdbpool.pooled import PooledConnection
 from qdbpool.protocol import (
     CLEAN,
@@ -170,6 +178,7 @@ class Pool:
         self._routes = self._factory.routes_reads
         self._conn_types: frozenset[type] = frozenset()
         self._closed = False
+        self._events = Listeners()  # kept across a fork: a child's pool reports the same way
         self._init_state()
         _use_factory(self._factory)  # last: a pool whose arguments were refused never counts
         _fork.watch(self)
@@ -204,6 +213,26 @@ class Pool:
     def closed(self) -> bool:
         """Whether `close()` was called."""
         return self._closed
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener(event)` for each event of this pool and of its factory (see
+        `qdbpool.events`): connections opened and closed (with the reason), callers that
+        waited, and, for factories that route, hosts changing role and failovers.
+
+        Returns the function that unsubscribes it. Nothing is emitted on a checkout's fast
+        path, so a listener costs nothing there.
+
+        Raises:
+            ArgumentTypeError: `listener` is not callable.
+        """
+        remove_here = self._events.add(listener)
+        remove_there = self._factory.subscribe(listener)
+
+        def unsubscribe() -> None:
+            remove_here()
+            remove_there()
+
+        return unsubscribe
 
     def connect(self, *, read_only: bool = False) -> SessionWrapper:
         """Check out a connection, wrapped so that `with` or `.close()` releases it.
@@ -263,7 +292,7 @@ class Pool:
             logger.debug("closing pool %r", self)
         for pooled in live:
             if self._claim_idle(pooled):
-                self._retire(pooled, "the pool closed")
+                self._retire(pooled, "pool_closed")
             else:  # in use: its holder sees the mark when it releases it, and closes it
                 pooled.mark_closed()
         me = threading.get_ident()
@@ -281,6 +310,9 @@ class Pool:
                 pooled.retired = pooled.orphaned = True
                 self._count_closed(pooled, discarded=False)
             leftovers = [p for p in self._live if p.depth == 0]
+        if self._events:
+            for _ in held:  # counted closed now; their holders close them later
+                self._events.emit(ConnectionClosed(self, "pool_closed"))
         if held:
             logger.warning(
                 "pool closed with %d connection(s) still in use; each is closed when released",
@@ -288,7 +320,7 @@ class Pool:
             )
         for pooled in leftovers:  # came back while we waited, or never counted as out
             if self._claim_idle(pooled):
-                self._retire(pooled, "the pool closed")
+                self._retire(pooled, "pool_closed")
         if first and _last_user_of(self._factory):
             self._factory.close()
 
@@ -377,8 +409,9 @@ class Pool:
         ping is closed and another tried until `deadline` (default: now + timeout).
         The result is marked in use (depth 1).
         """
+        started = time.monotonic()
         if deadline is None:
-            deadline = time.monotonic() + self._timeout
+            deadline = started + self._timeout
         while True:
             if self._closed:
                 raise PoolClosedError("the pool is closed")
@@ -411,6 +444,8 @@ class Pool:
             raise PoolClosedError("the pool is closed")
         route = "read-only" if read_only else "read-write"
         logger.debug("opened %s connection %#x", route, id(raw))
+        if self._events:
+            self._events.emit(ConnectionOpened(self, read_only, pooled.born - started))
         return pooled
 
     def _connect_raw(self, read_only: bool) -> Connection:
@@ -444,21 +479,22 @@ class Pool:
                 return exc
         return None
 
-    def _is_fit(self, pooled: PooledConnection) -> bool:
-        """Validation at an outermost checkout, for connections that passed the no-I/O check."""
+    def _unfit_reason(self, pooled: PooledConnection) -> CloseReason | None:
+        """Validation at an outermost checkout, for connections that passed the no-I/O
+        check: why the limits or a ping make it unfit, or None."""
         now = time.monotonic()
         if self._max_lifetime is not None and now - pooled.born > self._max_lifetime:
-            return False
+            return "expired"
         idle = now - pooled.last_used
         if self._max_idle is not None and idle > self._max_idle:
-            return False
+            return "expired"
         if self._pre_ping is not None and idle >= self._pre_ping:
             try:
                 self._factory.ping(pooled.raw)
             except Exception as exc:
                 logger.debug("ping failed on %#x: %r", id(pooled.raw), type(exc))
-                return False
-        return True
+                return "ping_failed"
+        return None
 
     def _after_use(self, pooled: PooledConnection) -> bool:
         """The end of an outermost checkout: drop a lost connection, reset a dirty one (and
@@ -471,7 +507,7 @@ class Pool:
         if dirty or self._full_release:
             state = self._look_after_use(raw) if dirty else CLEAN
             if state == LOST:
-                self._retire(pooled, "it was found closed or broken after use", discarded=True)
+                self._retire(pooled, "broken")
                 return False
             try:
                 if state != CLEAN:
@@ -484,7 +520,7 @@ class Pool:
                 logger.warning(
                     "reset failed, discarding the connection: %s", exc.__class__.__name__
                 )
-                self._retire(pooled, "its reset failed", discarded=True)
+                self._retire(pooled, "reset_failed")
                 return False
             if self._timed:
                 pooled.last_used = time.monotonic()
@@ -504,12 +540,15 @@ class Pool:
             # unknown, so the connection cannot be trusted again.
             lost = True
         if lost:
-            self._retire(pooled, f"it raised {type(exc).__name__}", discarded=True)
+            logger.debug("%#x is lost: its user raised %s", id(pooled.raw), type(exc).__name__)
+            self._retire(pooled, "disconnect")
 
     def _retire(
-        self, pooled: PooledConnection, why: str, *, discarded: bool = False, forget: bool = True
+        self, pooled: PooledConnection, reason: CloseReason, *, forget: bool = True
     ) -> None:
-        """Close a connection for good. Idempotent; safe from any thread."""
+        """Close a connection for good, for `reason` (see qdbpool.events: some reasons
+        count as discards). Idempotent; safe from any thread."""
+        counted = False  # by this call (not earlier, by close() orphaning it)
         with self._lock:
             # Not `pooled in self._live`: the cycle collector clears weak references before
             # it runs finalizers, so a record collected with its wrapper has left the
@@ -523,12 +562,15 @@ class Pool:
                 pooled.retired = True
                 pooled.mark_closed()
                 self._live.discard(pooled)
-                self._count_closed(pooled, discarded=discarded)
+                self._count_closed(pooled, discarded=reason in DISCARD_REASONS)
+                counted = True
             self._forget(pooled, from_finalizer=not forget)
             self._changed.notify_all()
-        logger.debug("closing connection %#x: %s", id(pooled.raw), why)
+        logger.debug("closing connection %#x: %s", id(pooled.raw), reason)
         self._close_raw(pooled.raw)
         self._after_retire()
+        if counted and self._events:
+            self._events.emit(ConnectionClosed(self, reason))
 
     def _after_retire(self) -> None:
         """A connection was closed (after its driver connection, so that a pool counting

@@ -10,9 +10,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qdbpool.errors import ArgumentTypeError
+
+if TYPE_CHECKING:  # events imports the drivers, which import this module
+    from qdbpool.events import Listener
 
 logger = logging.getLogger("qdbpool")
 
@@ -128,8 +131,18 @@ class ConnectionFactory:
     def close(self) -> None:
         """Release what the factory itself holds (monitor threads); connections are the pool's."""
 
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener(event)` for the factory's own events (a routing factory's hosts
+        changing role, failovers; see qdbpool.events); returns the function that stops it.
+        A pool's `subscribe` subscribes here too. The default has no events."""
+        return _nothing_to_undo
+
     def after_fork_in_child(self) -> None:
         """Forget state inherited from the parent process (threads do not survive a fork)."""
+
+
+def _nothing_to_undo() -> None:
+    pass
 
 
 def _no_liveness_check(conn: Connection) -> bool:

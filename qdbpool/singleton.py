@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 
 from qdbpool.errors import PoolClosedError
+from qdbpool.events import CloseReason
 from qdbpool.pool import Pool
 from qdbpool.pooled import PooledConnection
 
@@ -45,15 +46,19 @@ class SingletonPool(Pool):
         if pooled is None:
             return self._take_new(route, read_only)
         depth = pooled.depth = pooled.depth + 1
-        if (
-            self._closed
-            or pooled.watched.value != pooled.generation
-            # Liveness was checked when it last came back; again only if it never came back
-            # (a nested or a leaked checkout).
-            or (depth > 1 and not self._is_usable(pooled.raw))
-            or (self._timed and depth == 1 and not self._is_fit(pooled))
-        ):
-            return self._replace(route, pooled, read_only)
+        unfit: CloseReason | None = None
+        if self._closed:
+            unfit = "pool_closed"
+        elif pooled.watched.value != pooled.generation:
+            unfit = "stale"
+        # Liveness was checked when it last came back; again only if it never came back
+        # (a nested or a leaked checkout).
+        elif depth > 1 and not self._is_usable(pooled.raw):
+            unfit = "broken"
+        elif self._timed and depth == 1:
+            unfit = self._unfit_reason(pooled)
+        if unfit is not None:
+            return self._replace(route, pooled, read_only, unfit)
         pooled.checkouts += 1
         return pooled
 
@@ -63,13 +68,15 @@ class SingletonPool(Pool):
         setattr(self._local, route, pooled)
         return pooled
 
-    def _replace(self, route: str, pooled: PooledConnection, read_only: bool) -> PooledConnection:
+    def _replace(
+        self, route: str, pooled: PooledConnection, read_only: bool, unfit: CloseReason
+    ) -> PooledConnection:
         pooled.depth -= 1
         if self._closed:
             if pooled.depth == 0:
-                self._retire(pooled, "the pool closed")
+                self._retire(pooled, "pool_closed")
             raise PoolClosedError("the pool is closed")
-        self._retire(pooled, "it failed validation at checkout", discarded=True)
+        self._retire(pooled, unfit)
         return self._take_new(route, read_only)
 
     def _checkin(self, pooled: PooledConnection) -> None:
@@ -81,7 +88,7 @@ class SingletonPool(Pool):
             if not dirty:
                 pooled.depth = 0  # idle, and still this thread's
                 if pooled.closed:  # read after that store: see _claim_idle
-                    self._retire(pooled, "the pool closed")
+                    self._retire(pooled, "pool_closed")
                 return
         self._checkin_checked(pooled)
 
@@ -97,7 +104,7 @@ class SingletonPool(Pool):
             return  # dropped
         pooled.depth = 0
         if pooled.closed or self._closed:  # read after the store above: see _claim_idle
-            self._retire(pooled, "the pool closed")
+            self._retire(pooled, "pool_closed")
 
     def _release_dropped(self, pooled: PooledConnection) -> None:
         if pooled.owner == threading.get_ident():
@@ -107,4 +114,4 @@ class SingletonPool(Pool):
         # reset it from here; if this was its only checkout, close it the safe way.
         pooled.depth -= 1
         if self._claim_idle(pooled):
-            self._retire(pooled, "its unreleased checkout was garbage collected", discarded=True)
+            self._retire(pooled, "abandoned")

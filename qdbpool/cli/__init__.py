@@ -4,26 +4,17 @@ this package."""
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
 import sys
 from collections.abc import Sequence
 
+from qdbpool._version import version
 from qdbpool.cli import probe
 
 __all__ = ["build_parser", "main"]
 
 PROG = "python -m qdbpool"
 SCRIPT = "qdbpool"  # the console script pyproject.toml installs
-
-
-def version() -> str:
-    """qdbpool's version as installed (the package metadata's), or "unknown" when run
-    from a source tree that was never installed."""
-    try:
-        return importlib.metadata.version("qdbpool")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _prog() -> str:

@@ -28,6 +28,7 @@ from qdbpool.cluster.hosts import HostState, HostStatus
 from qdbpool.drivers.base import HostDriver, Role
 from qdbpool.dsn import HostPort
 from qdbpool.errors import NoHostAvailableError
+from qdbpool.events import Event, FailoverObserved, HostRoleChanged, Listeners
 from qdbpool.protocol import Generation
 
 logger = logging.getLogger("qdbpool")
@@ -58,6 +59,8 @@ class Topology:
         self._refresh_timeout = refresh_timeout
         self._urgent_interval = urgent_interval
         self._latency_window = latency_window
+        # Listeners of role changes and failovers: kept across a fork, like the options.
+        self.events = Listeners()
         self._reset_state()
         _fork.watch(self)
 
@@ -75,6 +78,8 @@ class Topology:
         self._runs = 0  # moves on at each close()
         self._jitter = random.Random()
         self._closed = False
+        self._last_primary: HostPort | None = None  # the last host seen as the primary
+        self._pending: list[Event] = []  # found under the lock, emitted once it is let go
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -85,20 +90,24 @@ class Topology:
         with self._changed:
             if self._closed:
                 self._reopen()
-            if self._thread is not None:
-                return
-            names = ",".join(str(a) for a in self._addresses)
-            stop = self._stop = threading.Event()
-            workers = self._workers = concurrent.futures.ThreadPoolExecutor(
-                max_workers=len(self.hosts), thread_name_prefix="qdbpool-check"
-            )
-            self._thread = threading.Thread(
-                target=self._monitor,
-                args=(stop, workers),  # its own: a monitor closed late never sees a new one's
-                name=f"qdbpool-monitor[{names}]",
-                daemon=True,
-            )
-            self._thread.start()
+            if self._thread is None:
+                self._launch()
+        self._emit_pending()  # what _reopen found
+
+    def _launch(self) -> None:
+        """Under the lock: the monitor thread and its workers."""
+        names = ",".join(str(a) for a in self._addresses)
+        stop = self._stop = threading.Event()
+        workers = self._workers = concurrent.futures.ThreadPoolExecutor(
+            max_workers=len(self.hosts), thread_name_prefix="qdbpool-check"
+        )
+        self._thread = threading.Thread(
+            target=self._monitor,
+            args=(stop, workers),  # its own: a monitor closed late never sees a new one's
+            name=f"qdbpool-monitor[{names}]",
+            daemon=True,
+        )
+        self._thread.start()
 
     def _reopen(self) -> None:
         """Under the lock, after close(): every host is unknown until checked again (its
@@ -107,11 +116,11 @@ class Topology:
         self._closed = False
         self._thread = self._workers = None
         for host in self.hosts:
-            host.set_role(Role.UNKNOWN, None)
+            self._set_role(host, Role.UNKNOWN, None)
             host.checks = host.failures = 0
             host.next_check = 0.0
             host.replica_lag = None
-        self.roles_changed.value += 1
+        self.roles_changed.value += 1  # even if every host was unknown already
 
     def close(self) -> None:
         # A probe is closed only by a thread that is not using it: a check in progress
@@ -218,13 +227,13 @@ class Topology:
         with self._changed:
             if host.role in (Role.PRIMARY, Role.REPLICA):
                 if role_changed:
-                    host.set_role(Role.UNKNOWN, why)
-                    self.roles_changed.value += 1
+                    self._set_role(host, Role.UNKNOWN, why)
                 else:
                     host.suspect, host.error = True, why
                 logger.debug("host %s suspect: %s", host.address, why)
                 self._changed.notify_all()
         self._wake.set()
+        self._emit_pending()
 
     def ready(self, primaries: int | None, replicas: int | None, timeout: float) -> None:
         """Wait until at least `primaries` primaries and `replicas` replicas are up (or,
@@ -262,6 +271,33 @@ class Topology:
 
     def _describe(self) -> str:
         return "; ".join(str(h.status()) for h in self.hosts)
+
+    # -- role changes -------------------------------------------------------------------
+
+    def _set_role(self, host: HostState, role: Role, error: str | None) -> bool:
+        """Under the lock: record `role` (see HostState.set_role), queue the events it
+        makes, and move `roles_changed` on if it changed."""
+        old = host.role
+        if not host.set_role(role, error):
+            return False
+        self.roles_changed.value += 1
+        if self.events:
+            self._pending.append(HostRoleChanged(host.address, old, role))
+        if role is Role.PRIMARY:
+            last = self._last_primary
+            if last is not None and last != host.address and self.events:
+                self._pending.append(FailoverObserved(last, host.address))
+            self._last_primary = host.address
+        return True
+
+    def _emit_pending(self) -> None:
+        """After the lock is let go: deliver what _set_role queued."""
+        if not self._pending:
+            return
+        with self._changed:
+            pending, self._pending = self._pending, []
+        for event in pending:
+            self.events.emit(event)
 
     # -- the monitor ----------------------------------------------------------------------
 
@@ -357,10 +393,10 @@ class Topology:
             host.replica_lag = found.replica_lag
             host.checks += 1
             host.failures, host.next_check = 0, 0.0  # it answers: checked as often as any
-            if host.set_role(found.role, None):  # clears `suspect` too
-                self.roles_changed.value += 1
+            if self._set_role(host, found.role, None):  # clears `suspect` too
                 logger.info("host %s is now %s", host.address, found.role.value)
             self._changed.notify_all()
+        self._emit_pending()
 
     def _mark_down(
         self, host: HostState, why: str, *, sever: bool, refused_us: bool = False
@@ -370,10 +406,8 @@ class Topology:
             host.failures += 1
             backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** min(host.failures - 1, 32))
             host.next_check = time.monotonic() + backoff * self._jitter.uniform(0.5, 1.0)
-            changed = host.set_role(Role.DOWN, why)  # also ends a suspect's connections
+            changed = self._set_role(host, Role.DOWN, why)  # also ends a suspect's connections
             host.refused_us = refused_us
-            if changed:
-                self.roles_changed.value += 1
             self._changed.notify_all()
             if sever:
                 # A host that stopped answering: unblock everyone waiting on it. Under the
@@ -385,3 +419,4 @@ class Topology:
                     self._driver.sever(conn)
         if changed:
             logger.warning("host %s is down: %s", host.address, why)
+        self._emit_pending()

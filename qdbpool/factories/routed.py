@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ from qdbpool.cluster.topology import Topology
 from qdbpool.drivers.base import HostDriver, Role
 from qdbpool.dsn import HostPort
 from qdbpool.errors import ConfigurationError, NoHostAvailableError
+from qdbpool.events import Listener
 from qdbpool.protocol import ConnectionFactory, Generation
 
 logger = logging.getLogger("qdbpool")
@@ -164,6 +165,10 @@ class RoutedFactory(ConnectionFactory):
         if tag is not None:
             self._topology.forget(tag.host, conn)
         self._driver.close(conn)
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Hosts changing role and failovers, as the monitor finds them (qdbpool.events)."""
+        return self._topology.events.add(listener)
 
     def close(self) -> None:
         """Stop the monitor and close its probes. A factory used again afterwards (a new

@@ -1,0 +1,168 @@
+"""qdbpool.metrics: a pool's metrics read through the OpenTelemetry SDK's in-memory reader
+agree with stats(); histograms are recorded only on the slow path; nothing of OpenTelemetry
+is imported by `import qdbpool`. The per-host metrics through a real failover are in
+tests/pg/test_metrics.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+import qdbpool
+from qdbpool import ArgumentTypeError, BoundedPool, PoolTimeoutError
+from qdbpool.factories import SQLite
+from qdbpool.metrics import instrument
+
+JOIN = 30.0
+POOL = "db.client.connection.pool.name"
+
+
+class Metrics:
+    """An SDK meter provider with an in-memory reader, read as {(name, attributes): point}."""
+
+    def __init__(self) -> None:
+        self.reader = InMemoryMetricReader()
+        self.provider = MeterProvider(metric_readers=[self.reader])
+
+    def read(self) -> dict[tuple[str, frozenset[tuple[str, Any]]], Any]:
+        points: dict[tuple[str, frozenset[tuple[str, Any]]], Any] = {}
+        data = self.reader.get_metrics_data()
+        for resource in data.resource_metrics if data else []:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    for point in metric.data.data_points:
+                        points[metric.name, frozenset(point.attributes.items())] = point
+        return points
+
+    def value(self, name: str, **attributes: str) -> Any:
+        """The value (or histogram point) of one series; KeyError if it was not reported."""
+        key = frozenset({POOL: "test", **_dotted(attributes)}.items())
+        point = self.read()[name, key]
+        return getattr(point, "value", point)
+
+    def names(self) -> set[str]:
+        return {name for name, _ in self.read()}
+
+    def close(self) -> None:
+        self.provider.shutdown()
+
+
+def _dotted(attributes: dict[str, str]) -> dict[str, str]:
+    """Keyword arguments for attribute names: state= means db.client.connection.state."""
+    names = {"state": "db.client.connection.state", "reason": "qdbpool.close.reason"}
+    return {names[k]: v for k, v in attributes.items()}
+
+
+@pytest.fixture
+def metrics() -> Any:
+    m = Metrics()
+    yield m
+    m.close()
+
+
+def in_thread(fn: Any) -> None:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(JOIN)
+    if errors:
+        raise errors[0]
+
+
+def test_the_pool_metrics_agree_with_stats(make_pool, pool_cls, metrics, clock):
+    pool = make_pool(SQLite(), pool_cls=pool_cls, max_lifetime=60)
+    instrument(pool, name="test", meter_provider=metrics.provider)
+    held = pool.connect()
+    for _ in range(5):
+        in_thread(lambda: pool.connect().close())
+    clock.advance(61)
+    with pool.connect():  # nested in this thread's checkout
+        pass
+    held.close()
+    with pool.connect():  # expired: discarded and replaced
+        stats = pool.stats()
+        assert metrics.value("db.client.connection.count", state="used") == stats.in_use == 1
+        assert metrics.value("db.client.connection.count", state="idle") == stats.idle
+        assert metrics.value("qdbpool.connection.checkouts") == stats.checkouts
+        assert metrics.value("qdbpool.connection.created") == stats.created
+        assert metrics.value("qdbpool.connection.discarded") == stats.discarded >= 1
+        assert metrics.value("qdbpool.connection.connect_errors") == 0
+        assert metrics.value("db.client.connection.create_time").count == stats.created
+        closed = {
+            dict(attributes)["qdbpool.close.reason"]: point.value
+            for (name, attributes), point in metrics.read().items()
+            if name == "qdbpool.connection.closed"
+        }
+        assert sum(closed.values()) == stats.closed
+        assert closed["expired"] == stats.discarded
+
+
+def test_wait_time_is_recorded_only_for_callers_that_waited(make_pool, metrics):
+    pool = make_pool(SQLite(), pool_cls=BoundedPool, size=1, max_size=1, timeout=0.2)
+    instrument(pool, name="test", meter_provider=metrics.provider)
+    for _ in range(100):
+        with pool.connect():
+            pass
+    assert "db.client.connection.wait_time" not in metrics.names()
+    with pool.connect(), pytest.raises(PoolTimeoutError):
+        in_thread(lambda: pool.connect().close())
+    waited = metrics.value("db.client.connection.wait_time")
+    assert waited.count == 1 and waited.sum >= 0.2
+    assert metrics.value("db.client.connection.timeouts") == pool.stats().timeouts == 1
+    assert metrics.value("db.client.connection.max") == 1
+    assert metrics.value("db.client.connection.pending_requests") == 0
+
+
+def test_a_closed_instrumentation_or_pool_reports_nothing(make_pool, metrics):
+    first = make_pool(SQLite())
+    second = make_pool(SQLite())
+    instrument(first, name="first", meter_provider=metrics.provider).close()
+    instrument(second, name="test", meter_provider=metrics.provider)
+    with first.connect(), second.connect():
+        pass
+    assert {dict(k)[POOL] for _, k in metrics.read()} == {"test"}
+    second.close()
+    # Only the histograms remain (the SDK keeps what was recorded); nothing is observed.
+    assert metrics.names() == {"db.client.connection.create_time"}
+
+
+def test_instrument_names_what_was_wrong(make_pool):
+    with pytest.raises(ArgumentTypeError, match="needs a qdbpool pool, not object"):
+        instrument(object())  # type: ignore[arg-type]
+    with pytest.raises(ArgumentTypeError, match="name must be a non-empty string"):
+        instrument(make_pool(SQLite()), name="")
+
+
+def test_import_qdbpool_does_not_import_opentelemetry():
+    code = "import sys, qdbpool; print(any(m.startswith('opentelemetry') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_without_the_otel_extra_the_import_error_says_what_to_install():
+    code = (
+        "import sys; sys.modules['opentelemetry'] = None\n"
+        "try:\n    import qdbpool.metrics\nexcept ImportError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "pip install 'qdbpool[otel]'" in out.stdout, out.stderr
+
+
+def test_the_global_pool_can_be_instrumented_with_the_global_meter_provider(tmp_path):
+    qdbpool.initialize(SQLite(str(tmp_path / "app.db")))
+    instrumentation = instrument(qdbpool.instance())  # the API's no-op provider here
+    assert instrumentation.name == "default"
+    instrumentation.close()
