@@ -49,25 +49,12 @@ __all__ = ["Instrumentation", "instrument"]
 POOL_NAME = "db.client.connection.pool.name"
 STATE = "db.client.connection.state"
 
-# Buckets for waits and connects: a loopback connect takes about a millisecond, a wait in
-# line up to the pool's timeout (30 s by default; beyond 10 s, the last bucket).
-SECONDS_BUCKETS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1,
-    2.5,
-    5,
-    10,
-    30,
-)
+# Buckets for waits and connects, in seconds: a loopback connect takes about a millisecond,
+# a wait in line up to the pool's timeout (30 s by default).
+# fmt: off
+SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+                   10, 30)
+# fmt: on
 
 
 class Instrumentation:
