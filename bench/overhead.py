@@ -9,9 +9,12 @@ Three comparisons, all variants timed in the same run (the method: docs/benchmar
   (c) `with pool.connect() as conn: return conn` on a pool object (what `instance()`
       returns) for qdbpool's SingletonPool and BoundedPool and for quasardb.pool's
       SingletonPool (target: quasardb.pool's time at least 1.5x each of qdbpool's); and,
-      for orientation, the same with one attribute read (`conn.total_changes`) in the body.
+      for orientation, the same with one attribute read (`conn.total_changes`) in the body;
+  (d) for orientation, what OpenTelemetry metrics cost: the body of (a) through
+      `@with_conn(pool=p)` on a pool that `qdbpool.metrics.instrument` publishes to an SDK
+      meter provider, and on one that is not instrumented.
 Every pool gets in-memory SQLite connections: quasardb.pool through its `get_conn` callable.
-`--instructions` counts instructions per call of (a) and (b) under valgrind's callgrind
+`--instructions` counts instructions per call of (a), (b) and (d) under valgrind's callgrind
 instead of timing them.
 Run: python -m bench.overhead [--quick] [--instructions]
 """
@@ -94,6 +97,8 @@ PAIRS = [
          "qdbpool SingletonPool connect(), 1 read"),
     Pair("    the same, 1 read: quasardb.pool / BoundedPool", "quasardb.pool connect(), 1 read",
          "qdbpool BoundedPool connect(), 1 read"),
+    Pair("(d) select 1, metrics to an OTel SDK / none", "qdbpool @with_conn(pool=), metrics on",
+         "qdbpool @with_conn(pool=), metrics off"),
 ]  # fmt: skip
 
 
@@ -108,6 +113,14 @@ def makers(
     decorated_select = qdbpool.with_conn(select_one)
     handmade_select = hand_written(select_one)
     decorated_trivial = qdbpool.with_conn(trivial)
+    # (d): two pools alike but for metrics, each through @with_conn(pool=...).
+    plain = qdbpool.SingletonPool(SQLite(":memory:"))
+    cleanup.callback(plain.close)
+    metered = qdbpool.SingletonPool(SQLite(":memory:"))
+    cleanup.callback(metered.close)
+    instrument_with_sdk(metered, cleanup)
+    select_plain = qdbpool.with_conn(pool=plain)(select_one)
+    select_metered = qdbpool.with_conn(pool=metered)(select_one)
 
     def by_hand() -> Callable[[], object]:
         conn = new_sqlite()  # one per thread, as every other variant has
@@ -137,6 +150,8 @@ def makers(
         "qdbpool BoundedPool connect()": connect(bounded),
         "qdbpool SingletonPool connect(), 1 read": connect_and_read(qdbpool.instance()),
         "qdbpool BoundedPool connect(), 1 read": connect_and_read(bounded),
+        "qdbpool @with_conn(pool=), metrics off": lambda: select_plain,
+        "qdbpool @with_conn(pool=), metrics on": lambda: select_metered,
     }
     if with_quasardb:
         import quasardb.pool as qdb_pool
@@ -147,6 +162,19 @@ def makers(
         found["quasardb.pool connect()"] = connect(qdb_pool.instance())
         found["quasardb.pool connect(), 1 read"] = connect_and_read(qdb_pool.instance())
     return found
+
+
+def instrument_with_sdk(pool: qdbpool.Pool, cleanup: contextlib.ExitStack) -> None:
+    """Publish `pool`'s metrics to an OpenTelemetry SDK meter provider, as an application
+    would (an in-memory reader: collection, a minute apart in real use, is not timed)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from qdbpool.metrics import instrument
+
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    cleanup.callback(provider.shutdown)
+    instrument(pool, name="bench", meter_provider=provider)
 
 
 def per_round(variants: list[Variant], pair: Pair) -> list[float]:
@@ -195,6 +223,8 @@ COUNTED = [
     "qdbpool @with_conn, select 1",
     "qdbpool @with_conn, trivial",
     "quasardb.pool @with_conn, trivial",
+    "qdbpool @with_conn(pool=), metrics off",
+    "qdbpool @with_conn(pool=), metrics on",
 ]
 
 
@@ -264,6 +294,8 @@ def instructions(quick: bool) -> int:
     trivial_ours, theirs = counts[COUNTED[2]], counts[COUNTED[3]]
     print(f"(a) qdbpool / hand-written, select 1: {ours / hand:.3f}")
     print(f"(b) quasardb.pool / qdbpool, trivial: {theirs / trivial_ours:.3f}")
+    off, on = counts[COUNTED[4]], counts[COUNTED[5]]
+    print(f"(d) metrics to an OTel SDK / none, select 1: {on / off:.3f}")
     return 0
 
 
