@@ -24,6 +24,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import re
+import sys
 import textwrap
 import types
 from collections.abc import Iterator
@@ -178,7 +179,10 @@ def docs_mariadb() -> Iterator[Any]:
 
 def run_block(block: Block, namespace: dict[str, Any], bed: Servers) -> None:
     source = "\n" * (block.line - 1) + bed.substitute(block.code)  # tracebacks: the doc's lines
-    code = compile(source, block.id, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    # dont_inherit: this file's `from __future__ import annotations` is not the reader's.
+    code = compile(
+        source, block.id, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True
+    )
     if code.co_flags & 0x80:  # CO_COROUTINE: a top-level await
         asyncio.run(eval(code, namespace))
     else:
@@ -202,7 +206,12 @@ def test_the_examples_of_a_page_run_as_written(
     monkeypatch.chdir(tmp_path)
     mocker.patch("quasardb.Cluster")  # no quasardb server here
     bed = Servers(request)
-    namespace: dict[str, Any] = {"__name__": "__example__", "bed": bed}
+    # A module of its own, as a reader's script is: libraries that resolve annotations
+    # through sys.modules[cls.__module__] (dataclasses, SQLAlchemy's ORM) find it.
+    module = types.ModuleType("__example__")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    namespace: dict[str, Any] = module.__dict__
+    namespace["bed"] = bed
     if page in PRELUDE:
         exec(PRELUDE[page], namespace)
     for block in EXAMPLES[page]:
