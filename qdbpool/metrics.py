@@ -19,7 +19,6 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
 
 try:
     from opentelemetry import metrics as otel
@@ -31,8 +30,9 @@ except ImportError as exc:  # pragma: no cover - tested in a subprocess without 
 
 from qdbpool._version import version
 from qdbpool.bounded import BoundedPool
+from qdbpool.cluster.hosts import HostStatus
 from qdbpool.drivers.base import Role
-from qdbpool.errors import ArgumentTypeError
+from qdbpool.errors import ArgumentTypeError, ConfigurationError
 from qdbpool.events import (
     CheckoutWaited,
     ConnectionClosed,
@@ -42,7 +42,6 @@ from qdbpool.events import (
 )
 from qdbpool.factories.routed import RoutedFactory
 from qdbpool.pool import Pool
-from qdbpool.stats import PoolStats
 
 __all__ = ["Instrumentation", "instrument"]
 
@@ -58,37 +57,17 @@ SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 
 class Instrumentation:
-    """What `instrument()` set up for one pool: `close()` stops its reports.
+    """What `instrument()` set up for one pool: `close()` stops its reports."""
 
-    (OpenTelemetry cannot remove an instrument from a meter; once closed, or once its pool
-    is closed or collected, the instruments report nothing.)
-    """
-
-    def __init__(self, pool: Pool, name: str, meter_provider: MeterProvider | None) -> None:
+    def __init__(self, pool: Pool, name: str, publisher: _Publisher) -> None:
         self._pool: Callable[[], Pool | None] = weakref.ref(pool)
         self._name = name
-        self._attributes = {POOL_NAME: name}
+        self.attributes = {POOL_NAME: name}
+        self._publisher = publisher
         self._closed = False
         self._lock = threading.Lock()
         self._closed_by_reason: dict[str, int] = {}
         self._failovers = 0
-        meter = otel.get_meter("qdbpool", version(), meter_provider=meter_provider)
-        self._observe_pool(meter, pool)
-        if isinstance(pool.factory, RoutedFactory):
-            self._observe_hosts(meter)
-        self._create_time = meter.create_histogram(
-            "db.client.connection.create_time",
-            unit="s",
-            description="The time it took to open a new connection and check it",
-            explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
-        )
-        self._wait_time = meter.create_histogram(
-            "db.client.connection.wait_time",
-            unit="s",
-            description="The time callers waited in line for a connection "
-            "(recorded only when a caller had to wait)",
-            explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
-        )
         self._unsubscribe = pool.subscribe(self._on_event)
 
     @property
@@ -97,17 +76,33 @@ class Instrumentation:
         return self._name
 
     def close(self) -> None:
-        """Stop reporting this pool. Idempotent."""
+        """Stop reporting this pool (its name may then be used again). Idempotent."""
         self._closed = True
         self._unsubscribe()
+        self._publisher.forget(self)
+
+    def live_pool(self) -> Pool | None:
+        """The pool, while it is open and this is not closed."""
+        pool = self._pool()
+        if self._closed or pool is None or pool.closed:
+            return None
+        return pool
+
+    def closed_by_reason(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._closed_by_reason)
+
+    @property
+    def failovers(self) -> int:
+        return self._failovers
 
     # -- events (the slow path) ---------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, ConnectionOpened):
-            self._create_time.record(event.seconds, self._attributes)
+            self._publisher.create_time.record(event.seconds, self.attributes)
         elif isinstance(event, CheckoutWaited):
-            self._wait_time.record(event.seconds, self._attributes)
+            self._publisher.wait_time.record(event.seconds, self.attributes)
         elif isinstance(event, ConnectionClosed):
             with self._lock:
                 count = self._closed_by_reason.get(event.reason, 0)
@@ -116,58 +111,105 @@ class Instrumentation:
             with self._lock:
                 self._failovers += 1
 
+
+Observed = Iterable[tuple[float, dict[str, str]]]
+
+
+class _Publisher:
+    """Every instrument, made once per meter provider (OpenTelemetry keeps the first
+    instrument of a name on a meter and drops the callbacks of later ones): each callback
+    reports every pool instrumented there."""
+
+    def __init__(self, meter_provider: MeterProvider | None) -> None:
+        self._lock = threading.Lock()
+        self._members: dict[str, Instrumentation] = {}
+        meter = otel.get_meter("qdbpool", version(), meter_provider=meter_provider)
+        self._observe_pools(meter)
+        self._observe_hosts(meter)
+        self.create_time = meter.create_histogram(
+            "db.client.connection.create_time",
+            unit="s",
+            description="The time it took to open a new connection and check it",
+            explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
+        )
+        self.wait_time = meter.create_histogram(
+            "db.client.connection.wait_time",
+            unit="s",
+            description="The time callers waited in line for a connection "
+            "(recorded only when a caller had to wait)",
+            explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
+        )
+
+    def add(self, pool: Pool, name: str) -> Instrumentation:
+        with self._lock:
+            taken = self._members.get(name)
+            if taken is not None and taken.live_pool() is not None:
+                raise ConfigurationError(
+                    f"a pool named {name!r} is instrumented already: give each pool its own "
+                    f"name (instrument(pool, name=...))"
+                )
+            member = self._members[name] = Instrumentation(pool, name, self)
+            return member
+
+    def forget(self, member: Instrumentation) -> None:
+        with self._lock:
+            if self._members.get(member.name) is member:
+                del self._members[member.name]
+
+    def _live(self) -> list[tuple[Instrumentation, Pool]]:
+        with self._lock:
+            members = list(self._members.values())
+        return [(m, pool) for m in members if (pool := m.live_pool()) is not None]
+
     # -- observable instruments (read when the SDK collects) ----------------------------
 
-    def _live_pool(self) -> Pool | None:
-        pool = self._pool()
-        if self._closed or pool is None or pool.closed:
-            return None
-        return pool
-
-    def _from_stats(
-        self, read: Callable[[PoolStats], Iterable[tuple[int, dict[str, str]]]]
+    def _each_pool(
+        self, read: Callable[[Instrumentation, Pool], Observed]
     ) -> Callable[[CallbackOptions], Iterable[Observation]]:
-        """A callback that observes what `read` picks out of the pool's stats()."""
+        """A callback observing `read(member, pool)` for every live instrumented pool."""
 
         def callback(options: CallbackOptions) -> Iterable[Observation]:
-            pool = self._live_pool()
-            if pool is None:
-                return []
-            stats = pool.stats()
             return [
-                Observation(value, {**self._attributes, **extra}) for value, extra in read(stats)
+                Observation(value, {**member.attributes, **extra})
+                for member, pool in self._live()
+                for value, extra in read(member, pool)
             ]
 
         return callback
 
-    def _observe_pool(self, meter: otel.Meter, pool: Pool) -> None:
-        none: dict[str, str] = {}
+    def _observe_pools(self, meter: otel.Meter) -> None:
+        def counts(member: Instrumentation, pool: Pool) -> Observed:
+            stats = pool.stats()
+            return [(stats.idle, {STATE: "idle"}), (stats.in_use, {STATE: "used"})]
+
         meter.create_observable_up_down_counter(
             "db.client.connection.count",
-            [self._from_stats(lambda s: [(s.idle, {STATE: "idle"}), (s.in_use, {STATE: "used"})])],
+            [self._each_pool(counts)],
             unit="{connection}",
             description="Connections open, by state: idle or used (checked out)",
         )
         meter.create_observable_up_down_counter(
             "db.client.connection.pending_requests",
-            [self._from_stats(lambda s: [(s.waiting, none)])],
+            [self._each_pool(_stat("waiting"))],
             unit="{request}",
             description="Callers waiting for a connection",
         )
         meter.create_observable_counter(
             "db.client.connection.timeouts",
-            [self._from_stats(lambda s: [(s.timeouts, none)])],
+            [self._each_pool(_stat("timeouts"))],
             unit="{timeout}",
             description="Callers that gave up waiting for a connection",
         )
-        if isinstance(pool, BoundedPool):
-            max_size = pool.max_size
-            meter.create_observable_up_down_counter(
-                "db.client.connection.max",
-                [self._from_stats(lambda s: [(max_size, none)])],
-                unit="{connection}",
-                description="Connections the pool may open at most",
-            )
+
+        def max_size(member: Instrumentation, pool: Pool) -> Observed:
+            return [(pool.max_size, {})] if isinstance(pool, BoundedPool) else []
+
+        meter.create_observable_up_down_counter(
+            "db.client.connection.max",
+            [self._each_pool(max_size)],
+            unit="{connection}",
+            description="Connections the pool may open at most (BoundedPool)",
+        )
         for field, unit, description in (
             ("checkouts", "{checkout}", "Connections handed out (nested checkouts included)"),
             ("created", "{connection}", "Connections opened successfully"),
@@ -176,109 +218,107 @@ class Instrumentation:
         ):
             meter.create_observable_counter(
                 f"qdbpool.connection.{field}",
-                [self._from_stats(_counter(field))],
+                [self._each_pool(_stat(field))],
                 unit=unit,
                 description=description,
             )
+
+        def closed(member: Instrumentation, pool: Pool) -> Observed:
+            return [
+                (n, {"qdbpool.close.reason": reason})
+                for reason, n in sorted(member.closed_by_reason().items())
+            ]
+
         meter.create_observable_counter(
             "qdbpool.connection.closed",
-            [self._closed_callback],
+            [self._each_pool(closed)],
             unit="{connection}",
             description="Connections closed since instrument(), by reason "
             "(qdbpool.close.reason; see qdbpool.events.CloseReason)",
         )
 
-    def _closed_callback(self, options: CallbackOptions) -> Iterable[Observation]:
-        if self._live_pool() is None:
-            return []
-        with self._lock:
-            counts = dict(self._closed_by_reason)
-        return [
-            Observation(n, {**self._attributes, "qdbpool.close.reason": reason})
-            for reason, n in sorted(counts.items())
-        ]
-
     def _observe_hosts(self, meter: otel.Meter) -> None:
         meter.create_observable_gauge(
             "qdbpool.host.role",
-            [self._host_callback(self._roles)],
+            [self._each_host(_roles)],
             unit="1",
             description="1 for a host's current role (qdbpool.host.role: primary, replica, "
             "unknown, down), 0 for the others",
         )
         meter.create_observable_gauge(
             "qdbpool.host.up",
-            [self._host_callback(lambda h: [(int(h.role in _SERVING), {})])],
+            [self._each_host(lambda h: [(int(h.role in _SERVING), {})])],
             unit="1",
             description="1 if the host answered its last check as a primary or replica",
         )
         meter.create_observable_gauge(
             "qdbpool.host.check.duration",
-            [self._host_callback(lambda h: _known(h.response_time))],
+            [self._each_host(lambda h: _known(h.response_time))],
             unit="s",
             description="Median duration of the host's recent checks",
         )
         meter.create_observable_gauge(
             "qdbpool.host.replication_lag",
-            [self._host_callback(lambda h: _known(h.replica_lag))],
+            [self._each_host(lambda h: _known(h.replica_lag))],
             unit="s",
             description="How far a replica is behind the primary",
         )
         meter.create_observable_up_down_counter(
             "qdbpool.host.connections",
-            [self._host_callback(lambda h: [(h.connections, {})])],
+            [self._each_host(lambda h: [(h.connections, {})])],
             unit="{connection}",
             description="Connections open to the host from this process",
         )
+
+        def failovers(member: Instrumentation, pool: Pool) -> Observed:
+            routed = isinstance(pool.factory, RoutedFactory)
+            return [(member.failovers, {})] if routed else []
+
         meter.create_observable_counter(
             "qdbpool.failovers",
-            [self._failover_callback],
+            [self._each_pool(failovers)],
             unit="{failover}",
             description="Times a host became the primary in place of another, since instrument()",
         )
 
-    @staticmethod
-    def _roles(host: Any) -> list[tuple[int, dict[str, str]]]:
-        return [(int(host.role is role), {"qdbpool.host.role": role.value}) for role in Role]
-
-    def _host_callback(
-        self, read: Callable[[Any], Iterable[tuple[float, dict[str, str]]]]
+    def _each_host(
+        self, read: Callable[[HostStatus], Observed]
     ) -> Callable[[CallbackOptions], Iterable[Observation]]:
-        """A callback observing `read(host)` for each host of the pool's routing factory."""
+        """A callback observing `read(host)` for each host of each routing factory."""
 
-        def callback(options: CallbackOptions) -> Iterable[Observation]:
-            pool = self._live_pool()
-            if pool is None or not isinstance(pool.factory, RoutedFactory):
+        def hosts(member: Instrumentation, pool: Pool) -> Observed:
+            factory = pool.factory
+            if not isinstance(factory, RoutedFactory):
                 return []
-            observations = []
-            for host in pool.factory.hosts():
-                where = {
-                    **self._attributes,
-                    "server.address": host.address.host,
-                    "server.port": str(host.address.port),
-                }
-                for value, extra in read(host):
-                    observations.append(Observation(value, {**where, **extra}))
-            return observations
+            found: list[tuple[float, dict[str, str]]] = []
+            for host in factory.hosts():
+                where = {"server.address": host.address.host, "server.port": str(host.address.port)}
+                found.extend((value, {**where, **extra}) for value, extra in read(host))
+            return found
 
-        return callback
+        return self._each_pool(hosts)
 
-    def _failover_callback(self, options: CallbackOptions) -> Iterable[Observation]:
-        if self._live_pool() is None:
-            return []
-        return [Observation(self._failovers, self._attributes)]
+
+def _stat(field: str) -> Callable[[Instrumentation, Pool], Observed]:
+    """Reads one field of the pool's stats(), with no attribute of its own."""
+    return lambda member, pool: [(getattr(pool.stats(), field), {})]
+
+
+def _roles(host: HostStatus) -> Observed:
+    return [(int(host.role is role), {"qdbpool.host.role": role.value}) for role in Role]
 
 
 _SERVING = (Role.PRIMARY, Role.REPLICA)
 
 
-def _counter(field: str) -> Callable[[PoolStats], list[tuple[int, dict[str, str]]]]:
-    """Reads one field of PoolStats, with no extra attribute."""
-    return lambda stats: [(getattr(stats, field), {})]
-
-
-def _known(value: float | None) -> list[tuple[float, dict[str, str]]]:
+def _known(value: float | None) -> Observed:
     return [] if value is None else [(value, {})]
+
+
+# One publisher per meter provider; None stands for the global one (set or not yet: a
+# meter made before `set_meter_provider` follows it once it is set).
+_publishers: dict[object, _Publisher] = {}
+_publishers_lock = threading.Lock()
 
 
 def instrument(
@@ -297,9 +337,17 @@ def instrument(
 
     Raises:
         ArgumentTypeError: `pool` is not a qdbpool pool, or `name` is not a non-empty string.
+        ConfigurationError: another open pool is instrumented under `name` on the same
+            meter provider (a ValueError).
     """
     if not isinstance(pool, Pool):
         raise ArgumentTypeError(f"instrument() needs a qdbpool pool, not {type(pool).__name__}")
     if not isinstance(name, str) or not name:
         raise ArgumentTypeError(f"name must be a non-empty string, not {name!r}")
-    return Instrumentation(pool, name, meter_provider)
+    if meter_provider is otel.get_meter_provider():
+        meter_provider = None  # the global one, however it is named
+    with _publishers_lock:
+        publisher = _publishers.get(meter_provider)
+        if publisher is None:
+            publisher = _publishers[meter_provider] = _Publisher(meter_provider)
+    return publisher.add(pool, name)

@@ -15,7 +15,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import qdbpool
-from qdbpool import ArgumentTypeError, BoundedPool, PoolTimeoutError
+from qdbpool import ArgumentTypeError, BoundedPool, ConfigurationError, PoolTimeoutError
 from qdbpool.factories import SQLite
 from qdbpool.metrics import instrument
 
@@ -137,6 +137,66 @@ def test_a_closed_instrumentation_or_pool_reports_nothing(make_pool, metrics):
     second.close()
     # Only the histograms remain (the SDK keeps what was recorded); nothing is observed.
     assert metrics.names() == {"db.client.connection.create_time"}
+
+
+def test_every_pool_of_a_meter_provider_is_reported(make_pool, metrics):
+    """OpenTelemetry keeps the first instrument of a name on a meter: the second pool's
+    own instruments would be dropped, so both must be reported by one set."""
+    orders, prices = make_pool(SQLite()), make_pool(SQLite(), pool_cls=BoundedPool)
+    instrument(orders, name="orders", meter_provider=metrics.provider)
+    instrument(prices, name="prices", meter_provider=metrics.provider)
+    with orders.connect(), prices.connect(), prices.connect():
+        names = {
+            dict(attributes)[POOL]: point.value
+            for (name, attributes), point in metrics.read().items()
+            if name == "qdbpool.connection.checkouts"
+        }
+        assert names == {"orders": 1, "prices": 2}
+        maxima = [
+            dict(attributes)[POOL]
+            for (name, attributes) in metrics.read()
+            if name == "db.client.connection.max"
+        ]
+        assert maxima == ["prices"]  # a SingletonPool has no maximum
+
+
+def test_a_name_is_one_pool_at_a_time(make_pool, metrics):
+    first = instrument(make_pool(SQLite()), name="orders", meter_provider=metrics.provider)
+    with pytest.raises(ConfigurationError, match="'orders' is instrumented already"):
+        instrument(make_pool(SQLite()), name="orders", meter_provider=metrics.provider)
+    first.close()
+    instrument(make_pool(SQLite()), name="orders", meter_provider=metrics.provider)
+
+
+def test_pools_instrumented_before_and_after_the_global_provider_is_set_are_reported():
+    # In a process of its own: the global meter provider can be set once per process.
+    code = """
+import qdbpool
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from qdbpool.factories import SQLite
+from qdbpool.metrics import instrument
+
+early = qdbpool.SingletonPool(SQLite(":memory:"))
+instrument(early, name="early")                      # the API's proxy provider
+reader = InMemoryMetricReader()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+late = qdbpool.SingletonPool(SQLite(":memory:"))
+instrument(late, name="late")
+with early.connect(), late.connect():
+    pass
+names = set()
+for resource in reader.get_metrics_data().resource_metrics:
+    for scope in resource.scope_metrics:
+        for metric in scope.metrics:
+            if metric.name == "qdbpool.connection.checkouts":
+                for point in metric.data.data_points:
+                    names.add(point.attributes["db.client.connection.pool.name"])
+print(sorted(names))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "['early', 'late']", out.stderr
 
 
 def test_instrument_names_what_was_wrong(make_pool):
