@@ -294,6 +294,47 @@ def free_port() -> int:
     return port
 
 
+# -- OpenTelemetry metrics, as an application's SDK would read them -------------------------
+
+
+class Metrics:
+    """An SDK meter provider with an in-memory reader, for `qdbpool.metrics.instrument(...,
+    meter_provider=metrics.provider)`; `read()` gives {(name, attributes): data point}."""
+
+    def __init__(self) -> None:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        self.reader = InMemoryMetricReader()
+        self.provider = MeterProvider(metric_readers=[self.reader])
+
+    def read(self) -> dict[tuple[str, frozenset[tuple[str, Any]]], Any]:
+        points: dict[tuple[str, frozenset[tuple[str, Any]]], Any] = {}
+        data = self.reader.get_metrics_data()
+        for resource in data.resource_metrics if data else []:
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    for point in metric.data.data_points:
+                        points[metric.name, frozenset(point.attributes.items())] = point
+        return points
+
+    def value(self, name: str, attributes: dict[str, str]) -> Any:
+        """A counter's or gauge's value, or a histogram's point, of the series with exactly
+        these attributes; KeyError if it was not reported."""
+        point = self.read()[name, frozenset(attributes.items())]
+        return getattr(point, "value", point)
+
+    def names(self) -> set[str]:
+        return {name for name, _ in self.read()}
+
+
+@pytest.fixture
+def metrics() -> Iterator[Metrics]:
+    m = Metrics()
+    yield m
+    m.provider.shutdown()
+
+
 # -- the password the HA and CLI suites guard, and their PostgreSQL clusters -------------------
 
 # Characters that need URL quoting, around a marker that no error, repr, log or output may

@@ -8,11 +8,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import qdbpool
 from qdbpool import ArgumentTypeError, BoundedPool, ConfigurationError, PoolTimeoutError
@@ -23,47 +21,30 @@ JOIN = 30.0
 POOL = "db.client.connection.pool.name"
 
 
-class Metrics:
-    """An SDK meter provider with an in-memory reader, read as {(name, attributes): point}."""
+class Reading:
+    """The `metrics` fixture's reads for the pool named "test", with short keywords for
+    attribute names (state= is db.client.connection.state)."""
 
-    def __init__(self) -> None:
-        self.reader = InMemoryMetricReader()
-        self.provider = MeterProvider(metric_readers=[self.reader])
+    SHORT: ClassVar[dict[str, str]] = {
+        "state": "db.client.connection.state",
+        "reason": "qdbpool.close.reason",
+    }
 
-    def read(self) -> dict[tuple[str, frozenset[tuple[str, Any]]], Any]:
-        points: dict[tuple[str, frozenset[tuple[str, Any]]], Any] = {}
-        data = self.reader.get_metrics_data()
-        for resource in data.resource_metrics if data else []:
-            for scope in resource.scope_metrics:
-                for metric in scope.metrics:
-                    for point in metric.data.data_points:
-                        points[metric.name, frozenset(point.attributes.items())] = point
-        return points
+    def __init__(self, metrics: Any) -> None:
+        self.provider = metrics.provider
+        self.read = metrics.read
+        self.names = metrics.names
+        self._value = metrics.value
 
     def value(self, name: str, **attributes: str) -> Any:
-        """The value (or histogram point) of one series; KeyError if it was not reported."""
-        key = frozenset({POOL: "test", **_dotted(attributes)}.items())
-        point = self.read()[name, key]
-        return getattr(point, "value", point)
-
-    def names(self) -> set[str]:
-        return {name for name, _ in self.read()}
-
-    def close(self) -> None:
-        self.provider.shutdown()
-
-
-def _dotted(attributes: dict[str, str]) -> dict[str, str]:
-    """Keyword arguments for attribute names: state= means db.client.connection.state."""
-    names = {"state": "db.client.connection.state", "reason": "qdbpool.close.reason"}
-    return {names[k]: v for k, v in attributes.items()}
+        full = {POOL: "test", **{self.SHORT[k]: v for k, v in attributes.items()}}
+        return self._value(name, full)
 
 
 @pytest.fixture
-def metrics() -> Any:
-    m = Metrics()
-    yield m
-    m.close()
+def metrics(metrics: Any) -> Reading:
+    """tests/conftest.py's, read for the pool named "test"."""
+    return Reading(metrics)
 
 
 def in_thread(fn: Any) -> None:

@@ -9,8 +9,6 @@ import time
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import qdbpool
 from qdbpool.events import Event, FailoverObserved, HostRoleChanged
@@ -21,21 +19,10 @@ pytestmark = pytest.mark.postgres
 POOL = "db.client.connection.pool.name"
 
 
-def read(reader: InMemoryMetricReader) -> dict[tuple[str, frozenset[tuple[str, Any]]], Any]:
-    points: dict[tuple[str, frozenset[tuple[str, Any]]], Any] = {}
-    data = reader.get_metrics_data()
-    for resource in data.resource_metrics if data else []:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                for point in metric.data.data_points:
-                    points[metric.name, frozenset(point.attributes.items())] = point
-    return points
-
-
-def roles(reader: InMemoryMetricReader) -> dict[int, str]:
+def roles(metrics: Any) -> dict[int, str]:
     """Each host's port and the role its qdbpool.host.role gauge says (the series at 1)."""
     found: dict[int, str] = {}
-    for (name, attributes), point in read(reader).items():
+    for (name, attributes), point in metrics.read().items():
         a = dict(attributes)
         if name == "qdbpool.host.role" and point.value == 1:
             assert a[POOL] == "orders" and a["server.address"] == "127.0.0.1"
@@ -43,30 +30,27 @@ def roles(reader: InMemoryMetricReader) -> dict[int, str]:
     return found
 
 
-def value(reader: InMemoryMetricReader, name: str, **attributes: str) -> Any:
-    point = read(reader)[name, frozenset({POOL: "orders", **attributes}.items())]
-    return getattr(point, "value", point)
+def value(metrics: Any, name: str, **attributes: str) -> Any:
+    return metrics.value(name, {POOL: "orders", **attributes})
 
 
 @pytest.mark.parametrize("pool_cls", [qdbpool.SingletonPool, qdbpool.BoundedPool])
 def test_role_gauge_events_and_counters_through_a_failover(
-    cluster: Any, make_pool: Any, poll: Any, pool_cls: type[qdbpool.Pool]
+    cluster: Any, make_pool: Any, poll: Any, pool_cls: type[qdbpool.Pool], metrics: Any
 ) -> None:
-    reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[reader])
     pool = make_pool(cluster.multi_host_dsn(), pool_cls=pool_cls)
     events: list[Event] = []
     pool.subscribe(events.append)
-    instrument(pool, name="orders", meter_provider=provider)
+    instrument(pool, name="orders", meter_provider=metrics.provider)
     try:
         pool.factory.ready()
         old = cluster.primary
         standby_ports = {n.port for n in cluster.standbys}
-        assert roles(reader) == {old.port: "primary", **dict.fromkeys(standby_ports, "replica")}
-        assert value(reader, "qdbpool.host.up", **where(old.port)) == 1
-        assert value(reader, "qdbpool.failovers") == 0
+        assert roles(metrics) == {old.port: "primary", **dict.fromkeys(standby_ports, "replica")}
+        assert value(metrics, "qdbpool.host.up", **where(old.port)) == 1
+        assert value(metrics, "qdbpool.failovers") == 0
         for port in standby_ports:
-            assert value(reader, "qdbpool.host.replication_lag", **where(port)) >= 0
+            assert value(metrics, "qdbpool.host.replication_lag", **where(port)) >= 0
 
         # Writers and readers busy through the failover, each with its own thread.
         stop = threading.Event()
@@ -88,7 +72,7 @@ def test_role_gauge_events_and_counters_through_a_failover(
         try:
             new = cluster.failover()
             poll(
-                lambda: roles(reader).get(new.port) == "primary",
+                lambda: roles(metrics).get(new.port) == "primary",
                 timeout=15,
                 what="the new primary's role gauge",
             )
@@ -97,10 +81,10 @@ def test_role_gauge_events_and_counters_through_a_failover(
             stop.set()
             for t in workers:
                 t.join(30)
-        assert roles(reader)[new.port] == "primary"
-        assert roles(reader)[old.port] == "down"
-        assert value(reader, "qdbpool.host.up", **where(old.port)) == 0
-        assert value(reader, "qdbpool.failovers") == 1
+        assert roles(metrics)[new.port] == "primary"
+        assert roles(metrics)[old.port] == "down"
+        assert value(metrics, "qdbpool.host.up", **where(old.port)) == 0
+        assert value(metrics, "qdbpool.failovers") == 1
         [failover] = [e for e in events if isinstance(e, FailoverObserved)]
         assert (failover.old_primary.port, failover.new_primary.port) == (old.port, new.port)
         changes = [(e.host.port, e.new.value) for e in events if isinstance(e, HostRoleChanged)]
@@ -108,23 +92,26 @@ def test_role_gauge_events_and_counters_through_a_failover(
         assert len(errors) <= 2, errors  # at most one per writer thread
 
         stats = pool.stats()
-        assert value(reader, "qdbpool.connection.created") == stats.created
-        assert value(reader, "qdbpool.connection.checkouts") == stats.checkouts
-        assert value(reader, "qdbpool.connection.discarded") == stats.discarded >= 1
+        assert value(metrics, "qdbpool.connection.created") == stats.created
+        assert value(metrics, "qdbpool.connection.checkouts") == stats.checkouts
+        assert value(metrics, "qdbpool.connection.discarded") == stats.discarded >= 1
         closed = sum(
             point.value
-            for (name, _), point in read(reader).items()
+            for (name, _), point in metrics.read().items()
             if name == "qdbpool.connection.closed"
         )
         assert closed == stats.closed
-        idle = value(reader, "db.client.connection.count", **{"db.client.connection.state": "idle"})
-        used = value(reader, "db.client.connection.count", **{"db.client.connection.state": "used"})
+        idle = value(
+            metrics, "db.client.connection.count", **{"db.client.connection.state": "idle"}
+        )
+        used = value(
+            metrics, "db.client.connection.count", **{"db.client.connection.state": "used"}
+        )
         assert (idle, used) == (stats.idle, stats.in_use)
-        assert value(reader, "db.client.connection.create_time").count == stats.created
-        assert value(reader, "qdbpool.host.check.duration", **where(new.port)) > 0
+        assert value(metrics, "db.client.connection.create_time").count == stats.created
+        assert value(metrics, "qdbpool.host.check.duration", **where(new.port)) > 0
     finally:
         pool.close()
-        provider.shutdown()
 
 
 def where(port: int) -> dict[str, str]:
