@@ -1,6 +1,6 @@
 """A small supervisor that runs one command as a child subreaper and reaps every orphan.
 
-    python -m qdbpool.testing._subreaper <command> [args...]
+    python qdbpool/testing/_subreaper.py [--cwd DIR] <command> [args...]
 
 Patroni starts each postmaster through a short-lived helper that exits at once, so the
 postmaster is an orphan from birth: it goes to the nearest child subreaper above it. Were that
@@ -66,8 +66,12 @@ _statuses: dict[int, int] = {}
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--cwd"] and len(argv) >= 2:
+        # The command may run as another user, who cannot always enter our directory.
+        os.chdir(argv[1])
+        argv = argv[2:]
     if not argv:
-        print("usage: python -m qdbpool.testing._subreaper <command> [args...]", file=sys.stderr)
+        print("usage: _subreaper.py [--cwd DIR] <command> [args...]", file=sys.stderr)
         return 2
     _become_subreaper()
     child = os.posix_spawnp(argv[0], argv, dict(os.environ))

@@ -206,6 +206,8 @@ class PatroniMember:
             sys.executable,
             "-I",  # the supervisor needs nothing but the standard library
             _subreaper.__file__,
+            "--cwd",  # ours may be closed to the server user (a test's tmp_path, say)
+            str(self.directory),
             *server_user_prefix(),
             self.cluster.patroni,
             str(self.config_path),
