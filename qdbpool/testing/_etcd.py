@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from qdbpool.testing._child import ChildProcess
@@ -31,8 +32,9 @@ class Etcd:
 
     host = LOOPBACK
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, pick_port: Callable[[], int] = free_port) -> None:
         self.binary = find_etcd()
+        self.pick_port = pick_port
         self.directory = directory
         self.log_path = directory.parent / "etcd.log"
         self.client_port = 0
@@ -52,8 +54,8 @@ class Etcd:
 
     def launch(self) -> None:
         """Start etcd without waiting for it (Patroni members start beside it)."""
-        self.client_port = free_port(self.host)
-        self.peer_port = free_port(self.host)
+        self.client_port = self.pick_port()
+        self.peer_port = self.pick_port()
         peer = f"http://{self.host}:{self.peer_port}"
         argv = [
             self.binary,

@@ -78,10 +78,13 @@ from qdbpool.testing._process import (
     wait_until,
 )
 from qdbpool.testing._watchdog import remove_scratch_dir
+from qdbpool.testing.postgres import sweep_stale_clusters
 
 __all__ = ["PatroniCluster", "PatroniMember", "find_patroni"]
 
 SqlText = str | pgsql.SQL | pgsql.Composed
+
+_swept = False
 
 
 def find_patroni() -> tuple[str, str, Path]:
@@ -105,8 +108,8 @@ class PatroniMember:
         self.data_dir = self.directory / "data"
         self.config_path = self.directory / "patroni.yml"
         self.log_path = cluster.root / f"{name}.log"
-        self.port = free_port(LOOPBACK)
-        self.api_port = free_port(LOOPBACK)
+        self.port = cluster.free_port()
+        self.api_port = cluster.free_port()
         self._proc: ChildProcess | None = None
 
     def __repr__(self) -> str:
@@ -125,7 +128,12 @@ class PatroniMember:
         """The pid of this member's postmaster while it runs (from its postmaster.pid)."""
         try:
             pid = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+            # The file outlives a killed postmaster, and its pid may since name another
+            # process: only a process started on this data directory counts.
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
+            return None
+        if str(self.data_dir).encode() not in argv:
             return None
         return pid if process_alive(pid) else None
 
@@ -394,6 +402,7 @@ class PatroniCluster:
         self.startup_timeout = startup_timeout
         self._member_count = members
         self.members: list[PatroniMember] = []
+        self._ports: set[int] = set()
         self._root: Path | None = None
         self._etcd: Etcd | None = None
         self._closed = False
@@ -419,6 +428,14 @@ class PatroniCluster:
             raise RuntimeError("the cluster has not been started")
         return self._etcd
 
+    def free_port(self) -> int:
+        """A free port of 127.0.0.1 that no other process of this cluster was given."""
+        while True:
+            port = free_port(LOOPBACK)
+            if port not in self._ports:
+                self._ports.add(port)
+                return port
+
     def credentials(self, user: str | None, password: str | None) -> tuple[str, str | None]:
         """Default to the cluster's user; its password only goes with its own name."""
         user = user or self.user
@@ -433,6 +450,10 @@ class PatroniCluster:
         streams from it. Cleans up on failure."""
         if self._root is not None:
             raise RuntimeError("a PatroniCluster can be started once")
+        global _swept
+        if not _swept:  # what a process that died with its watchdog left behind
+            _swept = True  # (our directories share PostgresCluster's prefix, and its sweep)
+            sweep_stale_clusters()
         close_at_exit(self, self.close)
         try:
             self._start()
@@ -446,7 +467,7 @@ class PatroniCluster:
         self._root = new_scratch_dir("patroni-")
         os.chmod(self._root, 0o700)
         self.socket_dir.mkdir(mode=0o700)
-        self._etcd = Etcd(self.root / "etcd")
+        self._etcd = Etcd(self.root / "etcd", self.free_port)
         self._etcd.launch()
         self.members = [PatroniMember(self, f"member{i}") for i in range(self._member_count)]
         self._etcd.await_started(self.startup_timeout)
