@@ -29,6 +29,11 @@ Choices, and why:
   `postgres` (replication, pg_rewind) has `trust` over loopback TCP. Other clients need the
   cluster's password when it has one.
 
+A cluster taken through several crashes in a row now and then keeps a replica that stops
+replaying at a timeline switch (its log repeats "record with incorrect prev-link" or
+"invalid resource manager ID"), which Patroni 3.0.2 does not repair: give each scenario a
+cluster of its own, or `reinitialize()` that member.
+
 Not thread-safe: drive a cluster from one thread.
 """
 
@@ -265,6 +270,14 @@ class PatroniMember:
             what=f"postmaster {pid} gone",
         )
         return pid
+
+    def reinitialize(self, timeout: float = 60.0) -> None:
+        """Have Patroni throw this replica's data away and clone the leader afresh (POST
+        /reinitialize); return once it streams again. The way out for a replica that cannot
+        follow the leader any more, which a cluster taken through several crashes in a row
+        can leave behind."""
+        self._api("POST", "/reinitialize", {"force": True}, timeout=timeout)
+        self.cluster.wait_healthy(timeout)
 
     # -- Patroni's REST API --------------------------------------------------------------------
 

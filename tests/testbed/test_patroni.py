@@ -107,6 +107,14 @@ def test_a_switchover_to_a_chosen_member_leaves_the_old_leader_a_replica(
     assert old.is_in_recovery() and old.streaming_from(target)
 
 
+def test_a_reinitialized_replica_streams_again_from_a_fresh_copy(shared: PatroniCluster) -> None:
+    replica = shared.replicas[0]
+    before = replica.postmaster_pid
+    replica.reinitialize()
+    assert replica.postmaster_pid not in (None, before)
+    assert replica.streaming_from(shared.leader)
+
+
 def test_close_stops_every_process_and_removes_the_directory() -> None:
     require_patroni()
     c = PatroniCluster(1).start()
