@@ -164,8 +164,11 @@ def test_writes_and_reads_follow_a_patroni_switchover(
     check_writes(load, old, new, max_failed=1)
     check_reads(load, max_failed=1)
     # A planned switchover loses nothing: the old leader's last WAL reached the new one.
-    rows = new.sql("SELECT writer, count(*) FROM events GROUP BY writer")
-    assert dict(rows) == acknowledged(load)
+    # (A call that failed may have committed before its connection went.)
+    rows = dict(new.sql("SELECT writer, count(*) FROM events GROUP BY writer"))
+    for writer, count in acknowledged(load).items():
+        failed = sum(1 for c in load.writes[writer] if c.error is not None)
+        assert count <= rows.get(writer, 0) <= count + failed
 
 
 def test_writes_and_reads_follow_a_failover_when_the_leader_postgres_is_killed(
