@@ -199,12 +199,40 @@ class PatroniMember:
             return cur.fetchall() if cur.description is not None else []
 
     def streaming_from(self, leader: PatroniMember) -> bool:
-        """True if this member's PostgreSQL is a replica streaming from `leader` (its own view:
-        the leader's pg_stat_replication also lists pg_basebackup under the member's name)."""
+        """True if this member's PostgreSQL is a replica streaming from `leader`, on the
+        leader's timeline, through its replication slot, as both ends see it.
+
+        Neither end alone is enough: a replica's receiver shows "streaming" as soon as it has
+        connected, before the leader has accepted its slot and timeline; a former leader
+        first streams the end of its old timeline; and the leader's pg_stat_replication
+        also lists pg_basebackup under the member's name."""
         rows = self.sql(
-            "SELECT status, sender_port FROM pg_stat_wal_receiver", dbname=ADMIN_DB, timeout=5
+            "SELECT status, sender_port, slot_name, receive_start_tli FROM pg_stat_wal_receiver",
+            dbname=ADMIN_DB,
+            timeout=5,
         )
-        return bool(rows) and rows[0] == ("streaming", leader.port)
+        if not rows or rows[0] != ("streaming", leader.port, self.name, leader.timeline()):
+            return False
+        sending = leader.sql(
+            "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_replication r"
+            " ON r.pid = s.active_pid WHERE s.slot_name = %s AND r.state = 'streaming'",
+            [self.name],
+            dbname=ADMIN_DB,
+            timeout=5,
+        )
+        return bool(sending[0][0])
+
+    def timeline(self) -> int:
+        """The timeline this member's PostgreSQL writes (or, on a replica, replays) now."""
+        rows = self.sql(
+            "SELECT CASE WHEN pg_is_in_recovery()"
+            " THEN (SELECT received_tli FROM pg_stat_wal_receiver)"
+            " ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
+            " END",
+            dbname=ADMIN_DB,
+            timeout=5,
+        )
+        return int(rows[0][0] or 0)
 
     def is_in_recovery(self) -> bool:
         return bool(self.sql("SELECT pg_is_in_recovery()", dbname=ADMIN_DB)[0][0])
@@ -608,10 +636,17 @@ class PatroniCluster:
         deadline = time.monotonic() + timeout
         leader = self.wait_leader(timeout)
 
+        seen: list[float] = []
+
         def all_streaming() -> bool:
-            return all(
+            # Twice, 0.2 s apart: a receiver that has only just connected may yet be refused.
+            if not all(
                 m.streaming_from(leader) for m in self.members if m.running and m is not leader
-            )
+            ):
+                seen.clear()
+                return False
+            seen.append(time.monotonic())
+            return seen[-1] - seen[0] >= 0.2
 
         try:
             wait_until(
