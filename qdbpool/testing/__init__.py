@@ -13,12 +13,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from qdbpool.testing._process import ServerUnavailable as ServerUnavailable
     from qdbpool.testing.availability import require_mariadb as require_mariadb
+    from qdbpool.testing.availability import require_patroni as require_patroni
     from qdbpool.testing.availability import require_pgbouncer as require_pgbouncer
     from qdbpool.testing.availability import require_postgres as require_postgres
     from qdbpool.testing.availability import under_ci as under_ci
     from qdbpool.testing.mariadb import MariaDBCluster as MariaDBCluster
     from qdbpool.testing.mariadb import MariaDBReplicaPair as MariaDBReplicaPair
     from qdbpool.testing.mariadb import MariaDBServer as MariaDBServer
+    from qdbpool.testing.patroni import PatroniCluster as PatroniCluster
+    from qdbpool.testing.patroni import PatroniMember as PatroniMember
     from qdbpool.testing.pgbouncer import PgBouncer as PgBouncer
     from qdbpool.testing.postgres import Node as Node
     from qdbpool.testing.postgres import PostgresCluster as PostgresCluster
@@ -31,10 +34,13 @@ _LAZY = {
     "MariaDBReplicaPair": "qdbpool.testing.mariadb",
     "MariaDBServer": "qdbpool.testing.mariadb",
     "Node": "qdbpool.testing.postgres",
+    "PatroniCluster": "qdbpool.testing.patroni",
+    "PatroniMember": "qdbpool.testing.patroni",
     "PgBouncer": "qdbpool.testing.pgbouncer",
     "PostgresCluster": "qdbpool.testing.postgres",
     "ServerUnavailable": "qdbpool.testing._process",
     "require_mariadb": "qdbpool.testing.availability",
+    "require_patroni": "qdbpool.testing.availability",
     "require_pgbouncer": "qdbpool.testing.availability",
     "require_postgres": "qdbpool.testing.availability",
     "under_ci": "qdbpool.testing.availability",

@@ -46,6 +46,16 @@ def require_mariadb() -> tuple[str, str]:
         _unavailable(f"MariaDB server binaries not installed: {exc}")
 
 
+def require_patroni() -> tuple[str, str, Path]:
+    """The paths of patroni and etcd and PostgreSQL's bindir, or skip (locally) / fail (CI)."""
+    from qdbpool.testing import patroni
+
+    try:
+        return patroni.find_patroni()
+    except ServerUnavailable as exc:
+        _unavailable(f"Patroni, etcd or PostgreSQL not installed: {exc}")
+
+
 def require_pgbouncer() -> str:
     """The path of the pgbouncer binary, or skip (locally) / fail (under CI)."""
     from qdbpool.testing import pgbouncer
