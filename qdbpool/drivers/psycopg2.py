@@ -8,6 +8,12 @@ psycopg2 offers:
 - psycopg2 opens a transaction before the first statement unless `autocommit` is on: the
   transaction status (`conn.get_transaction_status()`, libpq's, no I/O) tells after each
   use whether a rollback is due; role probes run in autocommit, so they never leave one open.
+- psycopg2's `conn.cancel()` (libpq's PQcancel) holds the GIL until the server answers,
+  which a stalled host never does: the whole process freezes, for good. The statement is
+  stopped instead with `pg_cancel_backend(pid)` over a short-lived session of the same
+  user, which waits with the GIL free and within `connect_timeout`. Through PgBouncer
+  (`pgbouncer=True`) the backend pid a client sees is PgBouncer's, not the server's, so no
+  cancel is sent there: the socket is shut down, and PgBouncer drops the server session.
 - A lost session raises `OperationalError` (or `InterfaceError` once closed), with a
   SQLSTATE in `pgcode` when the server said why; a write refused by a read-only server has
   `pgcode` 25006.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -56,10 +63,16 @@ class Psycopg2Driver(HostDriver):
     """psycopg2 connections to the hosts of `dsn`; `connect_kwargs` go to every
     `psycopg2.connect` (checked beforehand with `check_connect_kwargs`)."""
 
-    def __init__(self, dsn: ParsedDSN, connect_kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self, dsn: ParsedDSN, connect_kwargs: dict[str, Any], *, pgbouncer: bool = False
+    ) -> None:
         self._dsn = dsn
         self._connect_kwargs = connect_kwargs
+        self._pgbouncer = pgbouncer
         self.secrets = (*dsn.secrets, *(p for p in (connect_kwargs.get("password"),) if p))
+        # Each app connection's backend pid, read once by its own thread as it opens: the
+        # thread that interrupts it later must not touch the connection.
+        self._pids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
     def _kwargs(self, address: HostPort) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(self._dsn.host_kwargs(address))
@@ -70,11 +83,16 @@ class Psycopg2Driver(HostDriver):
         return kwargs
 
     def open(self, address: HostPort, *, read_only: bool) -> Any:
-        return psycopg2.connect(**self._kwargs(address))
+        conn = psycopg2.connect(**self._kwargs(address))
+        self._pids[conn] = conn.get_backend_pid()  # libpq's, no I/O
+        return conn
 
     def open_probe(self, address: HostPort, timeout: float) -> Any:
+        return self._open_autocommit(address, "qdbpool-monitor")
+
+    def _open_autocommit(self, address: HostPort, application_name: str) -> Any:
         kwargs = {k: v for k, v in self._kwargs(address).items() if k not in _APP_ONLY_KWARGS}
-        kwargs["application_name"] = "qdbpool-monitor"
+        kwargs["application_name"] = application_name
         probe = psycopg2.connect(**kwargs)
         try:
             probe.autocommit = True  # client-side: the role query opens no transaction
@@ -124,9 +142,22 @@ class Psycopg2Driver(HostDriver):
         return fd
 
     def cancel_sender(self, conn: Any, address: HostPort) -> Callable[[], None] | None:
-        # psycopg2 keeps libpq's cancel key (PGcancel) for the connection's whole life, so
-        # conn.cancel() stays safe once its owner has closed it (it then raises).
-        return functools.partial(_cancel, conn)
+        if self._pgbouncer:
+            return None  # the pid is PgBouncer's: it could name another server session
+        pid = self._pids.get(conn)
+        if pid is None:
+            return None
+        return functools.partial(self._cancel_backend, address, pid)
+
+    def _cancel_backend(self, address: HostPort, pid: int) -> None:
+        # The backend still serves the connection being interrupted (its owner closes it
+        # only once it is given back), so `pid` names that session and no other.
+        session = self._open_autocommit(address, "qdbpool-cancel")
+        try:
+            with session.cursor() as cur:
+                cur.execute("SELECT pg_cancel_backend(%s)", (pid,))
+        finally:
+            session.close()
 
     def ping(self, conn: Any) -> None:
         # A round trip that opens no transaction: in autocommit, then the user's mode back
@@ -138,7 +169,8 @@ class Psycopg2Driver(HostDriver):
         try:
             _select_one(conn)
         finally:
-            conn.autocommit = False
+            if not conn.closed:  # else the error that closed it is the one to see
+                conn.autocommit = False
 
     # libpq's transaction status is IDLE (0) only on a healthy connection with nothing
     # open: a C-level call that the fast path can trust when it returns 0 (it raises once
@@ -160,10 +192,6 @@ class Psycopg2Driver(HostDriver):
 
     def describe_error(self, exc: BaseException) -> str:
         return self._one_line(exc, str(exc))
-
-
-def _cancel(conn: Any) -> None:
-    conn.cancel()
 
 
 def _select_one(conn: Any) -> None:

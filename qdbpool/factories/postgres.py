@@ -87,7 +87,9 @@ class Postgres(RoutedFactory):
         self.dsn = parsed
         self.driver = driver
         self.pgbouncer = pgbouncer
-        super().__init__(parsed.hosts, _make_driver(driver, parsed, connect_kwargs), routing)
+        super().__init__(
+            parsed.hosts, _make_driver(driver, parsed, connect_kwargs, pgbouncer=pgbouncer), routing
+        )
 
     def __repr__(self) -> str:
         extra = "" if self.driver == "psycopg" else f", driver={self.driver!r}"
@@ -96,14 +98,16 @@ class Postgres(RoutedFactory):
         return f"Postgres({self.dsn.to_url(redact=True)!r}{extra})"
 
 
-def _make_driver(driver: str, parsed: ParsedDSN, connect_kwargs: dict[str, Any]) -> HostDriver:
+def _make_driver(
+    driver: str, parsed: ParsedDSN, connect_kwargs: dict[str, Any], *, pgbouncer: bool
+) -> HostDriver:
     # Imported here: a user of one library need not install the other.
     if driver == "psycopg2":
         from qdbpool.drivers import psycopg2 as v2
 
         v2.check_connect_kwargs(dict(parsed.params))
         v2.check_connect_kwargs(connect_kwargs)
-        return v2.Psycopg2Driver(parsed, connect_kwargs)
+        return v2.Psycopg2Driver(parsed, connect_kwargs, pgbouncer=pgbouncer)
     from qdbpool.drivers import psycopg as v3
 
     v3.check_connect_kwargs(dict(parsed.params))

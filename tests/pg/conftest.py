@@ -18,6 +18,8 @@ import pytest
 
 import qdbpool
 from qdbpool.cluster import HostStatus
+from qdbpool.drivers import HostDriver
+from qdbpool.dsn import parse_dsn
 from qdbpool.factories.postgres import Postgres
 from qdbpool.testing.availability import require_postgres
 from qdbpool.testing.postgres import Node, PostgresCluster
@@ -90,6 +92,18 @@ class Driver:
 
     def factory(self, dsn: str, **kwargs: Any) -> Postgres:
         return Postgres(dsn, driver=self.name, **{**self.connect_kwargs, **kwargs})
+
+    def host_driver(self, dsn: str, **kwargs: Any) -> HostDriver:
+        """The driver alone (qdbpool.drivers), for what it promises about one host."""
+        parsed = parse_dsn(dsn)
+        connect_kwargs = {**self.connect_kwargs, **kwargs}
+        if self.name == "psycopg2":
+            from qdbpool.drivers.psycopg2 import Psycopg2Driver
+
+            return Psycopg2Driver(parsed, connect_kwargs)
+        from qdbpool.drivers.psycopg import PsycopgDriver
+
+        return PsycopgDriver(parsed, connect_kwargs)
 
     def __repr__(self) -> str:
         return self.name
