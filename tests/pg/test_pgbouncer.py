@@ -5,6 +5,7 @@ errors, and reads and writes still routed by the role checks passing through PgB
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -150,3 +151,51 @@ def test_a_decorated_function_through_pgbouncer_commits_in_transaction_mode(
     total = module_cluster.primary.sql("SELECT count(*), sum(n) FROM bounced")
     assert total == [(20, sum(range(20)))]
     module_cluster.primary.sql("DROP TABLE bounced")
+
+
+SLEEP = "SELECT pg_sleep(30) /* qdbpool through PgBouncer */"
+
+
+def _sleeping(node: Any) -> int:
+    rows = node.sql(
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = %s", [SLEEP]
+    )
+    return int(rows[0][0])
+
+
+def test_close_interrupts_a_query_in_flight_through_pgbouncer(
+    bounced_dsn: str,
+    make_pool: Callable[..., Any],
+    module_cluster: PostgresCluster,
+    pg: Any,
+    poll: Any,
+) -> None:
+    # The socket is shut down, so the holder's call fails at once. (Whether the server
+    # stops the statement too is not promised through PgBouncer: psycopg 3's cancel request
+    # races with the shutdown, after which PgBouncer no longer knows the client; psycopg2
+    # sends none there, the pid it knows being PgBouncer's.)
+    primary = module_cluster.primary
+    pool = make_pool(bounced_dsn, pgbouncer=True)
+    outcome: dict[str, Any] = {}
+
+    def sleep() -> None:
+        started = time.monotonic()
+        try:
+            with pool.connect() as conn:
+                conn.execute(SLEEP)
+        except Exception as exc:
+            outcome["error"] = exc
+        outcome["waited"] = time.monotonic() - started
+
+    holder = threading.Thread(target=sleep, name="bounced-sleeper")
+    holder.start()
+    try:
+        poll(lambda: _sleeping(primary) == 1, timeout=20, what="pg_sleep running")
+        pool.close(timeout=0.2)
+        holder.join(10)
+        assert not holder.is_alive(), "the holder's query outlived close()"
+    finally:
+        primary.sql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query = %s", [SLEEP])
+        holder.join(35)
+    assert isinstance(outcome["error"], pg.module.OperationalError)
+    assert outcome["waited"] < 10
