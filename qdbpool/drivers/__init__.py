@@ -4,6 +4,8 @@ imported on its own, so that users of one need not install the others.
 
 - base.py: `HostDriver`, the interface, and what a check reports (`Role`, `Observation`).
 - psycopg.py: PostgreSQL through psycopg 3 (`PsycopgDriver`).
+- psycopg2.py: PostgreSQL through psycopg2 (`Psycopg2Driver`), `Postgres(driver="psycopg2")`.
+- pgsql.py: what both PostgreSQL drivers share (the role query, SQLSTATE rules).
 - pymysql.py: MySQL and MariaDB through PyMySQL (`PyMySQLDriver`).
 """
 

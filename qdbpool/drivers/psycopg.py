@@ -15,6 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 from qdbpool.drivers.base import HostDriver, Observation, Role
+from qdbpool.drivers.pgsql import (
+    DEFAULT_CONNECT_TIMEOUT,
+    READ_ONLY_TRANSACTION,
+    ROLE_QUERY,
+    is_lost_sqlstate,
+    refused_us,
+)
 from qdbpool.dsn import HostPort, ParsedDSN
 from qdbpool.errors import ConfigurationError
 from qdbpool.protocol import CLEAN, LOST, NEEDS_RESET
@@ -28,36 +35,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "the Postgres factory needs psycopg 3: pip install 'qdbpool[postgres]'"
     ) from exc
 
-# One round trip answers everything a check needs. A replica's lag is 0 while it has
-# replayed all it received, else the age of the last transaction it replayed (NULL, i.e.
-# unknown, when it has replayed none since it started).
-_ROLE_QUERY = """
-SELECT pg_is_in_recovery(),
-       current_setting('transaction_read_only') = 'on',
-       CASE WHEN NOT pg_is_in_recovery() THEN NULL
-            WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-            ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())
-       END
-"""
-
-# SQLSTATE classes after which the session is gone: connection exceptions (08) and
-# operator intervention (57P: admin/crash shutdown, cannot connect now, ...).
-_LOST_STATES = ("08", "57P")
-# Session-ending timeouts that psycopg raises as InternalError.
-_LOST_CODES = frozenset({"25P03", "25P04"})
-_READ_ONLY_TRANSACTION = "25006"
-
-_DEFAULT_CONNECT_TIMEOUT = 2  # libpq's (and psycopg's) minimum
 _CANCEL_TIMEOUT = 5.0  # bounds the thread that sends a cancel request
 
-# What a server says when it refuses us for what we asked rather than for its state.
-_REFUSED_US = (
-    "password authentication failed",
-    "authentication failed",
-    "no pg_hba.conf entry",
-    "does not exist",  # database or role
-    "password is required",
-)
 # psycopg.connect's own keywords; every other keyword is a libpq connection option.
 _PSYCOPG_CONNECT_KWARGS = frozenset(
     {"autocommit", "prepare_threshold", "context", "row_factory", "cursor_factory"}
@@ -82,7 +61,7 @@ class PsycopgDriver(HostDriver):
         if "database" in kwargs:
             kwargs["dbname"] = kwargs.pop("database")
         kwargs.update(self._connect_kwargs)
-        kwargs.setdefault("connect_timeout", _DEFAULT_CONNECT_TIMEOUT)
+        kwargs.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
         return kwargs
 
     def open(self, address: HostPort, *, read_only: bool) -> Any:
@@ -95,7 +74,7 @@ class PsycopgDriver(HostDriver):
         return psycopg.connect(**kwargs)
 
     def observe(self, probe: Any) -> Observation:
-        row = probe.execute(_ROLE_QUERY).fetchone()
+        row = probe.execute(ROLE_QUERY).fetchone()
         in_recovery, read_only, lag = row
         if in_recovery or read_only:
             # No lag (None) while it has replayed nothing since it started: unknown, so
@@ -115,17 +94,16 @@ class PsycopgDriver(HostDriver):
         if state is None:
             # psycopg's own "consuming input failed", "the connection is lost", ...
             return isinstance(exc, psycopg.OperationalError)
-        return state.startswith(_LOST_STATES) or state in _LOST_CODES
+        return is_lost_sqlstate(state)
 
     def is_read_only_violation(self, exc: BaseException) -> bool:
-        return getattr(exc, "sqlstate", None) == _READ_ONLY_TRANSACTION
+        return getattr(exc, "sqlstate", None) == READ_ONLY_TRANSACTION
 
     def is_configuration_error(self, exc: BaseException) -> bool:
         if isinstance(exc, (TypeError, psycopg.ProgrammingError)):
             return True  # an unknown option
         # libpq reports connection-time refusals as text (psycopg has no SQLSTATE then).
-        text = str(exc)
-        return "FATAL:" in text and any(sign in text for sign in _REFUSED_US)
+        return refused_us(str(exc))
 
     def socket_of(self, conn: Any) -> int | None:
         try:

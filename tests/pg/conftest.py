@@ -18,6 +18,8 @@ import pytest
 
 import qdbpool
 from qdbpool.cluster import HostStatus
+from qdbpool.drivers import HostDriver
+from qdbpool.dsn import parse_dsn
 from qdbpool.factories.postgres import Postgres
 from qdbpool.testing.availability import require_postgres
 from qdbpool.testing.postgres import Node, PostgresCluster
@@ -74,10 +76,65 @@ def url_for() -> Callable[..., str]:
 # -- pools ------------------------------------------------------------------------------------
 
 
+class Driver:
+    """One client library the suite runs over: `name` for Postgres(driver=...), `module`
+    (psycopg or psycopg2) for its errors, `factory(dsn, **kwargs)` for a Postgres over it.
+
+    psycopg2's connections are given a connection class that adds psycopg 3's
+    `conn.execute(sql, params)` (returning the cursor), so that one test body reads both."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.module: Any = pytest.importorskip(name)
+        self.connect_kwargs: dict[str, Any] = {}
+        if name == "psycopg2":
+            self.connect_kwargs["connection_factory"] = _executing_connection_class()
+
+    def factory(self, dsn: str, **kwargs: Any) -> Postgres:
+        return Postgres(dsn, driver=self.name, **{**self.connect_kwargs, **kwargs})
+
+    def host_driver(self, dsn: str, **kwargs: Any) -> HostDriver:
+        """The driver alone (qdbpool.drivers), for what it promises about one host."""
+        parsed = parse_dsn(dsn)
+        connect_kwargs = {**self.connect_kwargs, **kwargs}
+        if self.name == "psycopg2":
+            from qdbpool.drivers.psycopg2 import Psycopg2Driver
+
+            return Psycopg2Driver(parsed, connect_kwargs)
+        from qdbpool.drivers.psycopg import PsycopgDriver
+
+        return PsycopgDriver(parsed, connect_kwargs)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+def _executing_connection_class() -> type[Any]:
+    import psycopg2.extensions
+
+    class ExecutingConnection(psycopg2.extensions.connection):  # type: ignore[misc]
+        def execute(self, query: str, params: Any = None) -> Any:
+            cursor = self.cursor()
+            cursor.execute(query, params)
+            return cursor
+
+    return ExecutingConnection
+
+
+DRIVERS = ["psycopg", "psycopg2"]
+
+
+@pytest.fixture(params=DRIVERS)
+def pg(request: pytest.FixtureRequest) -> Driver:
+    """Each PostgreSQL driver in turn: every test that makes a pool here runs over both."""
+    return Driver(request.param)
+
+
 @pytest.fixture
-def make_pool(make_pool: Callable[..., Any]) -> Callable[..., Any]:
+def make_pool(make_pool: Callable[..., Any], pg: Driver) -> Callable[..., Any]:
     """make_pool(dsn, pool_cls=SingletonPool, pool_kwargs=None, **Postgres kwargs): a pool
-    over a new Postgres factory (`pool.factory`); closed, with its factory, after the test."""
+    over a new Postgres factory (`pool.factory`) with the driver `pg`; closed, with its
+    factory, after the test."""
 
     def make(
         dsn: str,
@@ -86,7 +143,7 @@ def make_pool(make_pool: Callable[..., Any]) -> Callable[..., Any]:
         pool_kwargs: dict[str, Any] | None = None,
         **factory_kwargs: Any,
     ) -> Any:
-        factory = Postgres(dsn, **factory_kwargs)
+        factory = pg.factory(dsn, **factory_kwargs)
         try:
             return make_pool(factory, pool_cls=pool_cls, **(pool_kwargs or {}))
         except BaseException:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import qdbpool
 from qdbpool import PoolClosedError, SingletonPool
-from qdbpool.factories import Postgres
 
 CALLERS = 16
 
@@ -52,12 +52,12 @@ def test_callers_waiting_for_a_primary_get_pool_closed_error_when_the_pool_close
 
 
 def test_closing_the_previous_pool_of_a_shared_factory_leaves_the_new_pools_callers_waiting(
-    free_port: int,
+    free_port: int, pg: Any
 ) -> None:
     # initialize(factory) again makes the new pool before it closes the old one: the old
     # pool's close() must not close the factory under the new pool's waiting callers.
     dsn = f"postgresql://app@127.0.0.1:{free_port}/app"
-    factory = Postgres(dsn, acquire_timeout=30, refresh_delay=0.05)
+    factory = pg.factory(dsn, acquire_timeout=30, refresh_delay=0.05)
     qdbpool.initialize(factory)
     new = qdbpool.initialize(factory)  # closes the first pool
     outcome: list[BaseException] = []

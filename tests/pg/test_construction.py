@@ -13,6 +13,7 @@ from qdbpool.factories.postgres import Postgres
 
 SECRET = "Zz-hunter2-Secret-Zz"
 DSN = "postgresql://app@127.0.0.1:1/app"
+DRIVERS = ["psycopg", "psycopg2"]
 SECONDS_OPTIONS = ("refresh_delay", "refresh_timeout", "acquire_timeout", "max_replica_lag")
 
 
@@ -20,22 +21,53 @@ def _everything_said_about(exc: BaseException) -> str:
     return f"{exc}\n{exc!r}\n{exc.args!r}"
 
 
+@pytest.mark.parametrize("driver", DRIVERS)
 @pytest.mark.parametrize("password", [12345, b"secret", 1.5, ["pw"]], ids=repr)
-def test_a_password_that_is_not_a_str_is_refused_at_construction(password: Any) -> None:
+def test_a_password_that_is_not_a_str_is_refused_at_construction(
+    password: Any, driver: str
+) -> None:
     with pytest.raises(ConfigurationError, match="password must be a str") as err:
-        Postgres(DSN, password=password)
+        Postgres(DSN, password=password, driver=driver)
     assert "secret" not in _everything_said_about(err.value)
 
 
-def test_an_unknown_dsn_parameter_is_refused_at_construction_naming_it() -> None:
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_an_unknown_dsn_parameter_is_refused_at_construction_naming_it(driver: str) -> None:
     with pytest.raises(ConfigurationError, match="bogus_option") as err:
-        Postgres(f"postgresql://app:{SECRET}@127.0.0.1/app?bogus_option=1")
+        Postgres(f"postgresql://app:{SECRET}@127.0.0.1/app?bogus_option=1", driver=driver)
     assert SECRET not in _everything_said_about(err.value)
 
 
-def test_an_unknown_keyword_is_refused_at_construction_naming_it() -> None:
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_an_unknown_keyword_is_refused_at_construction_naming_it(driver: str) -> None:
     with pytest.raises(ConfigurationError, match="bogus_option"):
-        Postgres(DSN, bogus_option=1)
+        Postgres(DSN, bogus_option=1, driver=driver)
+
+
+def test_an_unknown_driver_is_refused_naming_the_known_ones() -> None:
+    with pytest.raises(ConfigurationError, match="'psycopg', 'psycopg2'"):
+        Postgres(DSN, driver="asyncpg")
+
+
+def test_pgbouncer_must_be_a_bool() -> None:
+    with pytest.raises(ConfigurationError, match="pgbouncer"):
+        Postgres(DSN, pgbouncer="yes")
+
+
+def test_pgbouncer_refuses_prepared_statements_with_psycopg() -> None:
+    with pytest.raises(ConfigurationError, match="prepare_threshold"):
+        Postgres(DSN, pgbouncer=True, prepare_threshold=5)
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+def test_the_repr_names_the_driver_and_never_the_password(driver: str) -> None:
+    factory = Postgres(f"postgresql://app:{SECRET}@127.0.0.1:1/app", driver=driver, pgbouncer=True)
+    try:
+        assert SECRET not in repr(factory)
+        assert ("driver='psycopg2'" in repr(factory)) is (driver == "psycopg2")
+        assert "pgbouncer=True" in repr(factory)
+    finally:
+        factory.close()
 
 
 @pytest.mark.parametrize("name", SECONDS_OPTIONS)

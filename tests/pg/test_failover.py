@@ -92,7 +92,8 @@ def start_load(c: Any, pool: Any, writers: int, readers: int, poll: Any) -> Load
 
 
 def sqlstate(error: BaseException | None) -> str | None:
-    return getattr(error, "sqlstate", None)
+    # psycopg 3 names it `sqlstate`, psycopg2 `pgcode`.
+    return getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
 
 
 def test_writers_and_readers_carry_on_through_a_failover(

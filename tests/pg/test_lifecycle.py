@@ -10,7 +10,6 @@ import threading
 import time
 from typing import Any
 
-import psycopg
 import pytest
 
 import qdbpool
@@ -190,7 +189,7 @@ def test_a_forked_child_neither_uses_nor_closes_the_parents_connections(
 
 
 def test_pool_close_interrupts_a_query_in_progress_and_leaves_the_close_to_its_holder(
-    lifecycle_cluster: Any, make_pool: Any, poll: Any
+    lifecycle_cluster: Any, make_pool: Any, poll: Any, pg: Any
 ) -> None:
     # Freeing a psycopg connection under the thread running a query on it is a
     # use-after-free in libpq (an abort, the whole test run gone): close() must interrupt
@@ -235,8 +234,8 @@ def test_pool_close_interrupts_a_query_in_progress_and_leaves_the_close_to_its_h
         thread.join(30)
     assert not thread.is_alive()
     # Lost (the socket shut down) or QueryCanceled (the cancel request won the race): both
-    # are psycopg's OperationalError.
-    assert isinstance(outcome["error"], psycopg.OperationalError)
+    # are the driver's OperationalError.
+    assert isinstance(outcome["error"], pg.module.OperationalError)
     assert outcome["waited"] < 30  # interrupted, not left to run its 60 s
     # Counted closed once close() gave up waiting; its holder closes it on release.
     assert outcome["in use while it failed"] == 0
@@ -248,10 +247,11 @@ import random, sys, time
 from qdbpool.factories.postgres import Postgres
 
 dsn, rounds, reuse = sys.stdin.read(), int(sys.argv[1]), sys.argv[2] == "same"
-factory = Postgres(dsn, refresh_delay=0.001)
+driver = sys.argv[3]
+factory = Postgres(dsn, refresh_delay=0.001, driver=driver)
 for _ in range(rounds):
     if not reuse:
-        factory = Postgres(dsn, refresh_delay=0.001)
+        factory = Postgres(dsn, refresh_delay=0.001, driver=driver)
     factory.ready(1, 2, timeout=10)  # (re)starts the monitor
     time.sleep(random.random() * 0.003)  # close at a random point of a check round
     factory.close()
@@ -261,14 +261,14 @@ print("done", rounds)
 
 @pytest.mark.parametrize("factory", ["new", "same"])
 def test_closing_a_factory_while_its_checks_run_never_crashes(
-    lifecycle_cluster: Any, factory: str
+    lifecycle_cluster: Any, factory: str, pg: Any
 ) -> None:
     # Checks run every millisecond, and close() lands anywhere in one: a probe closed under
     # its check aborted the interpreter within ~100 rounds before checks owned their probe.
     # "same": one factory closed and started again 200 times, as pools come and go over it.
     # In a child process, so that a crash fails this test instead of ending the run.
     child = subprocess.run(
-        [sys.executable, "-X", "faulthandler", "-c", CLOSE_DURING_CHECKS, "200", factory],
+        [sys.executable, "-X", "faulthandler", "-c", CLOSE_DURING_CHECKS, "200", factory, pg.name],
         input=lifecycle_cluster.multi_host_dsn(),
         capture_output=True,
         text=True,
@@ -280,13 +280,11 @@ def test_closing_a_factory_while_its_checks_run_never_crashes(
 
 
 def test_a_factory_serves_a_new_pool_after_its_last_pool_closed(
-    lifecycle_cluster: Any, where: Any
+    lifecycle_cluster: Any, where: Any, pg: Any
 ) -> None:
     # initialize(factory) twice with one factory: the first pool's close() closes the
     # factory, and the second pool must still get connections (issue 11 §3).
-    from qdbpool.factories.postgres import Postgres
-
-    factory = Postgres(lifecycle_cluster.multi_host_dsn())
+    factory = pg.factory(lifecycle_cluster.multi_host_dsn())
     try:
         for _ in range(3):
             pool = qdbpool.initialize(factory)

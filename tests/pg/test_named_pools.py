@@ -44,11 +44,9 @@ def nested_primary(conn: Any) -> tuple[int, bool]:
 
 @pytest.mark.parametrize("pool_cls", [pool.SingletonPool, pool.BoundedPool])
 def test_a_postgres_cluster_and_sqlite_side_by_side_from_eight_threads(
-    module_cluster: Any, tmp_path: Path, pool_cls: type[pool.Pool]
+    module_cluster: Any, tmp_path: Path, pool_cls: type[pool.Pool], pg: Any
 ) -> None:
-    from qdbpool.factories import Postgres
-
-    factory = Postgres(module_cluster.multi_host_dsn())
+    factory = pg.factory(module_cluster.multi_host_dsn())
     # A BoundedPool thread holding a primary connection waits for a replica one (see
     # docs/concepts/pools.md): room for both per thread, so that none waits for ever.
     kwargs = {"size": 8, "max_size": 16} if pool_cls is pool.BoundedPool else {}

@@ -12,7 +12,6 @@ import pytest
 
 from qdbpool.cluster import Role
 from qdbpool.errors import NoHostAvailableError
-from qdbpool.factories.postgres import Postgres
 
 # The role query calls pg_is_in_recovery() unqualified: with `sick` before pg_catalog on
 # the role's search_path, the check runs this one and fails, while logins still succeed.
@@ -33,13 +32,13 @@ def _sessions(node: Any) -> int:
 
 
 def test_a_host_failing_every_check_gets_few_connections_and_is_used_once_healed(
-    make_cluster: Callable[..., Any], password: str, poll: Callable[..., Any]
+    make_cluster: Callable[..., Any], password: str, poll: Callable[..., Any], pg: Any
 ) -> None:
     cluster = make_cluster(standbys=0, user="app", password=password, dbname="app")
     primary = cluster.primary
     for statement in _MAKE_CHECKS_FAIL:
         primary.sql(statement)
-    factory = Postgres(primary.dsn(), acquire_timeout=3.0)
+    factory = pg.factory(primary.dsn(), acquire_timeout=3.0)
     try:
         before = _sessions(primary)
         started = time.monotonic()

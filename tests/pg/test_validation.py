@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-import psycopg
 import pytest
 
 import qdbpool
@@ -14,7 +13,7 @@ from qdbpool.cluster import Role
 
 
 def test_one_lost_session_leaves_other_threads_connections_to_a_healthy_primary_alone(
-    shared_cluster: Any, make_pool: Any, hold: Any, status_of: Any, poll: Any
+    shared_cluster: Any, make_pool: Any, hold: Any, status_of: Any, poll: Any, pg: Any
 ) -> None:
     pool = make_pool(shared_cluster.multi_host_dsn())
     pool.factory.ready(1, 2, timeout=10)
@@ -25,7 +24,7 @@ def test_one_lost_session_leaves_other_threads_connections_to_a_healthy_primary_
     with pool.connect() as conn:
         victim = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
     primary.sql("SELECT pg_terminate_backend(%s)", [victim])  # an admin ends one session
-    with pytest.raises(psycopg.OperationalError), pool.connect() as conn:
+    with pytest.raises(pg.module.OperationalError), pool.connect() as conn:
         conn.execute("SELECT 1")
     # The host is checked again and is still the primary: it never changed role, nor was
     # it down.
@@ -38,7 +37,7 @@ def test_one_lost_session_leaves_other_threads_connections_to_a_healthy_primary_
 
 @pytest.mark.parametrize("ending", ["transaction open", "transaction failed", "closed"])
 def test_a_warm_threads_call_leaves_no_transaction_open_and_no_closed_connection_behind(
-    shared_cluster: Any, make_pool: Any, poll: Any, ending: str
+    shared_cluster: Any, make_pool: Any, poll: Any, ending: str, pg: Any
 ) -> None:
     # A warm thread's call takes @with_conn's fast path, which trusts the factory's one
     # no-I/O look at libpq's transaction status (after_use_hint) to say the session is idle.
@@ -49,7 +48,7 @@ def test_a_warm_threads_call_leaves_no_transaction_open_and_no_closed_connection
     def use(conn: Any, ending: str) -> int:
         pid: int = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # opens a transaction
         if ending == "transaction failed":
-            with contextlib.suppress(psycopg.errors.DivisionByZero):
+            with contextlib.suppress(pg.module.errors.DivisionByZero):
                 conn.execute("SELECT 1/0")
         elif ending == "closed":
             conn.close()
