@@ -55,7 +55,7 @@ _GENERATION = "qdbpool.generation"
 # The dialect of each factory of ours, by the module that defines it.
 _DIALECTS = (
     ("qdbpool.factories.sqlite", "SQLite", "sqlite://"),
-    ("qdbpool.factories.postgres", "Postgres", "postgresql+psycopg://"),
+    ("qdbpool.factories.postgres", "Postgres", "postgresql+{driver}://"),  # psycopg or psycopg2
     ("qdbpool.factories.mysql", "MySQL", "mysql+pymysql://"),
 )
 
@@ -68,7 +68,7 @@ def _url_for(factory: ConnectionFactory) -> str:
         # sys.modules imports no driver that the application does not use.
         module = sys.modules.get(module_name)
         if module is not None and isinstance(factory, getattr(module, class_name)):
-            return url
+            return url.format(driver=getattr(factory, "driver", ""))
     raise ArgumentTypeError(
         f"create_engine() cannot tell the SQLAlchemy dialect of a {type(factory).__name__}; "
         f"pass url=, e.g. url='postgresql+psycopg://'"
