@@ -114,13 +114,13 @@ def test_many_threads_through_pgbouncer_in_transaction_mode_see_no_error(
     assert pool.stats().created >= 2 * CLIENTS > 2 * SERVER_CONNECTIONS
 
 
+# psycopg 3 only: psycopg2 prepares nothing by itself, so nothing breaks without the option.
+@pytest.mark.parametrize("pg", ["psycopg"], indirect=True)
 def test_without_the_option_psycopg_fails_through_pgbouncer_in_transaction_mode(
     bounced_dsn: str, make_pool: Callable[..., Any], pg: Any
 ) -> None:
     # The proof that the test above can fail: psycopg 3 prepares a statement on the server
     # session it happens to have, and the next transaction runs on another one.
-    if pg.name != "psycopg":
-        pytest.skip("psycopg2 prepares nothing by itself: nothing breaks without the option")
     pool = make_pool(bounced_dsn, refresh_delay=0.05)
     pool.factory.ready(1, 1, timeout=10)
 
