@@ -21,7 +21,7 @@ from qdbpool.aio.protocol import CLEAN, NEEDS_RESET, ConnectionFactory
 
 T = TypeVar("T")
 
-RUN_TIMEOUT = 30.0  # seconds: a bound on every test's coroutine, never reached when it works
+RUN_TIMEOUT = 10.0  # seconds: a bound on every test's coroutine, never reached when it works
 
 LOOPS = ["asyncio", "uvloop"]
 
@@ -86,7 +86,11 @@ def no_global_aio_pool(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 class FakeConnection:
-    """A connection that knows whether it is in a transaction and whether it was closed."""
+    """A connection that knows whether it is in a transaction and whether it was closed.
+
+    Like aiosqlite's, its statements run in order on a "server" of their own: a statement
+    whose caller was cancelled still runs, after those before it and before those after.
+    """
 
     def __init__(self, number: int) -> None:
         self.number = number
@@ -94,6 +98,7 @@ class FakeConnection:
         self.closed = False
         self.ping_fails = False
         self.users = 0  # tasks inside execute() right now: more than 1 is a sharing bug
+        self._last: asyncio.Future[None] | None = None
 
     async def execute(self, sql: str) -> None:
         if self.closed:
@@ -101,13 +106,21 @@ class FakeConnection:
         self.users += 1
         try:
             assert self.users == 1, f"connection {self.number} used by two tasks at once"
-            await asyncio.sleep(0)
-            if sql == "BEGIN":
-                self.in_transaction = True
-            elif sql in ("COMMIT", "ROLLBACK"):
-                self.in_transaction = False
+            op = asyncio.ensure_future(self._run(sql, self._last))
+            self._last = op
+            await asyncio.shield(op)
         finally:
             self.users -= 1
+
+    async def _run(self, sql: str, before: asyncio.Future[None] | None) -> None:
+        if before is not None:
+            await asyncio.wait((before,))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        if sql == "BEGIN":
+            self.in_transaction = True
+        elif sql in ("COMMIT", "ROLLBACK"):
+            self.in_transaction = False
 
     def __repr__(self) -> str:
         return f"<FakeConnection {self.number}>"

@@ -349,18 +349,17 @@ def test_a_waiter_cancelled_as_it_is_served_passes_the_connection_on(
 ) -> None:
     async def main() -> None:
         pool = BoundedPool(factory, size=1)
-        first = holder(pool)
-        await first.got.wait()
-        second, third = holder(pool), holder(pool)
-        await asyncio.sleep(0)
-        assert pool.stats().waiting == 2
-        first.let_go.set()
-        await first.task  # its release handed the connection to `second` ...
-        second.task.cancel()  # ... which is cancelled before it could run
+        async with pool.connect() as mine:
+            second, third = holder(pool), holder(pool)
+            await asyncio.sleep(0)
+            assert pool.stats().waiting == 2
+        # Our release handed the connection to `second` without yielding; `second` is
+        # cancelled before it could run, with the connection already its own.
+        second.task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await second.task
         await third.got.wait()
-        assert third.conn is first.conn
+        assert third.conn is mine
         await third.release()
         stats = pool.stats()
         assert (stats.open, stats.in_use, stats.waiting) == (1, 0, 0)
@@ -436,6 +435,35 @@ def test_a_body_cancelled_in_a_transaction_is_rolled_back(
         assert factory.resets == 1
         async with pool.connect() as again:
             assert again is conn
+        await pool.close()
+
+    run(main)
+
+
+def test_a_body_cancelled_mid_statement_is_reset_after_that_statement(
+    run: Run, factory: Any, until: Any
+) -> None:
+    async def main() -> None:
+        pool = BoundedPool(factory, size=1)
+        about_to_begin = asyncio.Event()
+
+        async def body() -> None:
+            async with pool.connect() as conn:
+                about_to_begin.set()
+                await conn.execute("BEGIN")  # cancelled while the "server" runs it
+                await asyncio.Event().wait()
+
+        task = asyncio.create_task(body())
+        await about_to_begin.wait()
+        conn = factory.opened[0]
+        assert not conn.in_transaction  # the BEGIN has not landed yet
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await until(lambda: pool.stats().in_use == 0, what="the connection back")
+        assert not conn.in_transaction  # the rollback ran after the BEGIN
+        async with pool.connect() as again:
+            assert again is conn and not again.in_transaction
         await pool.close()
 
     run(main)
