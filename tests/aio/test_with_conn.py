@@ -259,3 +259,26 @@ def test_a_bad_arg_names_the_function(arg: Any) -> None:
 
     with pytest.raises(TypeError, match="load"):
         apool.with_conn(arg=arg)(load)
+
+
+def test_initialize_drops_a_previous_pool_of_another_loop(
+    make_loop: Any, factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = make_loop(), make_loop()
+    try:
+        old = first.run_until_complete(apool.initialize(factory, size=1))
+
+        async def again() -> BoundedPool:
+            new = await apool.initialize(factory, size=1)
+            async with new.connect():
+                pass
+            return new
+
+        new = second.run_until_complete(asyncio.wait_for(again(), 5))
+        assert apool.instance() is new and new is not old
+        assert "another event loop" in caplog.text
+        second.run_until_complete(apool.close())
+        first.run_until_complete(old.close())
+    finally:
+        first.close()
+        second.close()
