@@ -335,8 +335,8 @@ class BoundedPool:
             self._loop = loop
         return loop
 
-    async def _acquire(self) -> _Conn:
-        """A connection for the calling task, in use (in `_in_use`, owned by it)."""
+    async def _acquire(self, task: asyncio.Task[Any] | None) -> _Conn:
+        """A connection for the calling task, in use (in `_in_use`, owned by `task`)."""
         loop = self._check_loop()
         deadline: float | None = None
         while True:
@@ -349,27 +349,27 @@ class BoundedPool:
                 self._reserved += 1
                 if deadline is None:
                     deadline = loop.time() + self._timeout
-                return self._hand_out(await self._open(loop, deadline))
+                return self._hand_out(await self._open(loop, deadline), task)
             else:
                 if deadline is None:
                     deadline = loop.time() + self._timeout
                 granted = await self._wait(loop, deadline)
                 if granted is None:  # capacity to open one of our own
-                    return self._hand_out(await self._open(loop, deadline))
+                    return self._hand_out(await self._open(loop, deadline), task)
                 conn = granted
             look = self._look_before_use(conn)
             if look == _FIT:
-                return self._hand_out(conn)
+                return self._hand_out(conn, task)
             if look == _PING:
                 if deadline is None:
                     deadline = loop.time() + self._timeout
                 if await self._ping(conn, loop, deadline):
-                    return self._hand_out(conn)
+                    return self._hand_out(conn, task)
             else:
                 self._retire(conn, "it failed validation at checkout", discarded=True)
 
-    def _hand_out(self, conn: _Conn) -> _Conn:
-        conn.owner = asyncio.current_task()
+    def _hand_out(self, conn: _Conn, task: asyncio.Task[Any] | None) -> _Conn:
+        conn.owner = task
         self._checkouts += 1
         return conn
 
@@ -687,7 +687,7 @@ class _Checkout:
             self._shared = True  # nested in this task's own checkout: the same connection
             pool._checkouts += 1
             return held.conn.raw
-        conn = await pool._acquire()
+        conn = await pool._acquire(task)
         self._conn = conn
         self._previous = held
         pool._held.set(_Held(conn, task))
