@@ -806,3 +806,42 @@ def test_a_pool_made_outside_a_loop_serves_the_first_loop_that_uses_it(
     finally:
         loop.close()
     assert pool.stats().created == 1
+
+
+def test_close_twice_does_not_wait_again(run: Run, factory: Any, holder: Any) -> None:
+    async def main() -> None:
+        pool = BoundedPool(factory, size=1)
+        first = holder(pool)
+        await first.got.wait()
+        await pool.close(timeout=0.01)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await pool.close(timeout=10)  # the connection is still out: no second wait
+        assert loop.time() - started < 1
+        await first.release()
+
+    run(main)
+
+
+def test_open_raises_what_opening_raises_and_keeps_nothing_reserved(run: Run, factory: Any) -> None:
+    async def main() -> None:
+        pool = BoundedPool(factory, size=2, pre_create=2)
+        factory.fail_connects = 1
+        with pytest.raises(ConnectionRefusedError):
+            await pool.open()
+        assert pool.stats().open == 0
+        await pool.open()  # the next try opens both
+        assert (pool.stats().open, pool.stats().idle) == (2, 2)
+        await pool.close()
+
+    run(main)
+
+
+def test_read_only_is_accepted(run: Run, factory: Any) -> None:
+    async def main() -> None:
+        pool = BoundedPool(factory, size=1)
+        async with pool.connect(read_only=True) as conn:
+            assert conn is factory.opened[0]
+        await pool.close()
+
+    run(main)
