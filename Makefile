@@ -17,7 +17,7 @@ PY_VERSION ?= 3.10
 PY_INTERPRETER ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/$(PY_VERSION).*/bin/python$(PY_VERSION)) $(shell command -v python$(PY_VERSION) 2>/dev/null))
 PY_VENV = .venv-py$(PY_VERSION)
 # The tests that need no server: quick enough to run on every supported Python.
-SERVER_FREE_TESTS := tests/core tests/dsn
+SERVER_FREE_TESTS := tests/core tests/dsn tests/aio
 # The floors in pyproject.toml are tested: `make test-lowest` installs the lowest version
 # each one admits (uv's lowest-direct resolution) on the oldest Python we support, builds
 # the docs and runs the tests that need no server with them.

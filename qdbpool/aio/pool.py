@@ -1,0 +1,709 @@
+"""BoundedPool for asyncio: many tasks over few connections.
+
+The class carries the threaded `qdbpool.BoundedPool`'s name because it is that strategy:
+a shared pool, `size` connections for the steady load and up to `burst_limit` under a
+burst, callers waiting in line (FIFO) and served directly by the next release. The other
+threaded strategy, `SingletonPool` (a connection per thread, kept between calls), has no
+asyncio counterpart: tasks are many and short-lived (often one per request), so a
+connection per task would be a connection per request. So there is one asyncio pool, and
+code moving from threads keeps the name of the pool it was sharing.
+
+Everything happens on the event loop the pool serves, so there is no lock: the pool's
+state changes only between two awaits. A checkout of an idle connection that needs no
+ping takes no lock and does not yield to the event loop; neither does the release of a
+connection that comes back clean.
+
+Cancellation never leaks capacity. The work a cancelled caller leaves behind (a
+connection being opened, a ping, the reset after a use) goes on in a task of the pool's
+own, whose outcome goes back to the pool: a new connection to the next caller, a failed
+one's capacity to the next waiter. A connection whose holder was cancelled, or raised, is
+reset (rolled back) before anyone else gets it, or closed if its factory says a cancelled
+operation leaves it unknowable (`ConnectionFactory.cancel_safe`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+from qdbpool import validation
+from qdbpool.aio.errors import WrongEventLoopError
+from qdbpool.aio.protocol import (
+    CLEAN,
+    LOST,
+    Connection,
+    ConnectionFactory,
+    as_factory,
+    maybe_await,
+)
+from qdbpool.errors import ArgumentTypeError, ConfigurationError, PoolClosedError, PoolTimeoutError
+from qdbpool.stats import PoolStats
+
+logger = logging.getLogger("qdbpool")
+
+Hook = Callable[[Connection], object]
+"""A `configure` or `reset` hook: called with the driver's connection; may be `async`."""
+
+_numbers = itertools.count(1)
+
+
+class _Grant:
+    """What a waiter is woken with, when it is not a connection."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+_CAPACITY = _Grant("capacity")  # room to open a connection of its own (already reserved)
+_TIMEOUT = _Grant("timeout")
+_CLOSED = _Grant("closed")
+
+# What a no-I/O look at an idle connection decides.
+_FIT, _UNFIT, _PING = 0, 1, 2
+
+
+class _Conn:
+    """The pool's record of one open connection."""
+
+    __slots__ = ("born", "generation", "last_used", "owner", "raw", "watched")
+
+    def __init__(self, raw: Connection, born: float, generation: tuple[Any, int]) -> None:
+        self.raw = raw
+        self.born = self.last_used = born
+        self.watched, self.generation = generation
+        self.owner: asyncio.Task[Any] | None = None  # the task holding it; None while idle
+
+
+class _Held:
+    """The value of a pool's context variable while a task holds one of its connections:
+    nested checkouts in that task share it. A task created meanwhile inherits the value
+    with its copy of the context, and sees `task` is not itself."""
+
+    __slots__ = ("conn", "task")
+
+    def __init__(self, conn: _Conn, task: asyncio.Task[Any] | None) -> None:
+        self.conn = conn
+        self.task = task
+
+
+def _check_pre_ping(value: object) -> float | None:
+    if value is False or value is None:
+        return None
+    if value is True:
+        return 0.0
+    try:
+        return validation.seconds("pre_ping", value, zero_ok=True)
+    except ConfigurationError:
+        raise ConfigurationError(
+            f"pre_ping must be True, False or a number of seconds >= 0, not {value!r}"
+        ) from None
+
+
+class BoundedPool:
+    """An asyncio pool: `connect()` hands out an idle connection, or opens one while fewer
+    than `size` are open (up to `burst_limit` while callers would otherwise wait), or waits
+    in line up to `timeout` seconds and then raises `PoolTimeoutError`. A connection beyond
+    `size` is closed as soon as it comes back with nobody waiting for it.
+
+    Nested checkouts in one task (`connect()` or `@with_conn` inside another) share the
+    task's connection; a task never shares one with another task, its children included.
+
+    The pool serves the event loop it was made on (or, if made outside one, the loop it is
+    first used on); used from another, it raises `WrongEventLoopError`.
+
+    Args:
+        get_conn: A factory from `qdbpool.aio.factories`, any `qdbpool.aio.protocol.
+            ConnectionFactory`, or a zero-argument `async def` returning a connection.
+        size: Connections for the steady load.
+        burst_limit: Connections at most, under a burst (default: `size`).
+        pre_create: Connections opened by `open()` (which `initialize` and `async with`
+            call), at most `size`.
+        timeout: Seconds a checkout may take, waiting in line and opening included, before
+            `PoolTimeoutError`.
+        pre_ping: False (never), True (a round trip for every new connection and at every
+            checkout), or seconds: a round trip only when the connection was idle that long.
+        max_lifetime: Seconds after which a connection is replaced at its next checkout.
+        max_idle: Seconds of idleness after which a connection is replaced at checkout.
+        configure: Called (and awaited if it is a coroutine function) with each new
+            connection, before its first use.
+        reset: Called (and awaited, likewise) each time an outermost use ends, after the
+            factory's own reset; a connection it leaves unclean is closed.
+
+    Raises:
+        ConfigurationError: A size or a number of seconds is out of range (a ValueError).
+        ArgumentTypeError: `get_conn` or a hook cannot be called (also a TypeError).
+    """
+
+    def __init__(
+        self,
+        get_conn: ConnectionFactory | Callable[[], Awaitable[Connection]],
+        *,
+        size: int = 4,
+        burst_limit: int | None = None,
+        pre_create: int = 0,
+        timeout: float = 30.0,
+        pre_ping: bool | float = False,
+        max_lifetime: float | None = None,
+        max_idle: float | None = None,
+        configure: Hook | None = None,
+        reset: Hook | None = None,
+    ) -> None:
+        self._size = validation.count("size", size, 1)
+        self._burst_limit = (
+            self._size if burst_limit is None else validation.count("burst_limit", burst_limit, 1)
+        )
+        if self._burst_limit < self._size:
+            raise ConfigurationError(f"burst_limit ({burst_limit}) must be >= size ({size})")
+        self._pre_create = validation.count("pre_create", pre_create, 0)
+        if self._pre_create > self._size:
+            raise ConfigurationError(f"pre_create ({pre_create}) must be <= size ({size})")
+        self._timeout = validation.seconds("timeout", timeout)
+        self._pre_ping = _check_pre_ping(pre_ping)
+        self._max_lifetime = validation.optional_seconds("max_lifetime", max_lifetime)
+        self._max_idle = validation.optional_seconds("max_idle", max_idle)
+        for name, hook in (("configure", configure), ("reset", reset)):
+            if hook is not None and not callable(hook):
+                raise ArgumentTypeError(f"{name} must be callable, not {type(hook).__name__}")
+        self._factory = as_factory(get_conn)
+        self._configure = configure
+        self._user_reset = reset
+        # Whether checkouts need the clock at all.
+        self._timed = (
+            self._pre_ping is not None
+            or self._max_lifetime is not None
+            or self._max_idle is not None
+        )
+        try:
+            self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._loop = None  # bound to the loop it is first used on
+        self._closed = False
+        self._closer: asyncio.Task[Any] | None = None
+        self._drained: asyncio.Future[None] | None = None  # set by close(), resolved when drained
+        self._idle: deque[_Conn] = deque()
+        self._in_use: set[_Conn] = set()
+        self._live: set[_Conn] = set()  # open and not retired: idle or in use
+        # Connections open, being opened or being closed: what counts against burst_limit.
+        # Capacity comes back only once a driver connection is closed.
+        self._reserved = 0
+        self._waiters: deque[asyncio.Future[_Conn | _Grant]] = deque()
+        self._tasks: set[asyncio.Task[Any]] = set()  # the pool's own background work
+        self._conn_types: frozenset[type] = frozenset()
+        self._created = self._closed_count = self._discarded = 0
+        self._checkouts = self._connect_errors = self._timeouts = 0
+        self._held: contextvars.ContextVar[_Held | None] = contextvars.ContextVar(
+            f"qdbpool.aio.held.{next(_numbers)}", default=None
+        )
+
+    # -- public surface -------------------------------------------------------------------
+
+    @property
+    def factory(self) -> ConnectionFactory:
+        """The factory that opens this pool's connections."""
+        return self._factory
+
+    @property
+    def size(self) -> int:
+        """Connections for the steady load."""
+        return self._size
+
+    @property
+    def burst_limit(self) -> int:
+        """Connections at most, under a burst."""
+        return self._burst_limit
+
+    @property
+    def closed(self) -> bool:
+        """Whether `close()` was called."""
+        return self._closed
+
+    def connect(self, *, read_only: bool = False) -> _Checkout:
+        """`async with pool.connect() as conn:` a connection for the body, given back at
+        its end (reset first if the body raised or was cancelled).
+
+        Inside another checkout of this pool in the same task, the same connection.
+        `read_only` is accepted for code shared with the threaded pools; the asyncio pool
+        does not route yet, and every connection is read-write.
+        """
+        return _Checkout(self)
+
+    async def open(self) -> None:
+        """Open the `pre_create` connections (`initialize` and `async with` call this);
+        raises what opening raises."""
+        loop = self._check_loop()
+        deadline = loop.time() + self._timeout
+        while len(self._live) < self._pre_create and self._reserved < self._burst_limit:
+            if self._closed:
+                raise PoolClosedError("the pool is closed")
+            self._reserved += 1
+            self._give_back(await self._open(loop, deadline))
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close the pool: waiting callers get `PoolClosedError`, as does every later
+        checkout; idle connections are closed now, connections in use when they come back.
+        Waits up to `timeout` seconds for those (the caller's own checkouts excepted) and
+        for the connections being closed. Idempotent; a second call does not wait again."""
+        timeout = validation.seconds("timeout", timeout, zero_ok=True)
+        loop = self._check_loop()
+        if self._closed:
+            return
+        self._closed = True
+        logger.debug("closing pool %r", self)
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(_CLOSED)
+        while self._idle:
+            self._retire(self._idle.pop(), "the pool closed")
+        self._closer = asyncio.current_task()
+        self._drained = loop.create_future()
+        self._check_drained()
+        if not self._drained.done():
+            await asyncio.wait((self._drained,), timeout=timeout)
+        if self._in_use:
+            logger.warning(
+                "pool closed with %d connection(s) still in use; each is closed when released",
+                len(self._in_use),
+            )
+        await self._factory.close()
+
+    def stats(self) -> PoolStats:
+        """A snapshot of the pool's counters (the threaded pools' `PoolStats`)."""
+        return PoolStats(
+            open=len(self._live),
+            in_use=len(self._in_use),
+            created=self._created,
+            closed=self._closed_count,
+            discarded=self._discarded,
+            checkouts=self._checkouts,
+            connect_errors=self._connect_errors,
+            waiting=sum(1 for waiter in self._waiters if not waiter.done()),
+            timeouts=self._timeouts,
+        )
+
+    async def __aenter__(self) -> BoundedPool:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<qdbpool.aio.BoundedPool {state} size={self._size} "
+            f"burst_limit={self._burst_limit} factory={self._factory!r}>"
+        )
+
+    # -- checkout -------------------------------------------------------------------------
+
+    def _check_loop(self) -> asyncio.AbstractEventLoop:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            raise WrongEventLoopError(
+                "a qdbpool.aio pool is used from coroutines running on its event loop; "
+                "no event loop is running here"
+            ) from None
+        if loop is not self._loop:
+            if self._loop is not None:
+                gone = " (now closed)" if self._loop.is_closed() else ""
+                raise WrongEventLoopError(
+                    f"this pool serves another event loop{gone}: its connections and "
+                    f"waiters belong to that loop. Make one pool per event loop (e.g. "
+                    f"initialize it inside the coroutine that asyncio.run runs)"
+                )
+            self._loop = loop
+        return loop
+
+    async def _acquire(self, task: asyncio.Task[Any] | None) -> _Conn:
+        """A connection for the calling task, in use (in `_in_use`, owned by `task`)."""
+        loop = self._check_loop()
+        deadline: float | None = None
+        while True:
+            if self._closed:
+                raise PoolClosedError("the pool is closed")
+            if self._idle and not self._waiters:
+                conn = self._idle.pop()  # the most recently used: the others may age out
+                self._in_use.add(conn)
+            elif self._reserved < self._burst_limit and not self._waiters:
+                self._reserved += 1
+                if deadline is None:
+                    deadline = loop.time() + self._timeout
+                return self._hand_out(await self._open(loop, deadline), task)
+            else:
+                if deadline is None:
+                    deadline = loop.time() + self._timeout
+                granted = await self._wait(loop, deadline)
+                if granted is None:  # capacity to open one of our own
+                    return self._hand_out(await self._open(loop, deadline), task)
+                conn = granted
+            look = self._look_before_use(conn)
+            if look == _FIT:
+                return self._hand_out(conn, task)
+            if look == _PING:
+                if deadline is None:
+                    deadline = loop.time() + self._timeout
+                if await self._ping(conn, loop, deadline):
+                    return self._hand_out(conn, task)
+            else:
+                self._retire(conn, "it failed validation at checkout", discarded=True)
+
+    def _hand_out(self, conn: _Conn, task: asyncio.Task[Any] | None) -> _Conn:
+        conn.owner = task
+        self._checkouts += 1
+        return conn
+
+    def _look_before_use(self, conn: _Conn) -> int:
+        """_FIT, _UNFIT or _PING (due for a round trip), without I/O."""
+        if conn.watched.value != conn.generation:
+            return _UNFIT
+        if not self._timed:
+            return _FIT
+        now = time.monotonic()
+        if self._max_lifetime is not None and now - conn.born > self._max_lifetime:
+            return _UNFIT
+        idle = now - conn.last_used
+        if self._max_idle is not None and idle > self._max_idle:
+            return _UNFIT
+        if self._pre_ping is not None and idle >= self._pre_ping:
+            return _PING
+        return _FIT
+
+    async def _wait(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Conn | None:
+        """Wait in line: a connection handed over (in use), or None for capacity reserved
+        for us to open one."""
+        waiter: asyncio.Future[_Conn | _Grant] = loop.create_future()
+        self._waiters.append(waiter)
+        self._dispatch()
+        timer = loop.call_later(max(deadline - loop.time(), 0.0), self._expire, waiter)
+        try:
+            granted = await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._unclaim(waiter.result())  # served as we were cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+        finally:
+            timer.cancel()
+        if isinstance(granted, _Conn):
+            return granted
+        if granted is _CAPACITY:
+            return None
+        if granted is _CLOSED:
+            raise PoolClosedError("the pool closed while waiting for a connection")
+        raise PoolTimeoutError(
+            f"no connection available within {self._timeout:g}s: {len(self._in_use)} of "
+            f"{self._burst_limit} in use, {len(self._waiters)} other caller(s) waiting"
+        )
+
+    def _expire(self, waiter: asyncio.Future[_Conn | _Grant]) -> None:
+        if not waiter.done():
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            self._timeouts += 1
+            waiter.set_result(_TIMEOUT)
+
+    def _unclaim(self, granted: _Conn | _Grant) -> None:
+        """What a waiter was given as it was cancelled goes back to the pool."""
+        if isinstance(granted, _Conn):
+            self._give_back(granted)
+        elif granted is _CAPACITY:
+            self._reserved -= 1
+            self._dispatch()
+            self._check_drained()
+
+    def _dispatch(self) -> None:
+        """Serve waiters, first in line first, from idle connections or free capacity."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters[0]
+            if waiter.done():  # cancelled or timed out
+                waiters.popleft()
+                continue
+            granted: _Conn | _Grant
+            if self._idle:
+                granted = self._idle.pop()
+                self._in_use.add(granted)
+            elif self._reserved < self._burst_limit and not self._closed:
+                self._reserved += 1
+                granted = _CAPACITY
+            else:
+                return
+            waiters.popleft()
+            waiter.set_result(granted)
+
+    async def _open(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Conn:
+        """Open a connection for capacity already reserved, in a task of the pool's own: if
+        the caller is cancelled or times out meanwhile, the connection still goes to the
+        pool (or its capacity back to it)."""
+        opening = self._spawn(self._open_raw(), "opening a connection")
+        try:
+            done, _ = await asyncio.wait((opening,), timeout=max(deadline - loop.time(), 0.0))
+        except asyncio.CancelledError:
+            opening.add_done_callback(self._adopt)
+            raise
+        if not done:
+            opening.add_done_callback(self._adopt)
+            self._timeouts += 1
+            raise PoolTimeoutError(f"no connection opened within {self._timeout:g}s")
+        try:
+            raw = opening.result()
+        except BaseException:
+            self._reserved -= 1
+            self._dispatch()
+            self._check_drained()
+            raise
+        conn = self._register(raw)
+        if self._closed:
+            self._retire(conn, "the pool closed while it was opened")
+            raise PoolClosedError("the pool closed while opening a connection")
+        return conn
+
+    async def _open_raw(self) -> Connection:
+        try:
+            raw = await self._factory.connect()
+        except BaseException:
+            self._connect_errors += 1
+            raise
+        try:
+            if self._configure is not None:
+                await maybe_await(self._configure(raw))
+            if self._pre_ping == 0.0:
+                await self._factory.ping(raw)
+        except BaseException:
+            await self._close_raw(raw)
+            raise
+        return raw
+
+    def _adopt(self, opening: asyncio.Task[Connection]) -> None:
+        """A connection opened for a caller that left: to the pool, or its capacity back."""
+        if opening.cancelled() or opening.exception() is not None:
+            self._reserved -= 1
+            self._dispatch()
+            self._check_drained()
+            return
+        self._give_back(self._register(opening.result()))
+
+    def _register(self, raw: Connection) -> _Conn:
+        conn = _Conn(raw, time.monotonic(), self._factory.generation_of(raw))
+        self._live.add(conn)
+        self._in_use.add(conn)
+        self._created += 1
+        if type(raw) not in self._conn_types:
+            self._conn_types = self._conn_types | {type(raw)}
+        logger.debug("opened connection %#x", id(raw))
+        return conn
+
+    async def _ping(self, conn: _Conn, loop: asyncio.AbstractEventLoop, deadline: float) -> bool:
+        """A round trip before handing `conn` out; False (and `conn` closed) if it failed."""
+        ping = self._spawn(self._factory.ping(conn.raw), "pinging a connection")
+        after = functools.partial(self._after_abandoned_ping, conn)
+        try:
+            done, _ = await asyncio.wait((ping,), timeout=max(deadline - loop.time(), 0.0))
+        except asyncio.CancelledError:
+            ping.add_done_callback(after)
+            raise
+        if not done:
+            ping.add_done_callback(after)
+            self._timeouts += 1
+            raise PoolTimeoutError(f"no connection answered a ping within {self._timeout:g}s")
+        if ping.cancelled() or ping.exception() is not None:
+            self._retire(conn, "its ping failed", discarded=True)
+            return False
+        return True
+
+    def _after_abandoned_ping(self, conn: _Conn, ping: asyncio.Task[None]) -> None:
+        if ping.cancelled() or ping.exception() is not None:
+            self._retire(conn, "its ping failed", discarded=True)
+        else:
+            self._give_back(conn)
+
+    # -- release --------------------------------------------------------------------------
+
+    async def _release(self, conn: _Conn, exc: BaseException | None) -> None:
+        """The end of an outermost checkout. A clean use is settled without yielding; any
+        other is settled by a task of the pool's own, which a cancellation of the caller
+        does not interrupt."""
+        if exc is None and self._user_reset is None:
+            state = self._look_after_use(conn.raw)
+            if state == CLEAN:
+                self._give_back(conn)
+                return
+            if state == LOST:
+                self._retire(conn, "it was found closed or broken after use", discarded=True)
+                return
+        cleanup = self._spawn(self._clean_up(conn, exc), "resetting a connection")
+        await asyncio.shield(cleanup)
+
+    async def _clean_up(self, conn: _Conn, exc: BaseException | None) -> None:
+        raw = conn.raw
+        try:
+            if exc is not None:
+                if isinstance(exc, Exception):
+                    lost = self._factory.is_disconnect(raw, exc)
+                else:  # cancelled (or interrupted) in the middle of who knows what
+                    lost = not self._factory.cancel_safe
+                if lost:
+                    self._retire(conn, f"its use raised {type(exc).__name__}", discarded=True)
+                    return
+            state = self._look_after_use(raw)
+            if state == LOST:
+                self._retire(conn, "it was found closed or broken after use", discarded=True)
+                return
+            if exc is not None or state != CLEAN:
+                await self._factory.reset(raw)
+            if self._user_reset is not None:
+                await maybe_await(self._user_reset(raw))
+            if self._look_after_use(raw) != CLEAN:
+                raise RuntimeError("the connection is still not clean after its reset")
+        except BaseException as problem:
+            logger.warning("reset failed, discarding the connection: %s", type(problem).__name__)
+            self._retire(conn, "its reset failed", discarded=True)
+            if not isinstance(problem, Exception):
+                raise
+            return
+        self._give_back(conn)
+
+    def _look_after_use(self, raw: Connection) -> int:
+        try:
+            return int(self._factory.state_after_use(raw))
+        except Exception:  # raising means LOST (see ConnectionFactory.state_after_use)
+            return LOST
+
+    def _give_back(self, conn: _Conn) -> None:
+        """A connection in use, fit for the next caller: to the longest waiter, else idle
+        (or closed, when it is beyond `size` or the pool is closed)."""
+        self._in_use.discard(conn)
+        conn.owner = None
+        if self._closed:
+            self._retire(conn, "the pool closed")
+            return
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                self._in_use.add(conn)
+                waiter.set_result(conn)
+                return
+        if len(self._live) > self._size:
+            self._retire(conn, "a burst connection came back with nobody waiting")
+            return
+        if self._timed:
+            conn.last_used = time.monotonic()
+        self._idle.append(conn)
+
+    # -- closing --------------------------------------------------------------------------
+
+    def _retire(self, conn: _Conn, why: str, *, discarded: bool = False) -> None:
+        """Close a connection (no longer idle, or in use by nobody) for good, in a task of
+        the pool's own; its capacity comes back once the driver connection is closed."""
+        self._live.discard(conn)
+        self._in_use.discard(conn)
+        conn.owner = None
+        self._closed_count += 1
+        self._discarded += discarded
+        logger.debug("closing connection %#x: %s", id(conn.raw), why)
+        self._spawn(self._close_and_free(conn.raw), "closing a connection")
+
+    async def _close_and_free(self, raw: Connection) -> None:
+        try:
+            await self._close_raw(raw)
+        finally:
+            self._reserved -= 1
+            self._dispatch()
+            self._check_drained()
+
+    async def _close_raw(self, raw: Connection) -> None:
+        try:
+            await self._factory.close_connection(raw)
+        except Exception as exc:
+            logger.debug("closing %#x raised %s (ignored)", id(raw), type(exc).__name__)
+
+    def _check_drained(self) -> None:
+        """While close() waits: resolve its future once every connection is back (but the
+        closing task's own) and no capacity is in flux (opening or closing)."""
+        drained = self._drained
+        if (
+            drained is not None
+            and not drained.done()
+            and self._reserved == len(self._live)
+            and all(conn.owner is self._closer for conn in self._in_use)
+        ):
+            drained.set_result(None)
+
+    def _spawn(self, work: Awaitable[Any], what: str) -> asyncio.Task[Any]:
+        loop = self._loop
+        assert loop is not None  # bound by the checkout that led here
+        task = loop.create_task(_run(work), name=f"qdbpool.aio: {what}")
+        self._tasks.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+
+async def _run(work: Awaitable[Any]) -> Any:
+    return await work
+
+
+class _Checkout:
+    """What `BoundedPool.connect()` returns: `async with` it for a connection."""
+
+    __slots__ = ("_conn", "_pool", "_previous", "_shared")
+
+    def __init__(self, pool: BoundedPool) -> None:
+        self._pool = pool
+        self._conn: _Conn | None = None
+        self._previous: _Held | None = None
+        self._shared = False
+
+    async def __aenter__(self) -> Connection:
+        if self._conn is not None or self._shared:
+            raise RuntimeError("a pool.connect() checkout is entered once; call connect() again")
+        pool = self._pool
+        held = pool._held.get()
+        task = asyncio.current_task()
+        if held is not None and held.task is task and task is not None:
+            self._shared = True  # nested in this task's own checkout: the same connection
+            pool._checkouts += 1
+            return held.conn.raw
+        conn = await pool._acquire(task)
+        self._conn = conn
+        self._previous = held
+        pool._held.set(_Held(conn, task))
+        return conn.raw
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        conn = self._conn
+        if conn is None:  # nested: the outermost checkout gives it back
+            return
+        pool = self._pool
+        self._conn = None
+        pool._held.set(self._previous)
+        self._previous = None
+        await pool._release(conn, exc)
