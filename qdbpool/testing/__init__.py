@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from qdbpool.testing._process import ServerUnavailable as ServerUnavailable
+    from qdbpool.testing.availability import require_haproxy as require_haproxy
     from qdbpool.testing.availability import require_mariadb as require_mariadb
     from qdbpool.testing.availability import require_patroni as require_patroni
     from qdbpool.testing.availability import require_pgbouncer as require_pgbouncer
     from qdbpool.testing.availability import require_postgres as require_postgres
     from qdbpool.testing.availability import under_ci as under_ci
+    from qdbpool.testing.haproxy import HAProxy as HAProxy
     from qdbpool.testing.mariadb import MariaDBCluster as MariaDBCluster
     from qdbpool.testing.mariadb import MariaDBReplicaPair as MariaDBReplicaPair
     from qdbpool.testing.mariadb import MariaDBServer as MariaDBServer
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 # name -> the module that defines it
 _LAZY = {
     "FaultProxy": "qdbpool.testing.proxy",
+    "HAProxy": "qdbpool.testing.haproxy",
     "MariaDBCluster": "qdbpool.testing.mariadb",
     "MariaDBReplicaPair": "qdbpool.testing.mariadb",
     "MariaDBServer": "qdbpool.testing.mariadb",
@@ -39,6 +42,7 @@ _LAZY = {
     "PgBouncer": "qdbpool.testing.pgbouncer",
     "PostgresCluster": "qdbpool.testing.postgres",
     "ServerUnavailable": "qdbpool.testing._process",
+    "require_haproxy": "qdbpool.testing.availability",
     "require_mariadb": "qdbpool.testing.availability",
     "require_patroni": "qdbpool.testing.availability",
     "require_pgbouncer": "qdbpool.testing.availability",

@@ -56,6 +56,16 @@ def require_patroni() -> tuple[str, str, Path]:
         _unavailable(f"Patroni, etcd or PostgreSQL not installed: {exc}")
 
 
+def require_haproxy() -> str:
+    """The path of the haproxy binary, or skip (locally) / fail (under CI)."""
+    from qdbpool.testing import haproxy
+
+    try:
+        return haproxy.find_haproxy()
+    except ServerUnavailable as exc:
+        _unavailable(f"HAProxy not installed: {exc}")
+
+
 def require_pgbouncer() -> str:
     """The path of the pgbouncer binary, or skip (locally) / fail (under CI)."""
     from qdbpool.testing import pgbouncer
