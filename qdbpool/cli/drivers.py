@@ -10,12 +10,8 @@ import math
 from dataclasses import replace
 
 from qdbpool.drivers.base import HostDriver
+from qdbpool.drivers.pgsql import HOST_SELECTION_PARAMS
 from qdbpool.dsn import ParsedDSN
-
-# libpq options that choose among the hosts of a multi-host DSN. The probe connects to one
-# host at a time and must reach replicas too, so they are left out (target_session_attrs=
-# read-write would make every replica look down).
-_HOST_SELECTION_PARAMS = frozenset({"target_session_attrs", "load_balance_hosts"})
 
 _LIBPQ_MIN_CONNECT_TIMEOUT = 2  # libpq rounds anything lower up to 2 s
 
@@ -37,7 +33,8 @@ def _postgres_driver(parsed: ParsedDSN, timeout: float) -> HostDriver:
         from qdbpool.drivers import psycopg as psycopg_driver
     except ImportError as exc:
         raise DriverUnavailable(str(exc)) from None
-    params = {k: v for k, v in parsed.params.items() if k not in _HOST_SELECTION_PARAMS}
+    # The probe connects to one host at a time and must reach replicas too.
+    params = {k: v for k, v in parsed.params.items() if k not in HOST_SELECTION_PARAMS}
     psycopg_driver.check_connect_kwargs(params)
     # The round's deadline bounds the check anyway; this bounds the thread behind it, which
     # cannot be cut off while it connects (there is no socket to shut down yet).

@@ -5,6 +5,10 @@ client library, so that each driver needs only its own.
 
 from __future__ import annotations
 
+from typing import Any
+
+from qdbpool.dsn import HostPort, ParsedDSN
+
 # One round trip answers everything a check needs. A replica's lag is 0 while it has
 # replayed all it received, else the age of the last transaction it replayed (NULL, i.e.
 # unknown, when it has replayed none since it started).
@@ -28,6 +32,14 @@ READ_ONLY_TRANSACTION = "25006"
 
 DEFAULT_CONNECT_TIMEOUT = 2  # libpq's minimum
 
+# libpq options that choose among the hosts of a multi-host DSN. qdbpool chooses hosts by
+# role itself and connects to one at a time, so a value written for libpq's own failover
+# is dropped: target_session_attrs=read-write would make every replica look down.
+HOST_SELECTION_PARAMS = frozenset({"target_session_attrs", "load_balance_hosts"})
+
+# What libpq says when target_session_attrs=read-write finds a session that cannot write.
+_NOT_WRITABLE = ("session is read-only", "server is in hot standby mode")
+
 # What a server says when it refuses us for what we asked rather than for its state.
 _REFUSED_US = (
     "password authentication failed",
@@ -38,9 +50,39 @@ _REFUSED_US = (
 )
 
 
+def libpq_kwargs(
+    dsn: ParsedDSN, connect_kwargs: dict[str, Any], address: HostPort
+) -> dict[str, Any]:
+    """The keywords to connect to `address` with: the DSN's, then the factory's own
+    `connect_kwargs`, less libpq's host selection, with a default connect_timeout."""
+    kwargs: dict[str, Any] = dict(dsn.host_kwargs(address))
+    if "database" in kwargs:
+        kwargs["dbname"] = kwargs.pop("database")
+    kwargs.update(connect_kwargs)
+    for name in HOST_SELECTION_PARAMS:
+        kwargs.pop(name, None)
+    kwargs.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+    return kwargs
+
+
+def for_writes(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` for a connection that will be handed out for writes: libpq refuses a session
+    that cannot write (a standby, or a server made read-only), so that a host which changed
+    role since its last check, or a proxy port now leading to a standby, fails the connect
+    (and the caller waits for a primary) rather than the caller's first write. From
+    PostgreSQL 14 on the server says so as the session starts: no extra round trip."""
+    return {**kwargs, "target_session_attrs": "read-write"}
+
+
 def is_lost_sqlstate(state: str) -> bool:
     """Whether a server error with this SQLSTATE means the session is gone."""
     return state.startswith(LOST_STATES) or state in LOST_CODES
+
+
+def refused_writes(message: str) -> bool:
+    """Whether libpq's message for a failed connection says the session could not write
+    (see `for_writes`)."""
+    return any(sign in message for sign in _NOT_WRITABLE)
 
 
 def refused_us(message: str) -> bool:

@@ -16,11 +16,13 @@ from typing import Any
 
 from qdbpool.drivers.base import HostDriver, Observation, Role
 from qdbpool.drivers.pgsql import (
-    DEFAULT_CONNECT_TIMEOUT,
     READ_ONLY_TRANSACTION,
     ROLE_QUERY,
+    for_writes,
     is_lost_sqlstate,
+    libpq_kwargs,
     refused_us,
+    refused_writes,
 )
 from qdbpool.dsn import HostPort, ParsedDSN
 from qdbpool.errors import ConfigurationError
@@ -57,15 +59,11 @@ class PsycopgDriver(HostDriver):
         self.secrets = (*dsn.secrets, *(p for p in (connect_kwargs.get("password"),) if p))
 
     def _kwargs(self, address: HostPort) -> dict[str, Any]:
-        kwargs: dict[str, Any] = dict(self._dsn.host_kwargs(address))
-        if "database" in kwargs:
-            kwargs["dbname"] = kwargs.pop("database")
-        kwargs.update(self._connect_kwargs)
-        kwargs.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
-        return kwargs
+        return libpq_kwargs(self._dsn, self._connect_kwargs, address)
 
     def open(self, address: HostPort, *, read_only: bool) -> Any:
-        return psycopg.connect(**self._kwargs(address))
+        kwargs = self._kwargs(address)
+        return psycopg.connect(**(kwargs if read_only else for_writes(kwargs)))
 
     def open_probe(self, address: HostPort, timeout: float) -> Any:
         kwargs = self._kwargs(address)
@@ -97,6 +95,8 @@ class PsycopgDriver(HostDriver):
         return is_lost_sqlstate(state)
 
     def is_read_only_violation(self, exc: BaseException) -> bool:
+        if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
+            return refused_writes(str(exc))  # at connect, for writes
         return getattr(exc, "sqlstate", None) == READ_ONLY_TRANSACTION
 
     def is_configuration_error(self, exc: BaseException) -> bool:

@@ -29,11 +29,13 @@ from typing import Any
 
 from qdbpool.drivers.base import HostDriver, Observation, Role
 from qdbpool.drivers.pgsql import (
-    DEFAULT_CONNECT_TIMEOUT,
     READ_ONLY_TRANSACTION,
     ROLE_QUERY,
+    for_writes,
     is_lost_sqlstate,
+    libpq_kwargs,
     refused_us,
+    refused_writes,
 )
 from qdbpool.dsn import HostPort, ParsedDSN
 from qdbpool.errors import ConfigurationError
@@ -75,15 +77,11 @@ class Psycopg2Driver(HostDriver):
         self._pids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
     def _kwargs(self, address: HostPort) -> dict[str, Any]:
-        kwargs: dict[str, Any] = dict(self._dsn.host_kwargs(address))
-        if "database" in kwargs:
-            kwargs["dbname"] = kwargs.pop("database")
-        kwargs.update(self._connect_kwargs)
-        kwargs.setdefault("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
-        return kwargs
+        return libpq_kwargs(self._dsn, self._connect_kwargs, address)
 
     def open(self, address: HostPort, *, read_only: bool) -> Any:
-        conn = psycopg2.connect(**self._kwargs(address))
+        kwargs = self._kwargs(address)
+        conn = psycopg2.connect(**(kwargs if read_only else for_writes(kwargs)))
         self._pids[conn] = conn.get_backend_pid()  # libpq's, no I/O
         return conn
 
@@ -127,6 +125,8 @@ class Psycopg2Driver(HostDriver):
         return is_lost_sqlstate(state)
 
     def is_read_only_violation(self, exc: BaseException) -> bool:
+        if isinstance(exc, psycopg2.OperationalError) and exc.pgcode is None:
+            return refused_writes(str(exc))  # at connect, for writes
         return isinstance(exc, psycopg2.Error) and exc.pgcode == READ_ONLY_TRANSACTION
 
     def is_configuration_error(self, exc: BaseException) -> bool:

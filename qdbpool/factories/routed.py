@@ -104,9 +104,12 @@ class RoutedFactory(ConnectionFactory):
                 topology.opened(host, None)
                 if self._driver.is_configuration_error(exc):
                     raise  # a wrong password or option: the driver's own error says which
-                # It was fine at the last check but not now: distrust it and pick again.
+                # It was fine at the last check but not now: distrust it and pick again. A
+                # primary whose new session cannot write has changed role: its connections
+                # are unfit at once, as after a write refused as read-only.
                 why = self._driver.describe_error(exc)
-                topology.suspect(host, why)
+                demoted = not read_only and self._driver.is_read_only_violation(exc)
+                topology.suspect(host, why, role_changed=demoted)
                 if time.monotonic() >= deadline:
                     raise NoHostAvailableError(
                         f"no {what} could be connected to within {self._acquire_timeout:g}s "

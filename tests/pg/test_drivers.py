@@ -44,8 +44,10 @@ def opened(closing: Callable[[Any], Any]) -> Callable[..., Any]:
         def close(self) -> None:
             self.driver.close(self.conn)
 
-    def open_(driver: Any, address: Any, *, probe: bool = False) -> Any:
-        conn = driver.open_probe(address, 2.0) if probe else driver.open(address, read_only=False)
+    def open_(driver: Any, address: Any, *, probe: bool = False, read_only: bool = False) -> Any:
+        conn = (
+            driver.open_probe(address, 2.0) if probe else driver.open(address, read_only=read_only)
+        )
         closing(Closer(driver, conn))
         return conn
 
@@ -124,7 +126,12 @@ def test_errors_are_told_apart_lost_read_only_and_other(
     primary, standby = shared_cluster.primary, shared_cluster.standbys[0]
     driver = pg.host_driver(shared_cluster.multi_host_dsn())
 
-    replica = opened(driver, address_of(standby))
+    with pytest.raises(pg.module.OperationalError) as not_writable:
+        driver.open(address_of(standby), read_only=False)  # a connection for writes
+    assert driver.is_read_only_violation(not_writable.value)
+    assert not driver.is_configuration_error(not_writable.value)
+
+    replica = opened(driver, address_of(standby), read_only=True)
     with pytest.raises(pg.module.Error) as refused:
         replica.execute("CREATE TABLE refused_here (i int)")
     assert driver.is_read_only_violation(refused.value)

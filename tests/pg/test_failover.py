@@ -186,6 +186,37 @@ def test_writes_move_to_the_promoted_host_after_a_demotion_with_one_read_only_er
         assert all(c.port == new.port for c in log[resumed:])
 
 
+def test_a_write_never_reaches_a_primary_made_read_only_since_its_last_check(
+    cluster: Any, make_pool: Any, status_of: Any, poll: Any, threads: Any
+) -> None:
+    # The next scheduled check is 30 s away: the factory still takes the old primary for
+    # one when the writer opens its connection there, as through a proxy port that now
+    # leads to a standby. The new session's own report refuses it, not the writer's SQL.
+    pool = make_pool(cluster.multi_host_dsn(), refresh_delay=30.0, acquire_timeout=20.0)
+    pool.factory.ready(1, 2, timeout=10)
+    old = cluster.primary
+    old.set_read_only(True)
+    assert status_of(pool, old.port).role is Role.PRIMARY
+    answered: list[int] = []
+
+    def write() -> None:
+        with pool.connect() as conn:
+            _, port = conn.execute("SELECT txid_current(), inet_server_port()").fetchone()
+            conn.commit()
+            answered.append(int(port))
+
+    writer = threads(write)
+    poll(
+        lambda: status_of(pool, old.port).role is Role.REPLICA,
+        what="the refused connection making the factory check the old primary again",
+    )
+    assert writer.is_alive()  # it waits for a primary
+    new = promote_another(cluster)
+    writer.join(25)
+    assert writer.error is None, writer.error
+    assert answered == [new.port]
+
+
 def test_an_idle_connection_to_a_demoted_primary_is_discarded_at_its_next_checkout(
     cluster: Any, make_pool: Any, hold: Any, status_of: Any, poll: Any, app_backends: Any
 ) -> None:

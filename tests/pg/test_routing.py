@@ -44,6 +44,22 @@ def test_reads_land_on_a_replica(shared_cluster: Any, pool: Any, where: Any) -> 
     assert in_recovery is True
 
 
+def test_libpq_host_selection_in_the_dsn_is_left_to_the_factory(
+    shared_cluster: Any, make_pool: Any, where: Any
+) -> None:
+    # A DSN written for libpq's own failover: passed on to each host, target_session_attrs=
+    # read-write would make every replica (and the monitor's view of it) look down.
+    dsn = shared_cluster.multi_host_dsn(
+        target_session_attrs="read-write", load_balance_hosts="random"
+    )
+    pool = make_pool(dsn)
+    pool.factory.ready(masters_count=1, replicas_count=2, timeout=10)
+    with pool.connect(read_only=True) as conn:
+        assert where(conn)[1] is True
+    with pool.connect() as conn:
+        assert where(conn)[:2] == (shared_cluster.primary.port, False)
+
+
 def test_with_conn_routes_writes_to_the_primary_and_reads_to_a_replica(
     shared_cluster: Any, pool: Any, where: Any
 ) -> None:
