@@ -45,6 +45,7 @@ from qdbpool.aio.protocol import (
     as_factory,
     maybe_await,
 )
+from qdbpool.bounded import TRADE_AFTER
 from qdbpool.errors import ArgumentTypeError, ConfigurationError, PoolClosedError, PoolTimeoutError
 from qdbpool.stats import PoolStats
 
@@ -77,15 +78,27 @@ _FIT, _UNFIT, _PING = 0, 1, 2
 
 
 class _Conn:
-    """The pool's record of one open connection."""
+    """The pool's record of one open connection; `ro`: opened for reads (a replica's)."""
 
-    __slots__ = ("born", "generation", "last_used", "owner", "raw", "watched")
+    __slots__ = ("born", "generation", "last_used", "owner", "raw", "ro", "watched")
 
-    def __init__(self, raw: Connection, born: float, generation: tuple[Any, int]) -> None:
+    def __init__(self, raw: Connection, born: float, generation: tuple[Any, int], ro: bool) -> None:
         self.raw = raw
+        self.ro = ro
         self.born = self.last_used = born
         self.watched, self.generation = generation
         self.owner: asyncio.Task[Any] | None = None  # the task holding it; None while idle
+
+
+class _Waiter:
+    """A caller waiting in line for a connection of its route (`ro`), or capacity."""
+
+    __slots__ = ("future", "ro", "trade")
+
+    def __init__(self, future: asyncio.Future[_Conn | _Grant], ro: bool) -> None:
+        self.future = future
+        self.ro = ro
+        self.trade: asyncio.TimerHandle | None = None
 
 
 class _Held:
@@ -121,6 +134,12 @@ class BoundedPool:
 
     Nested checkouts in one task (`connect()` or `@with_conn` inside another) share the
     task's connection; a task never shares one with another task, its children included.
+
+    Over a factory that routes reads (`routes_reads`, e.g. `qdbpool.aio.factories.
+    Postgres`), `connect(read_only=True)` gets a connection of the reads' route (a
+    replica's) and a task may hold one of each at once, as in the threaded pools. The two
+    routes share `size` and `burst_limit`: a caller left waiting `TRADE_AFTER` seconds while
+    only the other route has idle connections has one of them closed to open its own.
 
     The pool serves the event loop it was made on (or, if made outside one, the loop it is
     first used on); used from another, it raises `WrongEventLoopError`.
@@ -191,23 +210,26 @@ class BoundedPool:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             self._loop = None  # bound to the loop it is first used on
+        self._routes = self._factory.routes_reads
         self._closed = False
         self._closer: asyncio.Task[Any] | None = None
         self._drained: asyncio.Future[None] | None = None  # set by close(), resolved when drained
-        self._idle: deque[_Conn] = deque()
+        self._idle: dict[bool, deque[_Conn]] = {False: deque(), True: deque()}  # by route
         self._in_use: set[_Conn] = set()
         self._live: set[_Conn] = set()  # open and not retired: idle or in use
         # Connections open, being opened or being closed: what counts against burst_limit.
         # Capacity comes back only once a driver connection is closed.
         self._reserved = 0
-        self._waiters: deque[asyncio.Future[_Conn | _Grant]] = deque()
+        self._waiters: deque[_Waiter] = deque()
         self._tasks: set[asyncio.Task[Any]] = set()  # the pool's own background work
         self._conn_types: frozenset[type] = frozenset()
         self._created = self._closed_count = self._discarded = 0
         self._checkouts = self._connect_errors = self._timeouts = 0
-        self._held: contextvars.ContextVar[_Held | None] = contextvars.ContextVar(
-            f"qdbpool.aio.held.{next(_numbers)}", default=None
-        )
+        number = next(_numbers)
+        self._held: dict[bool, contextvars.ContextVar[_Held | None]] = {
+            ro: contextvars.ContextVar(f"qdbpool.aio.held.{number}.{ro}", default=None)
+            for ro in (False, True)
+        }
 
     # -- public surface -------------------------------------------------------------------
 
@@ -235,11 +257,11 @@ class BoundedPool:
         """`async with pool.connect() as conn:` a connection for the body, given back at
         its end (reset first if the body raised or was cancelled).
 
-        Inside another checkout of this pool in the same task, the same connection.
-        `read_only` is accepted for code shared with the threaded pools; the asyncio pool
-        does not route yet, and every connection is read-write.
+        Inside another checkout of this pool (for the same route) in the same task, the same
+        connection. `read_only=True` asks a factory that routes reads for a replica; other
+        factories get it passed on to `connect` and their one route serves both.
         """
-        return _Checkout(self)
+        return _Checkout(self, read_only and self._routes)
 
     async def open(self) -> None:
         """Open the `pre_create` connections (`initialize` and `async with` call this);
@@ -250,7 +272,7 @@ class BoundedPool:
             if self._closed:
                 raise PoolClosedError("the pool is closed")
             self._reserved += 1
-            self._give_back(await self._open(loop, deadline))
+            self._give_back(await self._open(loop, deadline, False))
 
     async def close(self, timeout: float = 5.0) -> None:
         """Close the pool: waiting callers get `PoolClosedError`, as does every later
@@ -265,10 +287,11 @@ class BoundedPool:
         logger.debug("closing pool %r", self)
         while self._waiters:
             waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(_CLOSED)
-        while self._idle:
-            self._retire(self._idle.pop(), "the pool closed")
+            if not waiter.future.done():
+                waiter.future.set_result(_CLOSED)
+        for idle in self._idle.values():
+            while idle:
+                self._retire(idle.pop(), "the pool closed")
         self._closer = asyncio.current_task()
         self._drained = loop.create_future()
         self._check_drained()
@@ -291,7 +314,7 @@ class BoundedPool:
             discarded=self._discarded,
             checkouts=self._checkouts,
             connect_errors=self._connect_errors,
-            waiting=sum(1 for waiter in self._waiters if not waiter.done()),
+            waiting=sum(1 for waiter in self._waiters if not waiter.future.done()),
             timeouts=self._timeouts,
         )
 
@@ -335,27 +358,31 @@ class BoundedPool:
             self._loop = loop
         return loop
 
-    async def _acquire(self, task: asyncio.Task[Any] | None) -> _Conn:
-        """A connection for the calling task, in use (in `_in_use`, owned by `task`)."""
+    async def _acquire(self, task: asyncio.Task[Any] | None, ro: bool) -> _Conn:
+        """A connection of route `ro` for the calling task, in use (in `_in_use`, owned by
+        `task`)."""
         loop = self._check_loop()
         deadline: float | None = None
+        idle = self._idle[ro]
         while True:
             if self._closed:
                 raise PoolClosedError("the pool is closed")
-            if self._idle and not self._waiters:
-                conn = self._idle.pop()  # the most recently used: the others may age out
+            waiters = self._waiters
+            if idle and not (waiters and any(w.ro is ro for w in waiters)):
+                conn = idle.pop()  # the most recently used: the others may age out
                 self._in_use.add(conn)
-            elif self._reserved < self._burst_limit and not self._waiters:
+            elif self._reserved < self._burst_limit and not waiters:
                 self._reserved += 1
+                self._make_room(ro)
                 if deadline is None:
                     deadline = loop.time() + self._timeout
-                return self._hand_out(await self._open(loop, deadline), task)
+                return self._hand_out(await self._open(loop, deadline, ro), task)
             else:
                 if deadline is None:
                     deadline = loop.time() + self._timeout
-                granted = await self._wait(loop, deadline)
+                granted = await self._wait(loop, deadline, ro)
                 if granted is None:  # capacity to open one of our own
-                    return self._hand_out(await self._open(loop, deadline), task)
+                    return self._hand_out(await self._open(loop, deadline, ro), task)
                 conn = granted
             look = self._look_before_use(conn)
             if look == _FIT:
@@ -389,24 +416,31 @@ class BoundedPool:
             return _PING
         return _FIT
 
-    async def _wait(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Conn | None:
-        """Wait in line: a connection handed over (in use), or None for capacity reserved
-        for us to open one."""
-        waiter: asyncio.Future[_Conn | _Grant] = loop.create_future()
+    async def _wait(
+        self, loop: asyncio.AbstractEventLoop, deadline: float, ro: bool
+    ) -> _Conn | None:
+        """Wait in line: a connection of route `ro` handed over (in use), or None for
+        capacity reserved for us to open one."""
+        future: asyncio.Future[_Conn | _Grant] = loop.create_future()
+        waiter = _Waiter(future, ro)
         self._waiters.append(waiter)
         self._dispatch()
         timer = loop.call_later(max(deadline - loop.time(), 0.0), self._expire, waiter)
+        if self._routes and not future.done():
+            waiter.trade = loop.call_later(TRADE_AFTER, self._trade_for, waiter)
         try:
-            granted = await waiter
+            granted = await future
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._unclaim(waiter.result())  # served as we were cancelled: pass it on
+            if future.done() and not future.cancelled():
+                self._unclaim(future.result())  # served as we were cancelled: pass it on
             else:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
             raise
         finally:
             timer.cancel()
+            if waiter.trade is not None:
+                waiter.trade.cancel()
         if isinstance(granted, _Conn):
             return granted
         if granted is _CAPACITY:
@@ -418,12 +452,32 @@ class BoundedPool:
             f"{self._burst_limit} in use, {len(self._waiters)} other caller(s) waiting"
         )
 
-    def _expire(self, waiter: asyncio.Future[_Conn | _Grant]) -> None:
-        if not waiter.done():
+    def _expire(self, waiter: _Waiter) -> None:
+        if not waiter.future.done():
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
             self._timeouts += 1
-            waiter.set_result(_TIMEOUT)
+            waiter.future.set_result(_TIMEOUT)
+
+    def _make_room(self, ro: bool) -> None:
+        """Capacity was just reserved to open a connection of route `ro`: beyond `size`, an
+        idle connection of the other route is closed for it. Kept, it would stay idle while
+        every connection opened beyond `size` is closed again at its release."""
+        other_idle = self._idle[not ro]
+        if other_idle and self._reserved > self._size:
+            self._retire(other_idle.popleft(), "it made room for a connection of the other route")
+
+    def _trade_for(self, waiter: _Waiter) -> None:
+        """A waiter not served within TRADE_AFTER while the other route has an idle
+        connection: that one is closed, its capacity the waiter's to open its own."""
+        other_idle = self._idle[not waiter.ro]
+        if waiter.future.done() or not other_idle or self._closed:
+            return
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+        self._reserved += 1  # given back when the traded one is closed
+        self._retire(other_idle.popleft(), "it was traded for a connection of the other route")
+        waiter.future.set_result(_CAPACITY)
 
     def _unclaim(self, granted: _Conn | _Grant) -> None:
         """What a waiter was given as it was cancelled goes back to the pool."""
@@ -435,37 +489,43 @@ class BoundedPool:
             self._check_drained()
 
     def _dispatch(self) -> None:
-        """Serve waiters, first in line first, from idle connections or free capacity."""
+        """Serve waiters, first in line first, from idle connections of their route or
+        free capacity."""
         waiters = self._waiters
-        while waiters:
-            waiter = waiters[0]
-            if waiter.done():  # cancelled or timed out
-                waiters.popleft()
+        index = 0
+        while index < len(waiters):
+            waiter = waiters[index]
+            if waiter.future.done():  # cancelled or timed out
+                del waiters[index]
                 continue
             granted: _Conn | _Grant
-            if self._idle:
-                granted = self._idle.pop()
+            idle = self._idle[waiter.ro]
+            if idle:
+                granted = idle.pop()
                 self._in_use.add(granted)
             elif self._reserved < self._burst_limit and not self._closed:
                 self._reserved += 1
+                self._make_room(waiter.ro)
                 granted = _CAPACITY
             else:
-                return
-            waiters.popleft()
-            waiter.set_result(granted)
+                index += 1  # a later waiter of the other route may have an idle one
+                continue
+            del waiters[index]
+            waiter.future.set_result(granted)
 
-    async def _open(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Conn:
-        """Open a connection for capacity already reserved, in a task of the pool's own: if
-        the caller is cancelled or times out meanwhile, the connection still goes to the
-        pool (or its capacity back to it)."""
-        opening = self._spawn(self._open_raw(), "opening a connection")
+    async def _open(self, loop: asyncio.AbstractEventLoop, deadline: float, ro: bool) -> _Conn:
+        """Open a connection of route `ro` for capacity already reserved, in a task of the
+        pool's own: if the caller is cancelled or times out meanwhile, the connection still
+        goes to the pool (or its capacity back to it)."""
+        opening = self._spawn(self._open_raw(ro), "opening a connection")
+        adopt = functools.partial(self._adopt, ro)
         try:
             done, _ = await asyncio.wait((opening,), timeout=max(deadline - loop.time(), 0.0))
         except asyncio.CancelledError:
-            opening.add_done_callback(self._adopt)
+            opening.add_done_callback(adopt)
             raise
         if not done:
-            opening.add_done_callback(self._adopt)
+            opening.add_done_callback(adopt)
             self._timeouts += 1
             raise PoolTimeoutError(f"no connection opened within {self._timeout:g}s")
         try:
@@ -475,15 +535,15 @@ class BoundedPool:
             self._dispatch()
             self._check_drained()
             raise
-        conn = self._register(raw)
+        conn = self._register(raw, ro)
         if self._closed:
             self._retire(conn, "the pool closed while it was opened")
             raise PoolClosedError("the pool closed while opening a connection")
         return conn
 
-    async def _open_raw(self) -> Connection:
+    async def _open_raw(self, ro: bool) -> Connection:
         try:
-            raw = await self._factory.connect()
+            raw = await self._factory.connect(read_only=ro)
         except BaseException:
             self._connect_errors += 1
             raise
@@ -497,17 +557,17 @@ class BoundedPool:
             raise
         return raw
 
-    def _adopt(self, opening: asyncio.Task[Connection]) -> None:
+    def _adopt(self, ro: bool, opening: asyncio.Task[Connection]) -> None:
         """A connection opened for a caller that left: to the pool, or its capacity back."""
         if opening.cancelled() or opening.exception() is not None:
             self._reserved -= 1
             self._dispatch()
             self._check_drained()
             return
-        self._give_back(self._register(opening.result()))
+        self._give_back(self._register(opening.result(), ro))
 
-    def _register(self, raw: Connection) -> _Conn:
-        conn = _Conn(raw, time.monotonic(), self._factory.generation_of(raw))
+    def _register(self, raw: Connection, ro: bool) -> _Conn:
+        conn = _Conn(raw, time.monotonic(), self._factory.generation_of(raw), ro)
         self._live.add(conn)
         self._in_use.add(conn)
         self._created += 1
@@ -601,18 +661,24 @@ class BoundedPool:
             self._retire(conn, "the pool closed")
             return
         waiters = self._waiters
-        while waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
+        index = 0
+        while index < len(waiters):
+            waiter = waiters[index]
+            if waiter.future.done():
+                del waiters[index]
+            elif waiter.ro is conn.ro:
+                del waiters[index]
                 self._in_use.add(conn)
-                waiter.set_result(conn)
+                waiter.future.set_result(conn)
                 return
+            else:
+                index += 1
         if len(self._live) > self._size:
             self._retire(conn, "a burst connection came back with nobody waiting")
             return
         if self._timed:
             conn.last_used = time.monotonic()
-        self._idle.append(conn)
+        self._idle[conn.ro].append(conn)
 
     # -- closing --------------------------------------------------------------------------
 
@@ -669,10 +735,11 @@ async def _run(work: Awaitable[Any]) -> Any:
 class _Checkout:
     """What `BoundedPool.connect()` returns: `async with` it for a connection."""
 
-    __slots__ = ("_conn", "_pool", "_previous", "_shared")
+    __slots__ = ("_conn", "_pool", "_previous", "_ro", "_shared")
 
-    def __init__(self, pool: BoundedPool) -> None:
+    def __init__(self, pool: BoundedPool, ro: bool) -> None:
         self._pool = pool
+        self._ro = ro
         self._conn: _Conn | None = None
         self._previous: _Held | None = None
         self._shared = False
@@ -681,16 +748,17 @@ class _Checkout:
         if self._conn is not None or self._shared:
             raise RuntimeError("a pool.connect() checkout is entered once; call connect() again")
         pool = self._pool
-        held = pool._held.get()
+        held_var = pool._held[self._ro]
+        held = held_var.get()
         task = asyncio.current_task()
         if held is not None and held.task is task and task is not None:
             self._shared = True  # nested in this task's own checkout: the same connection
             pool._checkouts += 1
             return held.conn.raw
-        conn = await pool._acquire(task)
+        conn = await pool._acquire(task, self._ro)
         self._conn = conn
         self._previous = held
-        pool._held.set(_Held(conn, task))
+        held_var.set(_Held(conn, task))
         return conn.raw
 
     async def __aexit__(
@@ -704,6 +772,6 @@ class _Checkout:
             return
         pool = self._pool
         self._conn = None
-        pool._held.set(self._previous)
+        pool._held[self._ro].set(self._previous)
         self._previous = None
         await pool._release(conn, exc)

@@ -54,9 +54,14 @@ class ConnectionFactory:
     #: operations is in order, so `SQLite` says True.
     cancel_safe: bool = False
 
+    #: True when `connect(read_only=True)` opens a different kind of connection (a
+    #: replica's): the pool then keeps the two apart. False: one kind serves both, and
+    #: `read_only` reaches `connect` as False.
+    routes_reads: bool = False
+
     async def connect(self, *, read_only: bool = False) -> Connection:
-        """Open and return a new driver connection. `read_only` is passed on; the asyncio
-        pool does not route yet, so it is always False."""
+        """Open and return a new driver connection (for reads, with `read_only`, when the
+        factory `routes_reads`)."""
         raise NotImplementedError
 
     async def close_connection(self, conn: Connection) -> None:

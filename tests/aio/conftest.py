@@ -97,6 +97,7 @@ class FakeConnection:
         self.in_transaction = False
         self.closed = False
         self.ping_fails = False
+        self.read_only = False  # opened for reads (by a RoutingFakeFactory)
         self.users = 0  # tasks inside execute() right now: more than 1 is a sharing bug
         self._last: asyncio.Future[None] | None = None
 
@@ -176,9 +177,30 @@ class FakeFactory(ConnectionFactory):
         return [c for c in self.opened if not c.closed]
 
 
+class RoutingFakeFactory(FakeFactory):
+    """A FakeFactory that routes reads: each connection knows which route opened it."""
+
+    routes_reads = True
+
+    async def connect(self, *, read_only: bool = False) -> FakeConnection:
+        conn = await super().connect(read_only=read_only)
+        conn.read_only = read_only
+        return conn
+
+
 @pytest.fixture
 def factory() -> FakeFactory:
     return FakeFactory()
+
+
+@pytest.fixture
+def routing_factory() -> RoutingFakeFactory:
+    return RoutingFakeFactory()
+
+
+@pytest.fixture
+def routing_factory_cls() -> type[RoutingFakeFactory]:
+    return RoutingFakeFactory
 
 
 @pytest.fixture

@@ -837,11 +837,95 @@ def test_open_raises_what_opening_raises_and_keeps_nothing_reserved(run: Run, fa
     run(main)
 
 
-def test_read_only_is_accepted(run: Run, factory: Any) -> None:
+def test_read_only_is_accepted_by_a_factory_with_one_route(run: Run, factory: Any) -> None:
     async def main() -> None:
         pool = BoundedPool(factory, size=1)
         async with pool.connect(read_only=True) as conn:
             assert conn is factory.opened[0]
+        async with pool.connect() as conn:  # one route: the same connection serves both
+            assert conn is factory.opened[0]
+        await pool.close()
+
+    run(main)
+
+
+def test_routes_are_kept_apart_and_a_task_holds_one_of_each(run: Run, routing_factory: Any) -> None:
+    async def main() -> None:
+        pool = BoundedPool(routing_factory, size=4)
+        async with pool.connect() as writer, pool.connect(read_only=True) as reader:
+            assert (writer.read_only, reader.read_only) == (False, True)
+            async with pool.connect(read_only=True) as nested:
+                assert nested is reader  # nested, same route: shared
+            async with pool.connect() as nested:
+                assert nested is writer
+        for _ in range(3):
+            async with pool.connect(read_only=True) as again:
+                assert again is reader
+            async with pool.connect() as again:
+                assert again is writer
+        assert pool.stats().created == 2
+        await pool.close()
+
+    run(main)
+
+
+def test_a_connection_given_back_goes_to_the_first_waiter_of_its_route(
+    run: Run, routing_factory: Any
+) -> None:
+    async def main() -> None:
+        pool = BoundedPool(routing_factory, size=2, timeout=5)
+        got: list[str] = []
+
+        async def wait_for(read_only: bool, name: str) -> None:
+            async with pool.connect(read_only=read_only) as conn:
+                assert conn.read_only is read_only
+                got.append(name)
+
+        async with pool.connect() as _w, pool.connect(read_only=True):
+            w2 = asyncio.create_task(wait_for(False, "writer"))
+            r2 = asyncio.create_task(wait_for(True, "reader"))
+            await asyncio.sleep(0)
+            assert pool.stats().waiting == 2
+        # Both came back at once: each to the waiter of its own route, whoever was first.
+        await asyncio.gather(w2, r2)
+        assert sorted(got) == ["reader", "writer"]
+        assert pool.stats().created == 2
+        await pool.close()
+
+    run(main)
+
+
+def test_a_caller_of_one_route_trades_an_idle_connection_of_the_other(
+    run: Run, routing_factory: Any
+) -> None:
+    async def main() -> None:
+        pool = BoundedPool(routing_factory, size=1, timeout=5)
+        async with pool.connect(read_only=True) as reader:
+            pass
+        # Full (burst_limit 1), and only a read connection idle: a writer does not wait
+        # out its timeout for a write connection that nobody would give back.
+        async with pool.connect() as writer:
+            assert writer.read_only is False
+        assert reader.closed
+        stats = pool.stats()
+        assert (stats.open, stats.created, stats.timeouts) == (1, 2, 0)
+        await pool.close()
+
+    run(main)
+
+
+def test_beyond_size_an_idle_connection_of_the_other_route_makes_room(
+    run: Run, routing_factory: Any
+) -> None:
+    async def main() -> None:
+        pool = BoundedPool(routing_factory, size=1, burst_limit=2)
+        async with pool.connect(read_only=True) as reader:
+            pass
+        for _ in range(3):  # without room made, each would open and close a connection
+            async with pool.connect():
+                pass
+        assert reader.closed
+        assert (pool.stats().open, pool.stats().created) == (1, 2)
         await pool.close()
 
     run(main)

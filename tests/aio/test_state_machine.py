@@ -1,7 +1,8 @@
 """A stateful property test of qdbpool.aio.BoundedPool.
 
 Hypothesis drives what tasks do with a pool of size 1 and burst_limit 2: start a task that
-checks out (maybe opening a transaction, maybe nesting a second checkout), let a holder go,
+checks out (for writes or, over a factory that routes reads, for reads; maybe opening a
+transaction, maybe nesting a second checkout), let a holder go,
 let a holder go with its connection lost, cancel any task wherever it is (in line,
 connecting, holding, resetting), make the next connect fail, close the pool. After each
 step the loop runs until the pool's own work settles (a bounded number of turns), and the
@@ -9,7 +10,9 @@ machine checks that the stats agree with the fake driver and with the tasks:
 
 - open == the driver's open connections == created - closed, and never above burst_limit;
 - in_use == the tasks holding a connection, and no connection is in two tasks' hands;
-- waiting == the tasks in line, and nobody waits while capacity is free;
+- each task holds a connection of its own route;
+- waiting == the tasks in line, and nobody waits while capacity is free or an idle
+  connection of its route is there;
 - no idle connection is in a transaction; beyond `size`, none is idle;
 - once closed: nothing idle, nobody waiting; at the end, every connection closed.
 
@@ -44,8 +47,9 @@ EXPECTED = (asyncio.CancelledError, PoolClosedError, ConnectionRefusedError)
 class User:
     """One task: checks out, holds until told, and records what happened."""
 
-    def __init__(self, pool: BoundedPool, begin: bool, nested: bool) -> None:
+    def __init__(self, pool: BoundedPool, begin: bool, nested: bool, ro: bool = False) -> None:
         self.pool = pool
+        self.ro = ro
         self.begin = begin
         self.nested = nested
         self.state = "waiting"  # -> holding -> done
@@ -59,10 +63,10 @@ class User:
 
     async def run(self) -> None:
         try:
-            async with self.pool.connect() as conn:
+            async with self.pool.connect(read_only=self.ro) as conn:
                 self.conn, self.state = conn, "holding"
                 if self.nested:
-                    async with self.pool.connect() as inner:
+                    async with self.pool.connect(read_only=self.ro) as inner:
                         assert inner is conn
                 if self.begin:
                     await conn.execute("BEGIN")
@@ -89,6 +93,7 @@ def _machine(factory_cls: type[Any], make_loop: Callable[[], asyncio.AbstractEve
             super().__init__()
             self.loop = make_loop()
             self.factory = factory_cls()
+            self.routes = factory_cls.routes_reads
             self.users: list[User] = []
             self.closing: asyncio.Task[None] | None = None
 
@@ -131,13 +136,16 @@ def _machine(factory_cls: type[Any], make_loop: Callable[[], asyncio.AbstractEve
             nested=st.booleans(),
             cancel_after=st.none() | st.integers(0, 8),
             twice=st.booleans(),
+            ro=st.booleans(),
         )
-        def start(self, begin: bool, nested: bool, cancel_after: int | None, twice: bool) -> None:
+        def start(
+            self, begin: bool, nested: bool, cancel_after: int | None, twice: bool, ro: bool
+        ) -> None:
             """A new task; maybe cancelled a few turns in: in line, while its connection
             opens, or mid-BEGIN."""
 
             async def spawn() -> User:
-                return User(self.pool, begin, nested)
+                return User(self.pool, begin, nested, ro and self.routes)
 
             user = self.loop.run_until_complete(spawn())
             self.users.append(user)
@@ -146,12 +154,14 @@ def _machine(factory_cls: type[Any], make_loop: Callable[[], asyncio.AbstractEve
             self.settle()
 
         @precondition(lambda self: len(self.live("waiting") + self.live("holding")) < MAX_TASKS)
-        @rule(n=st.integers(2, 4), begin=st.booleans())
-        def start_several(self, n: int, begin: bool) -> None:
+        @rule(n=st.integers(2, 4), begin=st.booleans(), ro=st.lists(st.booleans(), min_size=4))
+        def start_several(self, n: int, begin: bool, ro: list[bool]) -> None:
             """A crowd: more tasks than connections, so that some wait in line."""
 
             async def spawn() -> list[User]:
-                return [User(self.pool, begin, nested=False) for _ in range(n)]
+                return [
+                    User(self.pool, begin, nested=False, ro=ro[i] and self.routes) for i in range(n)
+                ]
 
             self.users.extend(self.loop.run_until_complete(spawn()))
             self.settle()
@@ -219,6 +229,7 @@ def _machine(factory_cls: type[Any], make_loop: Callable[[], asyncio.AbstractEve
             assert stats.open <= BURST
             assert stats.in_use == len(holding), (stats, holding)
             assert len({id(c) for c in held}) == len(held), "a connection in two tasks' hands"
+            assert all(u.conn.read_only is u.ro for u in holding), "a connection of the other route"
             assert not any(c.closed for c in held if not c.users)
             idle = [c for c in self.factory.open_now if all(c is not h for h in held)]
             assert len(idle) == stats.idle
@@ -228,7 +239,9 @@ def _machine(factory_cls: type[Any], make_loop: Callable[[], asyncio.AbstractEve
             if self.closing is None:
                 assert stats.waiting == len(self.live("waiting"))
                 if stats.waiting:  # nobody waits while a connection could be had
-                    assert stats.open == BURST and stats.idle == 0, stats
+                    assert stats.open == BURST, stats
+                    routes = {u.ro for u in self.live("waiting")}
+                    assert not [c for c in idle if c.read_only in routes], (stats, idle)
                 else:  # beyond size, nothing stays idle
                     assert stats.open <= max(SIZE, stats.in_use), stats
             else:
@@ -259,10 +272,14 @@ def _machine(factory_cls: type[Any], make_loop: Callable[[], asyncio.AbstractEve
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("routes", [False, True], ids=["one-route", "routes-reads"])
 def test_the_pool_keeps_its_invariants_under_random_use(
-    fake_factory_cls: type[Any], make_loop: Callable[[], asyncio.AbstractEventLoop]
+    routes: bool,
+    fake_factory_cls: type[Any],
+    routing_factory_cls: type[Any],
+    make_loop: Callable[[], asyncio.AbstractEventLoop],
 ) -> None:
-    machine = _machine(fake_factory_cls, make_loop)
+    machine = _machine(routing_factory_cls if routes else fake_factory_cls, make_loop)
     machine.TestCase.settings = settings(
         max_examples=EXAMPLES,
         stateful_step_count=25,
