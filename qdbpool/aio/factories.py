@@ -1,4 +1,6 @@
-"""Factories for qdbpool.aio: `SQLite`, over aiosqlite (the `aio` extra)."""
+"""Factories for qdbpool.aio: `SQLite`, over aiosqlite (the `aio` extra), and `Postgres`,
+over psycopg 3's AsyncConnection (the `postgres` extra; imported on first use, so that
+SQLite needs no psycopg)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,17 @@ from qdbpool.errors import ArgumentTypeError
 if TYPE_CHECKING:
     import aiosqlite
 
-__all__ = ["SQLite"]
+    from qdbpool.aio.postgres import Postgres
+
+__all__ = ["Postgres", "SQLite"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Postgres":
+        from qdbpool.aio.postgres import Postgres
+
+        return Postgres
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class SQLite(ConnectionFactory):

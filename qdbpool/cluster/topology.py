@@ -16,11 +16,12 @@ ends the back-off.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from qdbpool import _fork
 from qdbpool.cluster.check import CheckResult, check_host
@@ -180,18 +181,12 @@ class Topology:
             run = self._runs
             try:
                 while True:
-                    if self._closed or self._runs != run:
+                    if self._runs != run:
                         raise NoHostAvailableError(f"no {what}: the pool's factory is closed")
-                    host = select(self.hosts)
-                    if host is not None:
-                        host.opening += 1
-                        return host, host.generation.value, self.roles_changed.value
+                    chosen = self._choose_locked(select, what)
+                    if chosen is not None:
+                        return chosen
                     remaining = deadline - time.monotonic()
-                    if all(h.refused_us for h in self.hosts):
-                        raise NoHostAvailableError(
-                            f"no {what}: every host refused the connection settings; "
-                            f"hosts: {self._describe()}"
-                        )
                     if remaining <= 0:
                         waited = timeout if shown_timeout is None else shown_timeout
                         raise NoHostAvailableError(
@@ -201,6 +196,39 @@ class Topology:
                     self._changed.wait(remaining)
             finally:
                 self._waiting -= 1
+
+    def try_choose(self, select: Selector, what: str) -> tuple[HostState, int, int] | None:
+        """`choose` without waiting: None when no host qualifies now. For callers that
+        must not block (asyncio): they wait in between, inside `waiting()`."""
+        self.start()
+        with self._changed:
+            return self._choose_locked(select, what)
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """While a caller waits for a host outside `choose` (see `try_choose`): checks run
+        back to back, as for callers waiting in `choose`."""
+        with self._changed:
+            self._waiting += 1
+        self._wake.set()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._waiting -= 1
+
+    def _choose_locked(self, select: Selector, what: str) -> tuple[HostState, int, int] | None:
+        if self._closed:
+            raise NoHostAvailableError(f"no {what}: the pool's factory is closed")
+        host = select(self.hosts)
+        if host is not None:
+            host.opening += 1
+            return host, host.generation.value, self.roles_changed.value
+        if all(h.refused_us for h in self.hosts):
+            raise NoHostAvailableError(
+                f"no {what}: every host refused the connection settings; hosts: {self._describe()}"
+            )
+        return None
 
     def opened(self, host: HostState, conn: object | None) -> None:
         """The end of an open that `choose` counted: `conn` joins the host's connections

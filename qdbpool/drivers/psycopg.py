@@ -62,8 +62,13 @@ class PsycopgDriver(HostDriver):
         return libpq_kwargs(self._dsn, self._connect_kwargs, address)
 
     def open(self, address: HostPort, *, read_only: bool) -> Any:
+        return psycopg.connect(**self.connect_kwargs(address, read_only=read_only))
+
+    def connect_kwargs(self, address: HostPort, *, read_only: bool) -> dict[str, Any]:
+        """The keywords of `psycopg.connect` (or `psycopg.AsyncConnection.connect`) for an
+        application connection to `address`."""
         kwargs = self._kwargs(address)
-        return psycopg.connect(**(kwargs if read_only else for_writes(kwargs)))
+        return kwargs if read_only else for_writes(kwargs)
 
     def open_probe(self, address: HostPort, timeout: float) -> Any:
         kwargs = self._kwargs(address)

@@ -9,6 +9,7 @@ role changes instead, so that it moves once a replica is up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import weakref
@@ -19,7 +20,7 @@ from typing import Any
 from qdbpool.cluster.hosts import HostState, HostStatus
 from qdbpool.cluster.options import RoutingOptions, check_seconds
 from qdbpool.cluster.router import Router
-from qdbpool.cluster.topology import Topology
+from qdbpool.cluster.topology import Selector, Topology
 from qdbpool.drivers.base import HostDriver, Role
 from qdbpool.dsn import HostPort
 from qdbpool.errors import ConfigurationError, NoHostAvailableError
@@ -27,6 +28,11 @@ from qdbpool.events import Listener
 from qdbpool.protocol import ConnectionFactory, Generation
 
 logger = logging.getLogger("qdbpool")
+
+
+Choice = tuple[HostState, int, int]
+"""A host chosen for a new connection, with its generation and the cluster's role-change
+count when it was chosen."""
 
 
 @dataclass(frozen=True)
@@ -89,42 +95,103 @@ class RoutedFactory(ConnectionFactory):
     # -- ConnectionFactory ---------------------------------------------------------------
 
     def connect(self, *, read_only: bool = False) -> Any:
-        what = "replica" if read_only else "primary"
-        select = self._router.select_replica if read_only else self._router.select_primary
+        what, select = self._route(read_only)
         deadline = time.monotonic() + self._acquire_timeout
-        topology = self._topology
         while True:
             remaining = max(deadline - time.monotonic(), 0.0)
-            host, generation, roles_generation = topology.choose(
+            host, generation, roles_generation = self._topology.choose(
                 select, remaining, what, shown_timeout=self._acquire_timeout
             )
             try:
                 conn = self._driver.open(host.address, read_only=read_only)
             except Exception as exc:
-                topology.opened(host, None)
-                if self._driver.is_configuration_error(exc):
-                    raise  # a wrong password or option: the driver's own error says which
-                # It was fine at the last check but not now: distrust it and pick again. A
-                # primary whose new session cannot write has changed role: its connections
-                # are unfit at once, as after a write refused as read-only.
-                why = self._driver.describe_error(exc)
-                demoted = not read_only and self._driver.is_read_only_violation(exc)
-                topology.suspect(host, why, role_changed=demoted)
-                if time.monotonic() >= deadline:
-                    raise NoHostAvailableError(
-                        f"no {what} could be connected to within {self._acquire_timeout:g}s "
-                        f"(last error on {host.address}: {why}); hosts: {topology.describe()}"
-                    ) from None
-                continue
-            if read_only and host.role is Role.PRIMARY:
-                # A read on the primary (for want of a replica, or by master_as_replica_weight)
-                # is reconsidered as soon as any host changes role, e.g. a replica comes up.
-                tag = _Tag(host, topology.roles_changed, roles_generation, read_only)
-            else:
-                tag = _Tag(host, host.generation, generation, read_only)
-            self._tags[conn] = tag
-            topology.opened(host, conn)
+                self.open_failed(host, exc, read_only, deadline)
+                continue  # pick again
+            self.adopt(conn, (host, generation, roles_generation), read_only)
             return conn
+
+    # The steps of `connect`, shared with the asyncio factories (qdbpool.aio.factories),
+    # which open their connections with their own driver and wait without blocking.
+
+    def _route(self, read_only: bool) -> tuple[str, Selector]:
+        if read_only:
+            return "replica", self._router.select_replica
+        return "primary", self._router.select_primary
+
+    def try_choose(self, read_only: bool) -> Choice | None:
+        """A host to open a connection to for this role, now, or None (then wait inside
+        `waiting()` and ask again). Every choice must be ended by `adopt` or
+        `open_failed`."""
+        what, select = self._route(read_only)
+        return self._topology.try_choose(select, what)
+
+    def waiting(self) -> contextlib.AbstractContextManager[None]:
+        """Hold while waiting between `try_choose` calls: checks run back to back."""
+        return self._topology.waiting()
+
+    def no_host(self, read_only: bool) -> NoHostAvailableError:
+        """The error for a caller that found no host within `acquire_timeout`."""
+        what, _ = self._route(read_only)
+        return NoHostAvailableError(
+            f"no {what} available within {self._acquire_timeout:g}s; "
+            f"hosts: {self._topology.describe()}"
+        )
+
+    @property
+    def acquire_timeout(self) -> float:
+        """Seconds a connect may wait for a host of its role."""
+        return self._acquire_timeout
+
+    def open_failed(
+        self, host: HostState, exc: Exception, read_only: bool, deadline: float
+    ) -> None:
+        """Opening a connection to the chosen `host` raised `exc`: re-raises it when it
+        names our settings, raises NoHostAvailableError past `deadline` (time.monotonic),
+        else returns so that the caller picks again."""
+        topology = self._topology
+        topology.opened(host, None)
+        if self._driver.is_configuration_error(exc):
+            raise exc  # a wrong password or option: the driver's own error says which
+        # It was fine at the last check but not now: distrust it and pick again. A primary
+        # whose new session cannot write has changed role: its connections are unfit at
+        # once, as after a write refused as read-only.
+        why = self._driver.describe_error(exc)
+        demoted = not read_only and self._driver.is_read_only_violation(exc)
+        topology.suspect(host, why, role_changed=demoted)
+        if time.monotonic() >= deadline:
+            what, _ = self._route(read_only)
+            raise NoHostAvailableError(
+                f"no {what} could be connected to within {self._acquire_timeout:g}s "
+                f"(last error on {host.address}: {why}); hosts: {topology.describe()}"
+            ) from None
+
+    def forget_choice(self, host: HostState) -> None:
+        """End a choice whose open was abandoned (its caller cancelled), blaming nobody."""
+        self._topology.opened(host, None)
+
+    @property
+    def host_driver(self) -> HostDriver:
+        """How one host is talked to (qdbpool.drivers)."""
+        return self._driver
+
+    def forget(self, conn: Any) -> None:
+        """`conn` is being closed: it no longer counts on its host."""
+        tag = self._tags.pop(conn, None)
+        if tag is not None:
+            self._topology.forget(tag.host, conn)
+
+    def adopt(self, conn: Any, choice: Choice, read_only: bool) -> None:
+        """`conn`, just opened to the chosen host, is tagged with its generation."""
+        host, generation, roles_generation = choice
+        topology = self._topology
+        if read_only and host.role is Role.PRIMARY:
+            # A read on the primary (for want of a replica, or by master_as_replica_weight)
+            # is reconsidered as soon as any host changes role, e.g. a replica comes up.
+            tag = _Tag(host, topology.roles_changed, roles_generation, read_only)
+        else:
+            tag = _Tag(host, host.generation, generation, read_only)
+        self._tags[conn] = tag
+        topology.opened(host, conn)
 
     def generation_of(self, conn: Any) -> tuple[Generation, int]:
         # The pool compares this at every checkout: a role change of the host (or the host
@@ -164,9 +231,7 @@ class RoutedFactory(ConnectionFactory):
         self._driver.sever(conn)
 
     def close_connection(self, conn: Any) -> None:
-        tag = self._tags.pop(conn, None)
-        if tag is not None:
-            self._topology.forget(tag.host, conn)
+        self.forget(conn)
         self._driver.close(conn)
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:

@@ -1,0 +1,152 @@
+"""PostgreSQL for asyncio: psycopg 3 `AsyncConnection`s routed to the primary or a replica
+of an HA cluster, by the threaded factory's own topology and router.
+
+What is shared, not copied: the DSN rules, the options, the monitor that checks every host
+(a thread of its own, with blocking psycopg probes, so no check ever runs on the event
+loop), the balancers, and the generations that make a connection to a demoted host unfit
+at its next checkout. What is asyncio's own: the application connections are opened with
+`psycopg.AsyncConnection.connect`, and a caller waiting for a host of its role waits with
+`asyncio.sleep` between looks (the monitor checks back to back meanwhile), so that it
+blocks nothing and a cancellation ends its wait at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from qdbpool.aio.protocol import ConnectionFactory
+from qdbpool.cluster.hosts import HostStatus
+from qdbpool.errors import ConfigurationError
+from qdbpool.events import Listener
+from qdbpool.factories import postgres as threaded
+from qdbpool.protocol import Generation
+
+try:
+    import psycopg
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "the asyncio Postgres factory needs psycopg 3: pip install 'qdbpool[postgres]'"
+    ) from exc
+
+# How often a caller with no host of its role looks again: the monitor's own pace while
+# callers wait, so looking more often would find nothing sooner.
+_LOOK_AGAIN = 0.005
+
+
+class Postgres(ConnectionFactory):
+    """psycopg 3 `AsyncConnection`s to the primary (or, with `read_only=True`, a replica).
+
+    Args:
+        dsn: As for the threaded `qdbpool.factories.Postgres`: a URL or a libpq key/value
+            string, one host or several.
+        pgbouncer: True when the hosts are PgBouncers in transaction pooling mode (psycopg's
+            automatic prepared statements are turned off).
+        **options: The routing options (`refresh_delay`, `refresh_timeout`,
+            `acquire_timeout`, `fallback_master`, `master_as_replica_weight`, `balancer`,
+            `max_replica_lag`), then keywords for every `AsyncConnection.connect`.
+
+    Raises:
+        ConfigurationError: As the threaded factory, for the same mistakes; also for
+            `driver=`, which is psycopg 3 here (psycopg2 has no asyncio connections).
+    """
+
+    routes_reads = True
+
+    def __init__(self, dsn: str, *, pgbouncer: bool = False, **options: Any) -> None:
+        if "driver" in options:
+            raise ConfigurationError(
+                "the asyncio Postgres factory has no driver option: it uses psycopg 3's "
+                "AsyncConnection (psycopg2 has no asyncio connections)"
+            )
+        # The threaded factory validates everything and keeps the cluster's state; it
+        # never opens an application connection here.
+        self._routing = threaded.Postgres(dsn, pgbouncer=pgbouncer, **options)
+        self._driver: Any = self._routing.host_driver
+
+    async def connect(self, *, read_only: bool = False) -> psycopg.AsyncConnection[Any]:
+        routing = self._routing
+        deadline = time.monotonic() + routing.acquire_timeout
+        while True:
+            choice = routing.try_choose(read_only)
+            if choice is None:
+                choice = await self._wait_for_host(read_only, deadline)
+            host = choice[0]
+            kwargs = self._driver.connect_kwargs(host.address, read_only=read_only)
+            try:
+                conn = await psycopg.AsyncConnection.connect(**kwargs)
+            except Exception as exc:
+                routing.open_failed(host, exc, read_only, deadline)
+                continue  # pick again
+            except BaseException:  # cancelled while connecting
+                routing.forget_choice(host)
+                raise
+            routing.adopt(conn, choice, read_only)
+            return conn
+
+    async def _wait_for_host(self, read_only: bool, deadline: float) -> Any:
+        routing = self._routing
+        with routing.waiting():
+            while True:
+                if time.monotonic() >= deadline:
+                    raise routing.no_host(read_only)
+                await asyncio.sleep(_LOOK_AGAIN)
+                choice = routing.try_choose(read_only)
+                if choice is not None:
+                    return choice
+
+    async def close_connection(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        # A statement whose task was cancelled mid-query was cancelled on the server by
+        # psycopg itself, as the cancellation reached it; such a connection is closed
+        # (cancel_safe is False) rather than trusted with a rollback.
+        self._routing.forget(conn)
+        await conn.close()
+
+    async def ping(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        # An empty query in autocommit: a round trip that opens no transaction.
+        if conn.autocommit:
+            await conn.execute("")
+            return
+        await conn.set_autocommit(True)
+        try:
+            await conn.execute("")
+        finally:
+            await conn.set_autocommit(False)
+
+    async def reset(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.rollback()
+
+    def state_after_use(self, conn: psycopg.AsyncConnection[Any]) -> int:
+        return int(self._driver.state_after_use(conn))
+
+    def generation_of(self, conn: psycopg.AsyncConnection[Any]) -> tuple[Generation, int]:
+        return self._routing.generation_of(conn)
+
+    def is_disconnect(self, conn: psycopg.AsyncConnection[Any], exc: BaseException) -> bool:
+        return self._routing.is_disconnect(conn, exc)
+
+    async def ready(
+        self,
+        masters_count: int | None = None,
+        replicas_count: int | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        """As the threaded factory's `ready()`, awaited (the wait runs in a thread)."""
+        await asyncio.to_thread(self._routing.ready, masters_count, replicas_count, timeout)
+
+    def hosts(self) -> list[HostStatus]:
+        """Each host's last known state (role, response time, lag, error)."""
+        return self._routing.hosts()
+
+    def subscribe(self, listener: Listener) -> Any:
+        """Hosts changing role and failovers, as the monitor finds them (qdbpool.events);
+        `listener` is called on the monitor's thread."""
+        return self._routing.subscribe(listener)
+
+    async def close(self) -> None:
+        """Stop the monitor (in a thread: it joins the monitor's)."""
+        await asyncio.to_thread(self._routing.close)
+
+    def __repr__(self) -> str:
+        return f"qdbpool.aio.factories.{self._routing!r}"
