@@ -7,6 +7,7 @@ run until warm; then the primary is SIGKILLed and a standby promoted, the others
 as an orchestrator would (PostgresCluster.failover()). Observed until both have recovered
 (and at least 2 s, 1 s past the later recovery), at most 10 s after the kill.
 Clients: qdbpool (Postgres factory, defaults; @with_conn, reader read_only=True);
+qdbpool.aio (qdbpool.aio.factories.Postgres, defaults, in an asyncio loop in its own thread);
 hasql (hasql.psycopg3.PoolManager, defaults; acquire_master / acquire_replica, in an
 asyncio loop in its own thread); plain psycopg (multi-host conninfo with
 target_session_attrs=read-write for the writer, =standby for the reader; on
@@ -71,7 +72,8 @@ bench.failover: SIGKILL the primary of a 3-node local PostgreSQL cluster and pro
   was answered by a live server (not the old primary, whose backends outlive the start of
   the kill by a few ms); the same for reads. failed: calls that raised, from the kill to
   the end of the run (>= 2 s, 1 s past both recoveries, at most {window:g} s after the kill).
-  Clients: qdbpool Postgres factory defaults + @with_conn; hasql psycopg3 PoolManager
+  Clients: qdbpool Postgres factory defaults + @with_conn; qdbpool.aio the same for
+  asyncio (BoundedPool, defaults); hasql psycopg3 PoolManager
   defaults; psycopg with libpq target_session_attrs (read-write / standby), reconnecting
   on OperationalError. 'reads on primary': reads after the kill that a primary answered.
   'acked lost': acknowledged writes missing on the new primary, all runs (the test bed
@@ -212,6 +214,66 @@ class QdbpoolClient(Client):
 
 
 # --------------------------------------------------------------------------------------------
+# (a') qdbpool.aio: the same, for asyncio (as hasql runs: a loop in a thread of its own)
+# --------------------------------------------------------------------------------------------
+
+
+class QdbpoolAioClient(Client):
+    name = "qdbpool.aio"
+
+    def start(self) -> None:
+        self._spawn("loop", lambda: asyncio.run(self._main()))
+
+    async def _main(self) -> None:
+        import qdbpool.aio as aio
+        from qdbpool.aio.factories import Postgres as AioPostgres
+
+        pool = aio.BoundedPool(AioPostgres(self.cluster.multi_host_dsn()))
+
+        @aio.with_conn(pool=pool)
+        async def write(conn: Any, seq: int) -> int:
+            cursor = await conn.execute(INSERT, (seq,))
+            port = _answered_write(await cursor.fetchone())
+            await conn.commit()
+            return port
+
+        @aio.with_conn(pool=pool, read_only=True)
+        async def read(conn: Any) -> tuple[bool, int]:
+            cursor = await conn.execute(READ)
+            answer = _answered_read(await cursor.fetchone())
+            await conn.commit()
+            return answer
+
+        try:
+            await asyncio.gather(self._writer(write), self._reader(read))
+        finally:
+            await pool.close(timeout=STOP_TIMEOUT / 2)
+
+    async def _writer(self, write: Callable[[int], Any]) -> None:
+        while not self.stopping.is_set():
+            seq = self.next_seq()
+            start = time.monotonic()
+            try:
+                port = await write(seq)
+            except Exception as exc:
+                self.writes.append(Op(start, time.monotonic(), False, seq=seq, error=describe(exc)))
+            else:
+                self.writes.append(Op(start, time.monotonic(), True, seq=seq, port=port))
+            await asyncio.sleep(INTERVAL)
+
+    async def _reader(self, read: Callable[[], Any]) -> None:
+        while not self.stopping.is_set():
+            start = time.monotonic()
+            try:
+                on_primary, port = await read()
+            except Exception as exc:
+                self.reads.append(Op(start, time.monotonic(), False, error=describe(exc)))
+            else:
+                self.reads.append(Op(start, time.monotonic(), True, on_primary, port))
+            await asyncio.sleep(INTERVAL)
+
+
+# --------------------------------------------------------------------------------------------
 # (b) hasql
 # --------------------------------------------------------------------------------------------
 
@@ -336,6 +398,7 @@ class PsycopgClient(Client):
 
 CLIENTS: dict[str, type[Client]] = {
     "qdbpool": QdbpoolClient,
+    "qdbpool.aio": QdbpoolAioClient,
     "hasql": HasqlClient,
     "psycopg": PsycopgClient,
 }
@@ -561,9 +624,14 @@ def summary(results: Sequence[RunResult], kinds: Sequence[str]) -> str:
 
 
 def verdict(results: Sequence[RunResult]) -> str:
-    mine = [r for r in results if r.client == "qdbpool" and r.problem is None]
+    """The targets, for the threaded client and the asyncio one."""
+    return "\n".join(_verdict_of(results, client) for client in ("qdbpool", "qdbpool.aio"))
+
+
+def _verdict_of(results: Sequence[RunResult], client: str) -> str:
+    mine = [r for r in results if r.client == client and r.problem is None]
     if not mine:
-        return "qdbpool: no run could be measured"
+        return f"{client}: no run could be measured"
     to_write = _median_time([r.kill_to_write for r in mine])
     fw = statistics.median(r.failed_writes for r in mine)
     fr = statistics.median(r.failed_reads for r in mine)
@@ -572,7 +640,7 @@ def verdict(results: Sequence[RunResult]) -> str:
         return "met" if good else "MISSED"
 
     return (
-        f"qdbpool targets: median kill->write {_secs(to_write)} s (<= {TARGET_WRITE}):"
+        f"{client} targets: median kill->write {_secs(to_write)} s (<= {TARGET_WRITE}):"
         f" {ok(to_write is not None and to_write <= TARGET_WRITE)};"
         f" failed reads median {fr:g} (= {TARGET_FAILED_READS}): {ok(fr <= TARGET_FAILED_READS)};"
         f" failed writes median {fw:g} (<= {TARGET_FAILED_WRITES}):"

@@ -5,14 +5,15 @@ What is shared, not copied: the DSN rules, the options, the monitor that checks 
 (a thread of its own, with blocking psycopg probes, so no check ever runs on the event
 loop), the balancers, and the generations that make a connection to a demoted host unfit
 at its next checkout. What is asyncio's own: the application connections are opened with
-`psycopg.AsyncConnection.connect`, and a caller waiting for a host of its role waits with
-`asyncio.sleep` between looks (the monitor checks back to back meanwhile), so that it
-blocks nothing and a cancellation ends its wait at once.
+`psycopg.AsyncConnection.connect`, and a caller waiting for a host of its role awaits an
+event that the monitor sets (thread-safely) at each change of the hosts' state, so that it
+blocks nothing, wakes when a threaded caller would, and a cancellation ends its wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -29,10 +30,6 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "the asyncio Postgres factory needs psycopg 3: pip install 'qdbpool[postgres]'"
     ) from exc
-
-# How often a caller with no host of its role looks again: the monitor's own pace while
-# callers wait, so looking more often would find nothing sooner.
-_LOOK_AGAIN = 0.005
 
 
 class Postgres(ConnectionFactory):
@@ -87,14 +84,25 @@ class Postgres(ConnectionFactory):
 
     async def _wait_for_host(self, read_only: bool, deadline: float) -> Any:
         routing = self._routing
-        with routing.waiting():
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def wake() -> None:  # on the monitor's thread
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(changed.set)
+
+        with routing.waiting(wake):
             while True:
-                if time.monotonic() >= deadline:
-                    raise routing.no_host(read_only)
-                await asyncio.sleep(_LOOK_AGAIN)
+                changed.clear()  # before asking: a change from here on wakes us
                 choice = routing.try_choose(read_only)
                 if choice is not None:
                     return choice
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise routing.no_host(read_only)
+                # asyncio.TimeoutError: not yet the built-in one on Python 3.10.
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(changed.wait(), remaining)
 
     async def close_connection(self, conn: psycopg.AsyncConnection[Any]) -> None:
         # A statement whose task was cancelled mid-query was cancelled on the server by

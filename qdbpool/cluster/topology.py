@@ -76,6 +76,7 @@ class Topology:
         self._thread: threading.Thread | None = None
         self._workers: concurrent.futures.ThreadPoolExecutor | None = None
         self._waiting = 0  # callers waiting in choose(): rounds go back to back meanwhile
+        self._watchers: list[Callable[[], None]] = []  # see waiting()
         self._runs = 0  # moves on at each close()
         self._jitter = random.Random()
         self._closed = False
@@ -140,7 +141,7 @@ class Topology:
                 else:
                     idle_probes.append(host.probe)
                     host.probe = None
-            self._changed.notify_all()
+            self._notify_locked()
         stop.set()
         self._wake.set()
         for probe in idle_probes:
@@ -205,17 +206,26 @@ class Topology:
             return self._choose_locked(select, what)
 
     @contextlib.contextmanager
-    def waiting(self) -> Iterator[None]:
+    def waiting(self, changed: Callable[[], None]) -> Iterator[None]:
         """While a caller waits for a host outside `choose` (see `try_choose`): checks run
-        back to back, as for callers waiting in `choose`."""
+        back to back, as for callers waiting in `choose`, and `changed` is called (on the
+        monitor's thread, under the topology's lock: it must only wake the caller) at each
+        change that callers in `choose` are woken for."""
         with self._changed:
             self._waiting += 1
+            self._watchers.append(changed)
         self._wake.set()
         try:
             yield
         finally:
-            with self._changed:
+            with self._changed, contextlib.suppress(ValueError):  # reset by a fork
                 self._waiting -= 1
+                self._watchers.remove(changed)
+
+    def _notify_locked(self) -> None:
+        self._changed.notify_all()
+        for changed in self._watchers:
+            changed()
 
     def _choose_locked(self, select: Selector, what: str) -> tuple[HostState, int, int] | None:
         if self._closed:
@@ -259,7 +269,7 @@ class Topology:
                 else:
                     host.suspect, host.error = True, why
                 logger.debug("host %s suspect: %s", host.address, why)
-                self._changed.notify_all()
+                self._notify_locked()
         self._wake.set()
         self._emit_pending()
 
@@ -423,7 +433,7 @@ class Topology:
             host.failures, host.next_check = 0, 0.0  # it answers: checked as often as any
             if self._set_role(host, found.role, None):  # clears `suspect` too
                 logger.info("host %s is now %s", host.address, found.role.value)
-            self._changed.notify_all()
+            self._notify_locked()
         self._emit_pending()
 
     def _mark_down(
@@ -436,7 +446,7 @@ class Topology:
             host.next_check = time.monotonic() + backoff * self._jitter.uniform(0.5, 1.0)
             changed = self._set_role(host, Role.DOWN, why)  # also ends a suspect's connections
             host.refused_us = refused_us
-            self._changed.notify_all()
+            self._notify_locked()
             if sever:
                 # A host that stopped answering: unblock everyone waiting on it. Under the
                 # lock: a connection still listed here (or a probe still set) has not been

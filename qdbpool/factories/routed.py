@@ -125,9 +125,10 @@ class RoutedFactory(ConnectionFactory):
         what, select = self._route(read_only)
         return self._topology.try_choose(select, what)
 
-    def waiting(self) -> contextlib.AbstractContextManager[None]:
-        """Hold while waiting between `try_choose` calls: checks run back to back."""
-        return self._topology.waiting()
+    def waiting(self, changed: Callable[[], None]) -> contextlib.AbstractContextManager[None]:
+        """Hold while waiting between `try_choose` calls: checks run back to back, and
+        `changed` is called (from the monitor's thread) whenever it is worth asking again."""
+        return self._topology.waiting(changed)
 
     def no_host(self, read_only: bool) -> NoHostAvailableError:
         """The error for a caller that found no host within `acquire_timeout`."""
