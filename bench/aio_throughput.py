@@ -79,7 +79,7 @@ async def make_variants(dsn: str, tasks: int) -> list[Variant]:
         dsn,
         pool_factory_kwargs={"min_size": tasks, "max_size": tasks, "kwargs": {"autocommit": True}},
     )
-    await manager.ready(masters_count=1, timeout=30)
+    await manager.ready(masters_count=1, replicas_count=0, timeout=30)
 
     async def hasql_call() -> object:
         async with manager.acquire_master() as conn:
@@ -156,7 +156,11 @@ async def measure(dsn: str, tasks: int, rounds: int, seconds: float, rng: random
 
 async def main_async(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
-    with PostgresCluster(standbys=0, user="bench", password="bench-secret") as cluster:
+    # Three pools of up to 65 connections each are open at once.
+    settings = {"max_connections": 300}
+    with PostgresCluster(
+        standbys=0, user="bench", password="bench-secret", settings=settings
+    ) as cluster:
         dsn = cluster.multi_host_dsn()
         cpus = os.sched_getaffinity(0)
         for pid in (cluster.primary.pid, *cluster.primary.backend_pids()):
