@@ -3,10 +3,12 @@
 Every task checks out a connection, runs `SELECT 1` (autocommit: one round trip), fetches
 the row and gives the connection back, in a loop. Variants, each with as many connections
 as tasks (so that nobody waits for a connection and the pool's own cost shows):
-psycopg_pool's AsyncConnectionPool (`async with pool.connection()`), the reference;
+psycopg_pool's AsyncConnectionPool (`async with pool.connection()`), the psycopg reference;
 qdbpool.aio's BoundedPool over qdbpool.aio.factories.Postgres (`@with_conn`); hasql's
-psycopg3 PoolManager (`acquire_master()`, over AsyncConnectionPools of its own). Every
-variant connects with autocommit=True.
+psycopg3 PoolManager (`acquire_master()`, over AsyncConnectionPools of its own); and over
+asyncpg, asyncpg's own Pool (`async with pool.acquire()`, the asyncpg reference) and
+qdbpool.aio's BoundedPool over qdbpool.aio.factories.AsyncPG. psycopg connections run in
+autocommit, as asyncpg's always do.
 
 The run is made of rounds; in each, every variant runs one slice of `--seconds` (in a
 shuffled order), on pools made once per concurrency and kept warm. The ratio of a variant
@@ -38,7 +40,9 @@ TASK_COUNTS = (1, 16, 64)
 REFERENCE = "psycopg_pool"
 QDBPOOL = "qdbpool.aio"
 HASQL = "hasql"
-TARGET_VS_REFERENCE = 0.97  # qdbpool.aio's qps / psycopg_pool's
+ASYNCPG_REFERENCE = "asyncpg Pool"
+QDBPOOL_ASYNCPG = "qdbpool.aio+asyncpg"
+TARGET_VS_REFERENCE = 0.97  # qdbpool.aio's qps / the same driver's own pool's
 TARGET_VS_HASQL = 1.5  # qdbpool.aio's qps / hasql's
 
 
@@ -51,11 +55,12 @@ class Variant:
 
 
 async def make_variants(dsn: str, tasks: int) -> list[Variant]:
+    import asyncpg
     import psycopg_pool
     from hasql.psycopg3 import PoolManager
 
     import qdbpool.aio as aio
-    from qdbpool.aio.factories import Postgres
+    from qdbpool.aio.factories import AsyncPG, Postgres
 
     reference = psycopg_pool.AsyncConnectionPool(
         dsn, min_size=tasks, max_size=tasks, kwargs={"autocommit": True}, open=False
@@ -86,10 +91,25 @@ async def make_variants(dsn: str, tasks: int) -> list[Variant]:
             cursor = await conn.execute(QUERY)
             return await cursor.fetchone()
 
+    apg_reference = await asyncpg.create_pool(dsn, min_size=tasks, max_size=tasks)
+
+    async def apg_reference_call() -> object:
+        async with apg_reference.acquire() as conn:
+            return await conn.fetchrow(QUERY)
+
+    apg_pool = aio.BoundedPool(AsyncPG(dsn), size=tasks, pre_create=tasks)
+    await apg_pool.open()
+
+    @aio.with_conn(pool=apg_pool)
+    async def qdbpool_apg_call(conn: Any) -> object:
+        return await conn.fetchrow(QUERY)
+
     return [
         Variant(REFERENCE, reference_call, reference.close),
         Variant(QDBPOOL, qdbpool_call, pool.close),
         Variant(HASQL, hasql_call, manager.close),
+        Variant(ASYNCPG_REFERENCE, apg_reference_call, apg_reference.close),
+        Variant(QDBPOOL_ASYNCPG, qdbpool_apg_call, apg_pool.close),
     ]
 
 
@@ -142,22 +162,26 @@ async def measure(dsn: str, tasks: int, rounds: int, seconds: float, rng: random
     mine = by_name[QDBPOOL]
     vs_reference = ratios(mine, by_name[REFERENCE])
     vs_hasql = ratios(mine, by_name[HASQL])
+    vs_asyncpg = ratios(by_name[QDBPOOL_ASYNCPG], by_name[ASYNCPG_REFERENCE])
     qps = "  ".join(f"{v.name} {statistics.median(v.qps):,.0f}" for v in variants)
-    ok_ref = statistics.median(vs_reference) >= TARGET_VS_REFERENCE
-    ok_hasql = statistics.median(vs_hasql) >= TARGET_VS_HASQL
+
+    def judged(values: list[float], target: float) -> str:
+        met = statistics.median(values) >= target
+        return f"{line(QDBPOOL, values)} (>= {target}: {'met' if met else 'MISSED'})"
+
     return (
         f"{tasks:>3} tasks  qps (median): {qps}\n"
-        f"           qdbpool.aio / psycopg_pool {line(QDBPOOL, vs_reference)}"
-        f" (>= {TARGET_VS_REFERENCE}: {'met' if ok_ref else 'MISSED'});"
-        f" qdbpool.aio / hasql {line(QDBPOOL, vs_hasql)}"
-        f" (>= {TARGET_VS_HASQL}: {'met' if ok_hasql else 'MISSED'})"
+        f"           qdbpool.aio / psycopg_pool {judged(vs_reference, TARGET_VS_REFERENCE)};"
+        f" qdbpool.aio / hasql {judged(vs_hasql, TARGET_VS_HASQL)}\n"
+        f"           qdbpool.aio+asyncpg / asyncpg Pool"
+        f" {judged(vs_asyncpg, TARGET_VS_REFERENCE)}"
     )
 
 
 async def main_async(args: argparse.Namespace) -> None:
     rng = random.Random(args.seed)
-    # Three pools of up to 65 connections each are open at once.
-    settings = {"max_connections": 300}
+    # Five pools of up to 65 connections each are open at once.
+    settings = {"max_connections": 400}
     with PostgresCluster(
         standbys=0, user="bench", password="bench-secret", settings=settings
     ) as cluster:

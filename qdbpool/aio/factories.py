@@ -1,6 +1,6 @@
-"""Factories for qdbpool.aio: `SQLite`, over aiosqlite (the `aio` extra), and `Postgres`,
-over psycopg 3's AsyncConnection (the `postgres` extra; imported on first use, so that
-SQLite needs no psycopg)."""
+"""Factories for qdbpool.aio: `SQLite`, over aiosqlite (the `aio` extra); `Postgres`, over
+psycopg 3's AsyncConnection (the `postgres` extra), and `AsyncPG`, over asyncpg (the
+`asyncpg` extra): those two are imported on first use, so that SQLite needs neither."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from qdbpool.errors import ArgumentTypeError
 if TYPE_CHECKING:
     import aiosqlite
 
+    from qdbpool.aio.asyncpg import AsyncPG
     from qdbpool.aio.postgres import Postgres
 
-__all__ = ["Postgres", "SQLite"]
+__all__ = ["AsyncPG", "Postgres", "SQLite"]
 
 
 def __getattr__(name: str) -> Any:
@@ -23,6 +24,10 @@ def __getattr__(name: str) -> Any:
         from qdbpool.aio.postgres import Postgres
 
         return Postgres
+    if name == "AsyncPG":
+        from qdbpool.aio.asyncpg import AsyncPG
+
+        return AsyncPG
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -5,20 +5,19 @@ What is shared, not copied: the DSN rules, the options, the monitor that checks 
 (a thread of its own, with blocking psycopg probes, so no check ever runs on the event
 loop), the balancers, and the generations that make a connection to a demoted host unfit
 at its next checkout. What is asyncio's own: the application connections are opened with
-`psycopg.AsyncConnection.connect`, and a caller waiting for a host of its role awaits an
-event that the monitor sets (thread-safely) at each change of the hosts' state, so that it
-blocks nothing, wakes when a threaded caller would, and a cancellation ends its wait.
+`psycopg.AsyncConnection.connect`, and a caller waits for a host of its role without
+blocking the loop (qdbpool.aio.routing).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 from typing import Any
 
 from qdbpool.aio.protocol import ConnectionFactory
+from qdbpool.aio.routing import connect_routed
 from qdbpool.cluster.hosts import HostStatus
+from qdbpool.dsn import HostPort
 from qdbpool.errors import ConfigurationError
 from qdbpool.events import Listener
 from qdbpool.factories import postgres as threaded
@@ -63,46 +62,11 @@ class Postgres(ConnectionFactory):
         self._driver: Any = self._routing.host_driver
 
     async def connect(self, *, read_only: bool = False) -> psycopg.AsyncConnection[Any]:
-        routing = self._routing
-        deadline = time.monotonic() + routing.acquire_timeout
-        while True:
-            choice = routing.try_choose(read_only)
-            if choice is None:
-                choice = await self._wait_for_host(read_only, deadline)
-            host = choice[0]
-            kwargs = self._driver.connect_kwargs(host.address, read_only=read_only)
-            try:
-                conn = await psycopg.AsyncConnection.connect(**kwargs)
-            except Exception as exc:
-                routing.open_failed(host, exc, read_only, deadline)
-                continue  # pick again
-            except BaseException:  # cancelled while connecting
-                routing.forget_choice(host)
-                raise
-            routing.adopt(conn, choice, read_only)
-            return conn
+        async def open_connection(address: HostPort) -> psycopg.AsyncConnection[Any]:
+            kwargs = self._driver.connect_kwargs(address, read_only=read_only)
+            return await psycopg.AsyncConnection.connect(**kwargs)
 
-    async def _wait_for_host(self, read_only: bool, deadline: float) -> Any:
-        routing = self._routing
-        loop = asyncio.get_running_loop()
-        changed = asyncio.Event()
-
-        def wake() -> None:  # on the monitor's thread
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(changed.set)
-
-        with routing.waiting(wake):
-            while True:
-                changed.clear()  # before asking: a change from here on wakes us
-                choice = routing.try_choose(read_only)
-                if choice is not None:
-                    return choice
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise routing.no_host(read_only)
-                # asyncio.TimeoutError: not yet the built-in one on Python 3.10.
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(changed.wait(), remaining)
+        return await connect_routed(self._routing, read_only, open_connection)
 
     async def close_connection(self, conn: psycopg.AsyncConnection[Any]) -> None:
         # A statement whose task was cancelled mid-query was cancelled on the server by

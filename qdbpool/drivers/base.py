@@ -11,7 +11,7 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from qdbpool.dsn import HostPort, Redactor
 from qdbpool.protocol import CLEAN, LOST
@@ -40,6 +40,20 @@ class Observation:
 
     role: Role
     replica_lag: float | None = None
+
+
+class ErrorJudge(Protocol):
+    """How a routed factory tells the errors of its application connections apart: a
+    HostDriver for its own connections, or (qdbpool.aio's asyncpg factory) the judge of
+    another client library whose connections the same topology routes."""
+
+    def is_connection_lost(self, conn: Connection, exc: BaseException) -> bool: ...
+
+    def is_read_only_violation(self, exc: BaseException) -> bool: ...
+
+    def is_configuration_error(self, exc: BaseException) -> bool: ...
+
+    def describe_error(self, exc: BaseException) -> str: ...
 
 
 class HostDriver(abc.ABC):

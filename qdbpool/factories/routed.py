@@ -21,7 +21,7 @@ from qdbpool.cluster.hosts import HostState, HostStatus
 from qdbpool.cluster.options import RoutingOptions, check_seconds
 from qdbpool.cluster.router import Router
 from qdbpool.cluster.topology import Selector, Topology
-from qdbpool.drivers.base import HostDriver, Role
+from qdbpool.drivers.base import ErrorJudge, HostDriver, Role
 from qdbpool.dsn import HostPort
 from qdbpool.errors import ConfigurationError, NoHostAvailableError
 from qdbpool.events import Listener
@@ -144,20 +144,27 @@ class RoutedFactory(ConnectionFactory):
         return self._acquire_timeout
 
     def open_failed(
-        self, host: HostState, exc: Exception, read_only: bool, deadline: float
+        self,
+        host: HostState,
+        exc: Exception,
+        read_only: bool,
+        deadline: float,
+        judge: ErrorJudge | None = None,
     ) -> None:
         """Opening a connection to the chosen `host` raised `exc`: re-raises it when it
         names our settings, raises NoHostAvailableError past `deadline` (time.monotonic),
-        else returns so that the caller picks again."""
+        else returns so that the caller picks again. `judge`: who tells the errors of the
+        connection's library apart (by default, the host driver)."""
+        judge = judge or self._driver
         topology = self._topology
         topology.opened(host, None)
-        if self._driver.is_configuration_error(exc):
+        if judge.is_configuration_error(exc):
             raise exc  # a wrong password or option: the driver's own error says which
         # It was fine at the last check but not now: distrust it and pick again. A primary
         # whose new session cannot write has changed role: its connections are unfit at
         # once, as after a write refused as read-only.
-        why = self._driver.describe_error(exc)
-        demoted = not read_only and self._driver.is_read_only_violation(exc)
+        why = judge.describe_error(exc)
+        demoted = not read_only and judge.is_read_only_violation(exc)
         topology.suspect(host, why, role_changed=demoted)
         if time.monotonic() >= deadline:
             what, _ = self._route(read_only)
@@ -204,13 +211,14 @@ class RoutedFactory(ConnectionFactory):
         tag = self._tags.get(conn)
         return tag is not None and tag.current and self._driver.is_open(conn)
 
-    def is_disconnect(self, conn: Any, exc: BaseException) -> bool:
+    def is_disconnect(self, conn: Any, exc: BaseException, judge: ErrorJudge | None = None) -> bool:
+        judge = judge or self._driver
         tag = self._tags.get(conn)
-        if self._driver.is_connection_lost(conn, exc):
+        if judge.is_connection_lost(conn, exc):
             if tag is not None:
                 self._topology.suspect(tag.host, type(exc).__name__)
             return True
-        if tag is not None and not tag.read_only and self._driver.is_read_only_violation(exc):
+        if tag is not None and not tag.read_only and judge.is_read_only_violation(exc):
             # A write refused as read-only on a primary connection: the host was demoted.
             self._topology.suspect(tag.host, "it refused a write as read-only", role_changed=True)
             return True

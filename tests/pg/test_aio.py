@@ -1,7 +1,8 @@
 """qdbpool.aio over a real PostgreSQL cluster (primary + 2 streaming standbys): the asyncio
-Postgres factory routes writes to the primary and reads to replicas, follows a failover and
-a demotion with tasks, never blocks the event loop while it waits for a host, and leaves
-nothing running on the server after a storm of cancellations."""
+PostgreSQL factories (psycopg 3's AsyncConnection and asyncpg) route writes to the primary
+and reads to replicas, follow a failover and a demotion with tasks, never block the event
+loop while they wait for a host, and leave nothing running on the server after a storm of
+cancellations. Every test runs over both, on the standard event loop and on uvloop."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 import qdbpool.aio as aio
-from qdbpool.aio.factories import Postgres
+from qdbpool.aio.factories import AsyncPG, Postgres
 from qdbpool.cluster import Role
 
 WHERE = "SELECT inet_server_port(), pg_is_in_recovery()"
@@ -41,30 +42,72 @@ def run(request: pytest.FixtureRequest) -> Callable[[Callable[[], Coroutine[Any,
     return run_
 
 
-async def where(conn: Any) -> tuple[int, bool]:
-    cur = await conn.execute(WHERE)
-    port, in_recovery = await cur.fetchone()
-    return int(port), bool(in_recovery)
+class Client:
+    """One asyncio PostgreSQL factory and how its connections run the tests' statements:
+    psycopg's (a transaction opened by the first statement, committed by commit()) or
+    asyncpg's (autocommit, transactions only when asked)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def factory(self, dsn: str, **kwargs: Any) -> Any:
+        return Postgres(dsn, **kwargs) if self.name == "psycopg" else AsyncPG(dsn, **kwargs)
+
+    async def execute(self, conn: Any, sql: str, *args: Any) -> None:
+        if self.name == "psycopg":
+            await conn.execute(sql.replace("$1", "%s"), args or None)
+        else:
+            await conn.execute(sql, *args)
+
+    async def where(self, conn: Any) -> tuple[int, bool]:
+        if self.name == "psycopg":
+            cur = await conn.execute(WHERE)
+            row = await cur.fetchone()
+        else:
+            row = await conn.fetchrow(WHERE)
+        return int(row[0]), bool(row[1])
+
+    async def commit(self, conn: Any) -> None:
+        if self.name == "psycopg":
+            await conn.commit()
+
+    def named(self, name: str) -> dict[str, Any]:
+        """The factory keywords that set the sessions' application_name."""
+        if self.name == "psycopg":
+            return {"application_name": name}
+        return {"server_settings": {"application_name": name}}
+
+    async def begin(self, conn: Any) -> None:
+        """A transaction open from here on."""
+        await self.execute(conn, "BEGIN" if self.name == "asyncpg" else "SELECT 1")
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+@pytest.fixture(params=["psycopg", "asyncpg"])
+def client(request: pytest.FixtureRequest) -> Client:
+    return Client(request.param)
 
 
 def test_writes_go_to_the_primary_reads_to_a_replica_and_a_task_holds_one_of_each(
-    shared_cluster: Any, run: Any
+    shared_cluster: Any, run: Any, client: Client
 ) -> None:
     standbys = {n.port for n in shared_cluster.standbys}
 
     async def main() -> None:
-        factory = Postgres(shared_cluster.multi_host_dsn())
+        factory = client.factory(shared_cluster.multi_host_dsn())
         async with aio.BoundedPool(factory, size=4) as pool:
             await factory.ready(1, 2, timeout=10)
 
             @aio.with_conn(pool=pool, read_only=True)
             async def read(conn: Any) -> tuple[int, bool]:
-                return await where(conn)
+                return await client.where(conn)
 
             @aio.with_conn(pool=pool)
             async def write_then_read(conn: Any) -> tuple[Any, ...]:
-                await conn.execute("CREATE TEMP TABLE written (x int)")
-                return await where(conn), await read()  # the read while the write is held
+                await client.execute(conn, "CREATE TEMP TABLE written (x int)")
+                return await client.where(conn), await read()  # the read while the write is held
 
             (w_port, w_rec), (r_port, r_rec) = await write_then_read()
             assert (w_port, w_rec) == (shared_cluster.primary.port, False)
@@ -90,6 +133,7 @@ class Load:
     """Writer and reader tasks, one call every 10 ms each, each call logged."""
 
     pool: aio.BoundedPool
+    client: Client
     writes: list[list[Call]] = field(default_factory=list)
     reads: list[list[Call]] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -110,9 +154,9 @@ class Load:
             try:
                 async with self.pool.connect(read_only=read_only) as conn:
                     if not read_only:
-                        await conn.execute("INSERT INTO events VALUES (%s)", (n,))
-                    call.port, call.in_recovery = await where(conn)
-                    await conn.commit()
+                        await self.client.execute(conn, "INSERT INTO events VALUES ($1)", n)
+                    call.port, call.in_recovery = await self.client.where(conn)
+                    await self.client.commit(conn)
             except Exception as exc:
                 call.error = exc
             log.append(call)
@@ -152,20 +196,22 @@ async def until(probe: Callable[[], bool], what: str, timeout: float = 20.0) -> 
         await asyncio.sleep(0.01)
 
 
-async def prepared(cluster: Any, pool: aio.BoundedPool, factory: Postgres) -> None:
-    await factory.ready(1, 2, timeout=10)
+async def prepared(cluster: Any, pool: aio.BoundedPool, client: Client) -> None:
+    await pool.factory.ready(1, 2, timeout=10)  # type: ignore[attr-defined]
     async with pool.connect() as conn:
-        await conn.execute("CREATE TABLE events (n int)")
-        await conn.commit()
+        await client.execute(conn, "CREATE TABLE events (n int)")
+        await client.commit(conn)
     await asyncio.to_thread(cluster.wait_replicated)
 
 
-def test_sixteen_writer_and_sixteen_reader_tasks_follow_a_failover(cluster: Any, run: Any) -> None:
+def test_sixteen_writer_and_sixteen_reader_tasks_follow_a_failover(
+    cluster: Any, run: Any, client: Client
+) -> None:
     async def main() -> tuple[float, float]:
-        factory = Postgres(cluster.multi_host_dsn())
+        factory = client.factory(cluster.multi_host_dsn())
         async with aio.BoundedPool(factory, size=16, burst_limit=32) as pool:
-            await prepared(cluster, pool, factory)
-            load = Load(pool)
+            await prepared(cluster, pool, client)
+            load = Load(pool, client)
             load.start(writers=16, readers=16)
             try:
                 await until(lambda: all(len(log) >= 3 for log in load.writes + load.reads), "load")
@@ -197,13 +243,13 @@ def test_sixteen_writer_and_sixteen_reader_tasks_follow_a_failover(cluster: Any,
 
 
 def test_writes_move_after_a_demotion_with_one_read_only_error_at_most(
-    cluster: Any, run: Any
+    cluster: Any, run: Any, client: Client
 ) -> None:
     async def main() -> None:
-        factory = Postgres(cluster.multi_host_dsn())
+        factory = client.factory(cluster.multi_host_dsn())
         async with aio.BoundedPool(factory, size=8) as pool:
-            await prepared(cluster, pool, factory)
-            load = Load(pool)
+            await prepared(cluster, pool, client)
+            load = Load(pool, client)
             load.start(writers=4, readers=0)
             old = cluster.primary
             try:
@@ -237,21 +283,21 @@ def promote_another(c: Any) -> Any:
 
 
 def test_a_storm_of_cancellations_leaves_no_query_running_and_no_transaction_open(
-    shared_cluster: Any, run: Any
+    shared_cluster: Any, run: Any, client: Client
 ) -> None:
     marker = f"qdbpool-aio-storm-{random.getrandbits(32)}"
     sleep_sql = f"SELECT pg_sleep(30) /* {marker} */"  # never ends on its own in the test
 
     async def main() -> None:
-        factory = Postgres(shared_cluster.multi_host_dsn(), application_name=marker)
+        factory = client.factory(shared_cluster.multi_host_dsn(), **client.named(marker))
         pool = aio.BoundedPool(factory, size=8, burst_limit=16, timeout=20)
         rng = random.Random(1)
         loop = asyncio.get_running_loop()
 
         async def victim(n: int) -> None:
             async with pool.connect(read_only=n % 3 == 0) as conn:
-                await conn.execute("SELECT 1")  # a transaction open from here on
-                await conn.execute(sleep_sql)
+                await client.begin(conn)  # a transaction open from here on
+                await client.execute(conn, sleep_sql)
 
         for _ in range(10):  # 10 waves of 100 tasks, each cancelled at a random point:
             tasks = [asyncio.create_task(victim(n)) for n in range(100)]
@@ -276,22 +322,24 @@ def test_a_storm_of_cancellations_leaves_no_query_running_and_no_transaction_ope
         await until(lambda: len(sessions()) == pool.stats().open, "sessions settling", 5.0)
         assert all(state == "idle" for state, _ in sessions()), sessions()
         async with pool.connect() as conn:  # the pool still works
-            await conn.execute("SELECT 1")
+            await client.execute(conn, "SELECT 1")
         await pool.close()
         await until(lambda: sessions() == [], "every session closed")
 
     run(main)
 
 
-def test_close_stops_the_monitor_thread(shared_cluster: Any, run: Any) -> None:
+def test_close_stops_the_monitor_thread(shared_cluster: Any, run: Any, client: Client) -> None:
     async def main() -> None:
-        before = {t.ident for t in threading.enumerate()}
-        factory = Postgres(shared_cluster.multi_host_dsn())
+        before = set(threading.enumerate())  # not idents: an ended thread's is reused
+        factory = client.factory(shared_cluster.multi_host_dsn())
         pool = aio.BoundedPool(factory)
         async with pool.connect() as conn:
-            await conn.execute("SELECT 1")
-        started = [t for t in threading.enumerate() if t.ident not in before]
-        assert any(t.name.startswith("qdbpool-monitor") for t in started)
+            await client.execute(conn, "SELECT 1")
+        started = [t for t in threading.enumerate() if t not in before]
+        assert any(t.name.startswith("qdbpool-monitor") for t in started), [
+            (t.name, t.ident) for t in threading.enumerate()
+        ]
         await pool.close()
         for thread in started:
             thread.join(5)
@@ -305,5 +353,26 @@ def test_bad_options_fail_at_construction(shared_cluster: Any) -> None:
         Postgres(shared_cluster.multi_host_dsn(), driver="psycopg2")
     with pytest.raises(aio.ConfigurationError, match="acquire_timeout"):
         Postgres(shared_cluster.multi_host_dsn(), acquire_timeout=-1)
-    factory = Postgres(shared_cluster.multi_host_dsn())
-    assert shared_cluster.password not in repr(factory)
+    with pytest.raises(aio.ConfigurationError, match="target_session_attrs"):
+        AsyncPG(shared_cluster.multi_host_dsn(), target_session_attrs="read-write")
+    for factory in (
+        Postgres(shared_cluster.multi_host_dsn()),
+        AsyncPG(shared_cluster.multi_host_dsn()),
+    ):
+        assert shared_cluster.password not in repr(factory)
+
+
+def test_a_wrong_password_fails_at_once_without_the_password(
+    shared_cluster: Any, run: Any, client: Client
+) -> None:
+    async def main() -> None:
+        dsn = shared_cluster.multi_host_dsn(password="not-the-password")
+        async with aio.BoundedPool(client.factory(dsn, acquire_timeout=30), timeout=30) as pool:
+            began = time.monotonic()
+            with pytest.raises(aio.QdbPoolError, match="refused the connection settings") as e:
+                async with pool.connect():
+                    pass
+            assert time.monotonic() - began < 10  # not after acquire_timeout
+            assert "not-the-password" not in str(e.value)
+
+    run(main)
