@@ -19,6 +19,7 @@ from qdbpool.aio.protocol import CLEAN, LOST, NEEDS_RESET, ConnectionFactory
 from qdbpool.aio.routing import connect_routed
 from qdbpool.cluster.hosts import HostStatus
 from qdbpool.cluster.options import RoutingOptions
+from qdbpool.drivers.base import shutdown_socket
 from qdbpool.drivers.pgsql import HOST_SELECTION_PARAMS, READ_ONLY_TRANSACTION, is_lost_sqlstate
 from qdbpool.dsn import HostPort, Redactor
 from qdbpool.errors import ConfigurationError
@@ -75,6 +76,21 @@ class AsyncpgErrors:
         return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
+def _sever(conn: asyncpg.Connection) -> None:
+    """Shut down the socket of `conn` (from the monitor's thread, its host found stalled),
+    so that a task awaiting a result gets an error now rather than never. asyncpg offers no
+    public handle on its socket: its transport's is read (a private attribute) at this
+    moment, and a closed connection, whose socket number may be another's by now, is left
+    alone."""
+    if conn.is_closed():
+        return
+    transport = getattr(conn, "_transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    fd = sock.fileno() if sock is not None else -1
+    if fd >= 0:
+        shutdown_socket(fd)
+
+
 class AsyncPG(ConnectionFactory):
     """asyncpg connections to the primary (or, with `read_only=True`, a replica).
 
@@ -120,7 +136,7 @@ class AsyncPG(ConnectionFactory):
                 **self._connect_kwargs,
             )
 
-        return await connect_routed(self._routing, read_only, open_connection, self._errors)
+        return await connect_routed(self._routing, read_only, open_connection, self._errors, _sever)
 
     async def close_connection(self, conn: asyncpg.Connection) -> None:
         self._routing.forget(conn)

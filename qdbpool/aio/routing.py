@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from qdbpool.drivers.base import ErrorJudge
 from qdbpool.dsn import HostPort
@@ -27,11 +27,12 @@ async def connect_routed(
     read_only: bool,
     open_connection: Callable[[HostPort], Awaitable[C]],
     judge: ErrorJudge | None = None,
+    sever: Callable[[Any], None] | None = None,
 ) -> C:
     """A new connection, opened by `open_connection(address)` to a host that `routing`
     chooses for this role; waits up to its `acquire_timeout` for one (NoHostAvailableError
-    then). `judge` tells the connection library's errors apart (default: the routing's
-    host driver)."""
+    then). `judge` tells the connection library's errors apart and `sever` shuts one's
+    socket down under a stalled host (default: the routing's host driver)."""
     deadline = time.monotonic() + routing.acquire_timeout
     while True:
         choice = routing.try_choose(read_only)
@@ -46,7 +47,7 @@ async def connect_routed(
         except BaseException:  # cancelled while connecting
             routing.forget_choice(host)
             raise
-        routing.adopt(conn, choice, read_only)
+        routing.adopt(conn, choice, read_only, sever)
         return conn
 
 

@@ -21,7 +21,9 @@ import logging
 import random
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from qdbpool import _fork
 from qdbpool.cluster.check import CheckResult, check_host
@@ -77,6 +79,9 @@ class Topology:
         self._workers: concurrent.futures.ThreadPoolExecutor | None = None
         self._waiting = 0  # callers waiting in choose(): rounds go back to back meanwhile
         self._watchers: list[Callable[[], None]] = []  # see waiting()
+        self._severers: weakref.WeakKeyDictionary[Any, Callable[[Any], None]] = (
+            weakref.WeakKeyDictionary()
+        )  # see opened()
         self._runs = 0  # moves on at each close()
         self._jitter = random.Random()
         self._closed = False
@@ -240,13 +245,19 @@ class Topology:
             )
         return None
 
-    def opened(self, host: HostState, conn: object | None) -> None:
+    def opened(
+        self, host: HostState, conn: object | None, sever: Callable[[Any], None] | None = None
+    ) -> None:
         """The end of an open that `choose` counted: `conn` joins the host's connections
-        (None: the open failed)."""
+        (None: the open failed). `sever(conn)` shuts its socket down when the host stops
+        answering, for a connection of a library the host driver does not know (asyncpg's):
+        by default, the driver's `sever`."""
         with self._changed:
             host.opening -= 1
             if conn is not None:
                 host.connections.add(conn)
+                if sever is not None:
+                    self._severers[conn] = sever
 
     def forget(self, host: HostState, conn: object) -> None:
         with self._changed:
@@ -454,7 +465,7 @@ class Topology:
                 if host.probe is not None:
                     self._driver.sever(host.probe)
                 for conn in host.connections:
-                    self._driver.sever(conn)
+                    self._severers.get(conn, self._driver.sever)(conn)
         if changed:
             logger.warning("host %s is down: %s", host.address, why)
         self._emit_pending()

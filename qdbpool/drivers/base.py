@@ -42,6 +42,17 @@ class Observation:
     replica_lag: float | None = None
 
 
+def shutdown_socket(fd: int) -> None:
+    """shutdown(2) both ways on socket `fd`, owned by someone else (through a duplicate, so
+    that the owner's descriptor stays open until the owner closes it)."""
+    with contextlib.suppress(OSError):
+        dup = socket.socket(fileno=os.dup(fd))
+        try:
+            dup.shutdown(socket.SHUT_RDWR)
+        finally:
+            dup.close()
+
+
 class ErrorJudge(Protocol):
     """How a routed factory tells the errors of its application connections apart: a
     HostDriver for its own connections, or (qdbpool.aio's asyncpg factory) the judge of
@@ -99,14 +110,8 @@ class HostDriver(abc.ABC):
         raises. The file descriptor itself stays owned (and later closed) by the driver.
         """
         fd = self.socket_of(conn)
-        if fd is None:
-            return
-        with contextlib.suppress(OSError):
-            dup = socket.socket(fileno=os.dup(fd))
-            try:
-                dup.shutdown(socket.SHUT_RDWR)
-            finally:
-                dup.close()
+        if fd is not None:
+            shutdown_socket(fd)
 
     def close(self, conn: Connection) -> None:
         """Close `conn`, then wait (briefly) until the server has ended the session.

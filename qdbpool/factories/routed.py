@@ -188,8 +188,16 @@ class RoutedFactory(ConnectionFactory):
         if tag is not None:
             self._topology.forget(tag.host, conn)
 
-    def adopt(self, conn: Any, choice: Choice, read_only: bool) -> None:
-        """`conn`, just opened to the chosen host, is tagged with its generation."""
+    def adopt(
+        self,
+        conn: Any,
+        choice: Choice,
+        read_only: bool,
+        sever: Callable[[Any], None] | None = None,
+    ) -> None:
+        """`conn`, just opened to the chosen host, is tagged with its generation. `sever`:
+        how to shut its socket down if the host stops answering, for a connection of
+        another library than the host driver's (see Topology.opened)."""
         host, generation, roles_generation = choice
         topology = self._topology
         if read_only and host.role is Role.PRIMARY:
@@ -199,7 +207,7 @@ class RoutedFactory(ConnectionFactory):
         else:
             tag = _Tag(host, host.generation, generation, read_only)
         self._tags[conn] = tag
-        topology.opened(host, conn)
+        topology.opened(host, conn, sever)
 
     def generation_of(self, conn: Any) -> tuple[Generation, int]:
         # The pool compares this at every checkout: a role change of the host (or the host

@@ -19,6 +19,7 @@ import pytest
 import qdbpool.aio as aio
 from qdbpool.aio.factories import AsyncPG, Postgres
 from qdbpool.cluster import Role
+from qdbpool.testing.proxy import FaultProxy
 
 WHERE = "SELECT inet_server_port(), pg_is_in_recovery()"
 RUN_TIMEOUT = 60.0
@@ -123,6 +124,7 @@ def test_writes_go_to_the_primary_reads_to_a_replica_and_a_task_holds_one_of_eac
 @dataclass
 class Call:
     began: float
+    ended: float = 0.0
     port: int | None = None
     in_recovery: bool | None = None
     error: BaseException | None = None
@@ -374,5 +376,77 @@ def test_a_wrong_password_fails_at_once_without_the_password(
                     pass
             assert time.monotonic() - began < 10  # not after acquire_timeout
             assert "not-the-password" not in str(e.value)
+
+    run(main)
+
+
+def test_a_stalled_replica_blocks_no_read_for_long(
+    cluster: Any, run: Any, client: Client, url_for: Any
+) -> None:
+    """A replica that stops answering (the fault proxy holds every byte) while tasks read
+    from it: once the monitor marks it down, their reads fail at once (its sockets are shut
+    down) and the next ones go to the other replica; no task hangs."""
+    primary, direct, behind = cluster.primary, *cluster.standbys
+
+    async def main() -> None:
+        with FaultProxy(behind.host, behind.port) as proxy:
+            dsn = url_for(
+                cluster,
+                [
+                    (primary.host, primary.port),
+                    (direct.host, direct.port),
+                    (proxy.host, proxy.port),
+                ],
+            )
+            factory = client.factory(dsn, refresh_timeout=1.0)
+            async with aio.BoundedPool(factory, size=8) as pool:
+                await factory.ready(1, 2, timeout=10)
+                stop = asyncio.Event()
+                logs: list[list[Call]] = [[] for _ in range(4)]
+
+                async def reader(log: list[Call]) -> None:
+                    for _ in range(10_000):  # bounded; stop ends it long before
+                        if stop.is_set():
+                            return
+                        call = Call(time.monotonic())
+                        try:
+                            async with pool.connect(read_only=True) as conn:
+                                await client.execute(conn, "SELECT pg_sleep(0.02)")
+                                call.port, call.in_recovery = await client.where(conn)
+                        except Exception as exc:
+                            call.error = exc
+                        call.ended = time.monotonic()
+                        log.append(call)
+                        await asyncio.sleep(0.005)
+
+                tasks = [asyncio.create_task(reader(log)) for log in logs]
+                try:
+                    await until(
+                        # inet_server_port() behind the proxy: the standby's own port
+                        lambda: {c.port for log in logs for c in log} >= {behind.port, direct.port},
+                        "reads on both replicas",
+                    )
+                    stalled_at = time.monotonic()
+                    proxy.stall()
+                    await until(
+                        lambda: all(
+                            sum(
+                                1
+                                for c in log
+                                if c.began > stalled_at + 1.5 and c.port == direct.port
+                            )
+                            >= 5
+                            for log in logs
+                        ),
+                        "every reader reading from the other replica",
+                    )
+                finally:
+                    stop.set()
+                    await asyncio.wait_for(asyncio.gather(*tasks), 10)
+                    proxy.pass_through()
+        for log in logs:
+            # No call took much longer than the check timeout that found the host down.
+            longest = max(c.ended - c.began for c in log)
+            assert longest < 4.0, longest
 
     run(main)
