@@ -15,17 +15,14 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
-from qdbpool.aio.protocol import CLEAN, LOST, NEEDS_RESET, ConnectionFactory
-from qdbpool.aio.routing import connect_routed
-from qdbpool.cluster.hosts import HostStatus
+from qdbpool.aio.protocol import CLEAN, LOST, NEEDS_RESET
+from qdbpool.aio.routing import RoutedAioFactory
 from qdbpool.cluster.options import RoutingOptions
 from qdbpool.drivers.base import shutdown_socket
 from qdbpool.drivers.pgsql import HOST_SELECTION_PARAMS, READ_ONLY_TRANSACTION, is_lost_sqlstate
 from qdbpool.dsn import HostPort, Redactor
 from qdbpool.errors import ConfigurationError
-from qdbpool.events import Listener
 from qdbpool.factories import postgres as threaded
-from qdbpool.protocol import Generation
 
 try:
     import asyncpg
@@ -76,7 +73,7 @@ class AsyncpgErrors:
         return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
 
 
-def _sever(conn: asyncpg.Connection) -> None:
+def _sever_asyncpg(conn: asyncpg.Connection) -> None:
     """Shut down the socket of `conn` (from the monitor's thread, its host found stalled),
     so that a task awaiting a result gets an error now rather than never. asyncpg offers no
     public handle on its socket: its transport's is read (a private attribute) at this
@@ -91,7 +88,7 @@ def _sever(conn: asyncpg.Connection) -> None:
         shutdown_socket(fd)
 
 
-class AsyncPG(ConnectionFactory):
+class AsyncPG(RoutedAioFactory):
     """asyncpg connections to the primary (or, with `read_only=True`, a replica).
 
     Args:
@@ -108,8 +105,6 @@ class AsyncPG(ConnectionFactory):
             `target_session_attrs`, which the routing sets itself.
     """
 
-    routes_reads = True
-
     def __init__(self, dsn: str, **options: Any) -> None:
         if "target_session_attrs" in options:
             raise ConfigurationError(
@@ -123,20 +118,18 @@ class AsyncPG(ConnectionFactory):
         parsed = self._routing.dsn
         params = {k: v for k, v in parsed.params.items() if k not in HOST_SELECTION_PARAMS}
         self._dsn = replace(parsed, params=params)
-        self._errors = AsyncpgErrors(self._routing.host_driver.secrets)
+        self._judge = AsyncpgErrors(self._routing.host_driver.secrets)
+        self._sever = _sever_asyncpg
 
     def _host_dsn(self, address: HostPort) -> str:
         return replace(self._dsn, hosts=(address,)).to_url(redact=False)
 
-    async def connect(self, *, read_only: bool = False) -> asyncpg.Connection:
-        async def open_connection(address: HostPort) -> asyncpg.Connection:
-            return await asyncpg.connect(
-                self._host_dsn(address),
-                target_session_attrs="any" if read_only else "read-write",
-                **self._connect_kwargs,
-            )
-
-        return await connect_routed(self._routing, read_only, open_connection, self._errors, _sever)
+    async def _open(self, address: HostPort, *, read_only: bool) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            self._host_dsn(address),
+            target_session_attrs="any" if read_only else "read-write",
+            **self._connect_kwargs,
+        )
 
     async def close_connection(self, conn: asyncpg.Connection) -> None:
         self._routing.forget(conn)
@@ -157,34 +150,6 @@ class AsyncPG(ConnectionFactory):
         if conn.is_closed():
             return LOST
         return NEEDS_RESET if conn.is_in_transaction() else CLEAN
-
-    def generation_of(self, conn: asyncpg.Connection) -> tuple[Generation, int]:
-        return self._routing.generation_of(conn)
-
-    def is_disconnect(self, conn: asyncpg.Connection, exc: BaseException) -> bool:
-        return self._routing.is_disconnect(conn, exc, self._errors)
-
-    async def ready(
-        self,
-        masters_count: int | None = None,
-        replicas_count: int | None = None,
-        timeout: float = 10.0,
-    ) -> None:
-        """As the threaded factory's `ready()`, awaited (the wait runs in a thread)."""
-        await asyncio.to_thread(self._routing.ready, masters_count, replicas_count, timeout)
-
-    def hosts(self) -> list[HostStatus]:
-        """Each host's last known state (role, response time, lag, error)."""
-        return self._routing.hosts()
-
-    def subscribe(self, listener: Listener) -> Any:
-        """Hosts changing role and failovers (qdbpool.events), called on the monitor's
-        thread."""
-        return self._routing.subscribe(listener)
-
-    async def close(self) -> None:
-        """Stop the monitor (in a thread: it joins the monitor's)."""
-        await asyncio.to_thread(self._routing.close)
 
     def __repr__(self) -> str:
         return f"qdbpool.aio.factories.AsyncPG({self._dsn.to_url(redact=True)!r})"

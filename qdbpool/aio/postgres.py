@@ -11,17 +11,12 @@ blocking the loop (qdbpool.aio.routing).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from qdbpool.aio.protocol import ConnectionFactory
-from qdbpool.aio.routing import connect_routed
-from qdbpool.cluster.hosts import HostStatus
+from qdbpool.aio.routing import RoutedAioFactory
 from qdbpool.dsn import HostPort
 from qdbpool.errors import ConfigurationError
-from qdbpool.events import Listener
 from qdbpool.factories import postgres as threaded
-from qdbpool.protocol import Generation
 
 try:
     import psycopg
@@ -31,7 +26,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 
-class Postgres(ConnectionFactory):
+class Postgres(RoutedAioFactory):
     """psycopg 3 `AsyncConnection`s to the primary (or, with `read_only=True`, a replica).
 
     Args:
@@ -48,8 +43,6 @@ class Postgres(ConnectionFactory):
             `driver=`, which is psycopg 3 here (psycopg2 has no asyncio connections).
     """
 
-    routes_reads = True
-
     def __init__(self, dsn: str, *, pgbouncer: bool = False, **options: Any) -> None:
         if "driver" in options:
             raise ConfigurationError(
@@ -61,12 +54,9 @@ class Postgres(ConnectionFactory):
         self._routing = threaded.Postgres(dsn, pgbouncer=pgbouncer, **options)
         self._driver: Any = self._routing.host_driver
 
-    async def connect(self, *, read_only: bool = False) -> psycopg.AsyncConnection[Any]:
-        async def open_connection(address: HostPort) -> psycopg.AsyncConnection[Any]:
-            kwargs = self._driver.connect_kwargs(address, read_only=read_only)
-            return await psycopg.AsyncConnection.connect(**kwargs)
-
-        return await connect_routed(self._routing, read_only, open_connection)
+    async def _open(self, address: HostPort, *, read_only: bool) -> Any:
+        kwargs = self._driver.connect_kwargs(address, read_only=read_only)
+        return await psycopg.AsyncConnection.connect(**kwargs)
 
     async def close_connection(self, conn: psycopg.AsyncConnection[Any]) -> None:
         # A statement whose task was cancelled mid-query was cancelled on the server by
@@ -91,34 +81,6 @@ class Postgres(ConnectionFactory):
 
     def state_after_use(self, conn: psycopg.AsyncConnection[Any]) -> int:
         return int(self._driver.state_after_use(conn))
-
-    def generation_of(self, conn: psycopg.AsyncConnection[Any]) -> tuple[Generation, int]:
-        return self._routing.generation_of(conn)
-
-    def is_disconnect(self, conn: psycopg.AsyncConnection[Any], exc: BaseException) -> bool:
-        return self._routing.is_disconnect(conn, exc)
-
-    async def ready(
-        self,
-        masters_count: int | None = None,
-        replicas_count: int | None = None,
-        timeout: float = 10.0,
-    ) -> None:
-        """As the threaded factory's `ready()`, awaited (the wait runs in a thread)."""
-        await asyncio.to_thread(self._routing.ready, masters_count, replicas_count, timeout)
-
-    def hosts(self) -> list[HostStatus]:
-        """Each host's last known state (role, response time, lag, error)."""
-        return self._routing.hosts()
-
-    def subscribe(self, listener: Listener) -> Any:
-        """Hosts changing role and failovers, as the monitor finds them (qdbpool.events);
-        `listener` is called on the monitor's thread."""
-        return self._routing.subscribe(listener)
-
-    async def close(self) -> None:
-        """Stop the monitor (in a thread: it joins the monitor's)."""
-        await asyncio.to_thread(self._routing.close)
 
     def __repr__(self) -> str:
         return f"qdbpool.aio.factories.{self._routing!r}"

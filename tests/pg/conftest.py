@@ -441,3 +441,20 @@ def make_delay_proxy(closing: Callable[[Any], Any]) -> Callable[[int, float], De
         return proxy
 
     return make
+
+
+@pytest.fixture
+def promote_another() -> Callable[[PostgresCluster], Node]:
+    """What an orchestrator does for a planned switchover once the primary is read-only:
+    promote the standby that has the most WAL and make the other follow it."""
+
+    def promote(c: PostgresCluster) -> Node:
+        c.wait_replicated()
+        target = max(c.standbys, key=lambda node: node.receive_lsn() or 0)
+        target.promote()
+        for node in c.standbys:
+            if node is not target:
+                node.repoint(target)
+        return target
+
+    return promote

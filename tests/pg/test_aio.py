@@ -245,7 +245,7 @@ def test_sixteen_writer_and_sixteen_reader_tasks_follow_a_failover(
 
 
 def test_writes_move_after_a_demotion_with_one_read_only_error_at_most(
-    cluster: Any, run: Any, client: Client
+    cluster: Any, run: Any, client: Client, promote_another: Any
 ) -> None:
     async def main() -> None:
         factory = client.factory(cluster.multi_host_dsn())
@@ -272,16 +272,6 @@ def test_writes_move_after_a_demotion_with_one_read_only_error_at_most(
         assert {h.address.port: h.role for h in factory.hosts()}[old.port] is Role.REPLICA
 
     run(main)
-
-
-def promote_another(c: Any) -> Any:
-    c.wait_replicated()
-    target = max(c.standbys, key=lambda node: node.receive_lsn() or 0)
-    target.promote()
-    for node in c.standbys:
-        if node is not target:
-            node.repoint(target)
-    return target
 
 
 def test_a_storm_of_cancellations_leaves_no_query_running_and_no_transaction_open(

@@ -147,20 +147,8 @@ def test_a_lost_connection_wakes_the_monitor_instead_of_waiting_for_refresh_dela
     assert resumed.ended - killed_at < 5.0
 
 
-def promote_another(c: Any) -> Any:
-    """What an orchestrator does for a planned switchover once the primary is read-only:
-    promote the standby that has the most WAL and make the other follow it."""
-    c.wait_replicated()
-    target = max(c.standbys, key=lambda node: node.receive_lsn() or 0)
-    target.promote()
-    for node in c.standbys:
-        if node is not target:
-            node.repoint(target)
-    return target
-
-
 def test_writes_move_to_the_promoted_host_after_a_demotion_with_one_read_only_error_at_most(
-    cluster: Any, make_pool: Any, poll: Any
+    cluster: Any, make_pool: Any, poll: Any, promote_another: Any
 ) -> None:
     pool = make_pool(cluster.multi_host_dsn())
     load = start_load(cluster, pool, writers=2, readers=0, poll=poll)
@@ -187,7 +175,7 @@ def test_writes_move_to_the_promoted_host_after_a_demotion_with_one_read_only_er
 
 
 def test_a_write_never_reaches_a_primary_made_read_only_since_its_last_check(
-    cluster: Any, make_pool: Any, status_of: Any, poll: Any, threads: Any
+    cluster: Any, make_pool: Any, status_of: Any, poll: Any, threads: Any, promote_another: Any
 ) -> None:
     # The next scheduled check is 30 s away: the factory still takes the old primary for
     # one when the writer opens its connection there, as through a proxy port that now
@@ -218,7 +206,13 @@ def test_a_write_never_reaches_a_primary_made_read_only_since_its_last_check(
 
 
 def test_an_idle_connection_to_a_demoted_primary_is_discarded_at_its_next_checkout(
-    cluster: Any, make_pool: Any, hold: Any, status_of: Any, poll: Any, app_backends: Any
+    cluster: Any,
+    make_pool: Any,
+    hold: Any,
+    status_of: Any,
+    poll: Any,
+    app_backends: Any,
+    promote_another: Any,
 ) -> None:
     pool = make_pool(cluster.multi_host_dsn())
     pool.factory.ready(1, 2, timeout=10)

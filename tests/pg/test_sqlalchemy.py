@@ -160,16 +160,13 @@ def test_orm_writers_and_readers_carry_on_through_a_failover(orm: Any, poll: Any
         assert [c.error for c in log if c.error is not None] == []
 
 
-def test_orm_writes_move_to_the_promoted_host_after_a_demotion(orm: Any, poll: Any) -> None:
+def test_orm_writes_move_to_the_promoted_host_after_a_demotion(
+    orm: Any, poll: Any, promote_another: Any
+) -> None:
     cluster, _, load = orm
     old = cluster.primary
     old.set_read_only(True)
-    cluster.wait_replicated()
-    new = max(cluster.standbys, key=lambda node: node.receive_lsn() or 0)
-    new.promote()
-    for node in cluster.standbys:
-        if node is not new:
-            node.repoint(new)
+    new = promote_another(cluster)
     promoted_at = time.monotonic()
     poll(
         lambda: all(load.successes(log, new.port, promoted_at) >= 5 for log in load.writes),
