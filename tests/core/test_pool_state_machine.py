@@ -881,9 +881,13 @@ class PoolMachine(RuleBasedStateMachine):
             self.reinitialize(same_factory=True)
 
     @rule(same_factory=st.booleans())
-    @precondition(lambda self: not self.live_held(self.current))
     def reinitialize(self, same_factory: bool) -> None:
         """A new global pool (the same factory object, or a new one): the old one closes."""
+        # Checked here, not as a precondition: whether a held connection is closed yet may
+        # depend on another thread (a worker ending, a pool closing), and hypothesis
+        # requires preconditions that replay identically (FlakyStrategyDefinition).
+        if self.live_held(self.current):
+            return
         if not same_factory:
             self.factory = self._new_factory()
         self._initialize()

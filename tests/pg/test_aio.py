@@ -291,15 +291,6 @@ def test_a_storm_of_cancellations_leaves_no_query_running_and_no_transaction_ope
                 await client.begin(conn)  # a transaction open from here on
                 await client.execute(conn, sleep_sql)
 
-        for _ in range(10):  # 10 waves of 100 tasks, each cancelled at a random point:
-            tasks = [asyncio.create_task(victim(n)) for n in range(100)]
-            for task in tasks:  # waiting in line, connecting, or mid-query
-                loop.call_later(rng.uniform(0.0, 0.05), task.cancel)
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            assert all(isinstance(r, asyncio.CancelledError) for r in results), results
-        stats = pool.stats()
-        assert (stats.in_use, stats.waiting) == (0, 0)
-
         def sessions() -> list[tuple[str, str | None]]:
             rows: list[tuple[str, str | None]] = []
             for node in shared_cluster.nodes:
@@ -309,13 +300,26 @@ def test_a_storm_of_cancellations_leaves_no_query_running_and_no_transaction_ope
                 )
             return rows
 
-        # Cancelled connections are closed by the pool's own tasks, their statements
-        # cancelled on the server: a session left running pg_sleep(30) would stay.
-        await until(lambda: len(sessions()) == pool.stats().open, "sessions settling", 5.0)
-        assert all(state == "idle" for state, _ in sessions()), sessions()
-        async with pool.connect() as conn:  # the pool still works
-            await client.execute(conn, "SELECT 1")
-        await pool.close()
+        try:
+            for _ in range(10):  # 10 waves of 100 tasks, each cancelled at a random point:
+                tasks = [asyncio.create_task(victim(n)) for n in range(100)]
+                for task in tasks:  # waiting in line, connecting, or mid-query
+                    loop.call_later(rng.uniform(0.0, 0.05), task.cancel)
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+                assert all(isinstance(r, asyncio.CancelledError) for r in results), results
+            stats = pool.stats()
+            assert (stats.in_use, stats.waiting) == (0, 0)
+            # Cancelled connections are closed by the pool's own tasks, their statements
+            # cancelled on the server: a session left running pg_sleep(30) would stay.
+            try:
+                await until(lambda: len(sessions()) == pool.stats().open, "settling", 10.0)
+            except AssertionError:
+                raise AssertionError(f"{pool.stats()}; sessions: {sessions()}") from None
+            assert all(state == "idle" for state, _ in sessions()), sessions()
+            async with pool.connect() as conn:  # the pool still works
+                await client.execute(conn, "SELECT 1")
+        finally:
+            await pool.close()
         await until(lambda: sessions() == [], "every session closed")
 
     run(main)
