@@ -20,7 +20,7 @@ from qdbpool.cluster.patroni import PatroniSource, PatroniWatcher
 from qdbpool.drivers.base import HostDriver
 from qdbpool.dsn import ParsedDSN, parse_dsn
 from qdbpool.errors import ConfigurationError
-from qdbpool.factories.routed import RoutedFactory
+from qdbpool.factories.routed import Choice, RoutedFactory
 
 DRIVERS = ("psycopg", "psycopg2")
 
@@ -112,6 +112,12 @@ class Postgres(RoutedFactory):
         if self._patroni is not None:
             self._patroni.start()
         return super().connect(read_only=read_only)
+
+    def try_choose(self, read_only: bool) -> Choice | None:
+        # The asyncio factory's way in (qdbpool.aio.postgres): the watcher starts there too.
+        if self._patroni is not None:
+            self._patroni.start()
+        return super().try_choose(read_only)
 
     def ready(
         self,

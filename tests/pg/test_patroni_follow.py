@@ -304,3 +304,31 @@ def test_a_forked_child_starts_a_watcher_of_its_own(
     assert kind == "threads", value
     assert len(value) == 1
     assert process.exitcode == 0
+
+
+def test_the_asyncio_factory_follows_patroni_too_and_stops_with_close(
+    module_cluster: PostgresCluster, silent_etcd: str, poll: Any
+) -> None:
+    import asyncio
+
+    from qdbpool.aio.factories import Postgres as AsyncPostgres
+
+    before = watcher_threads()
+
+    async def main() -> int:
+        factory = AsyncPostgres(module_cluster.multi_host_dsn(), patroni=silent_etcd)
+        try:
+            conn = await factory.connect()
+            try:
+                cur = await conn.execute("SELECT inet_server_port()")
+                row = await cur.fetchone()
+                assert row is not None
+                assert len(watcher_threads() - before) == 1
+                return int(row[0])
+            finally:
+                await factory.close_connection(conn)
+        finally:
+            await factory.close()
+
+    assert asyncio.run(main()) == module_cluster.nodes[0].port
+    poll(lambda: not (watcher_threads() - before), timeout=5, what="no watcher left")
