@@ -1,18 +1,22 @@
-"""Failover on a real Patroni cluster: kill -> first acknowledged write, qdbpool vs libpq.
+"""Failover and switchover on a real Patroni cluster: event -> first acknowledged write.
 
-Each run starts, for each client in a shuffled order, a fresh Patroni cluster (etcd + 3
-members, primary_start_timeout 0, ttl 5 s, loop_wait 1 s). One writer (INSERT ... RETURNING
-the server's port, commit, every 10 ms) runs until warm (>= 1 s and >= 20 acknowledged
-writes); then the leader's postmaster is SIGKILLed and Patroni promotes a replica.
-Measured, from the kill: the first acknowledged write that started after it and that another
-server answered ("kill->write"); when the promoted member's PostgreSQL logged "ready to
-accept connections" ("promoted", Patroni's share; ms resolution); from then to that first
-write ("promoted->write", the client's own share); the calls that raised until the end of
-the run (2 s past the first write on the new leader, at most 20 s after the kill).
+Each run starts, for each event and client in a shuffled order, a fresh Patroni cluster
+(etcd + 3 members, primary_start_timeout 0, ttl 5 s, loop_wait 1 s). WRITERS writer threads
+(INSERT ... RETURNING the server's port, commit, every 10 ms each) run until warm (>= 1 s
+and >= 20 acknowledged writes each); then the event:
+  failover   - the leader's postmaster is SIGKILLed and Patroni promotes a replica;
+  switchover - a planned switchover is asked of Patroni's REST API (POST /switchover).
+Measured, from the kill or the POST ("event"): the first acknowledged write that started
+after it and that another server answered ("event->write"); when the promoted member's
+PostgreSQL logged "ready to accept connections" ("promoted", Patroni's share; ms
+resolution); from then to that first write ("promoted->write", the client's own share); the
+calls of all writers that raised until the end of the run (2 s past the first write on the
+new leader, at most 20 s after the event).
 Clients: qdbpool (Postgres factory over the multi-host DSN, its defaults; @with_conn);
-libpq (psycopg over the same hosts with target_session_attrs=read-write; on
-OperationalError it closes and reconnects, at the same 10 ms pace).
-Run: python -m bench.patroni_failover [--runs N]
+qdbpool+patroni (the same with patroni=<etcd URL>: it follows Patroni's keys too); libpq
+(psycopg over the same hosts with target_session_attrs=read-write; on OperationalError it
+closes and reconnects, at the same 10 ms pace).
+Run: python -m bench.patroni_failover [--runs N] [--events failover,switchover]
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ PACE = 0.010
 WARMUP, WARMUP_WRITES = 1.0, 20
 AFTER_RECOVERY = 2.0
 MAX_WINDOW = 20.0
+WRITERS = 4
+EVENTS = ("failover", "switchover")
 
 
 @dataclass
@@ -55,6 +61,7 @@ class Write:
 
 @dataclass
 class Outcome:
+    event: str
     client: str
     kill_to_write: float | None
     promoted: float | None
@@ -112,8 +119,10 @@ class Writer:
         self.thread.join(15)
 
 
-def qdbpool_writer(cluster: PatroniCluster, closers: list[Callable[[], None]]) -> Writer:
-    pool = qdbpool.SingletonPool(Postgres(cluster.multi_host_dsn()))
+def qdbpool_writers(
+    cluster: PatroniCluster, closers: list[Callable[[], None]], **options: Any
+) -> list[Writer]:
+    pool = qdbpool.SingletonPool(Postgres(cluster.multi_host_dsn(), **options))
     closers.append(pool.close)
 
     @qdbpool.with_conn(pool=pool)
@@ -122,7 +131,15 @@ def qdbpool_writer(cluster: PatroniCluster, closers: list[Callable[[], None]]) -
         conn.commit()
         return int(row[0])
 
-    return Writer(write)
+    return [Writer(write) for _ in range(WRITERS)]  # a connection per thread
+
+
+def patroni_writers(cluster: PatroniCluster, closers: list[Callable[[], None]]) -> list[Writer]:
+    return qdbpool_writers(cluster, closers, patroni=cluster.patroni_url())
+
+
+def libpq_writers(cluster: PatroniCluster, closers: list[Callable[[], None]]) -> list[Writer]:
+    return [libpq_writer(cluster, closers) for _ in range(WRITERS)]
 
 
 def libpq_writer(cluster: PatroniCluster, closers: list[Callable[[], None]]) -> Writer:
@@ -153,9 +170,10 @@ def libpq_writer(cluster: PatroniCluster, closers: list[Callable[[], None]]) -> 
     return Writer(write)
 
 
-CLIENTS: dict[str, Callable[[PatroniCluster, list[Callable[[], None]]], Writer]] = {
-    "qdbpool": qdbpool_writer,
-    "libpq": libpq_writer,
+CLIENTS: dict[str, Callable[[PatroniCluster, list[Callable[[], None]]], list[Writer]]] = {
+    "qdbpool": qdbpool_writers,
+    "qdbpool+patroni": patroni_writers,
+    "libpq": libpq_writers,
 }
 
 
@@ -167,58 +185,66 @@ def wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.005)
 
 
-def one_run(client: str) -> Outcome:
+def one_run(event: str, client: str) -> Outcome:
     closers: list[Callable[[], None]] = []
     with PatroniCluster(3, user=USER, password=PASSWORD) as cluster:
         try:
             cluster.sql("CREATE TABLE bench_patroni (seq int)")
             cluster.sql(f"GRANT INSERT ON bench_patroni TO {USER}")
             cluster.wait_replicated()
-            writer = CLIENTS[client](cluster, closers)
+            writers = CLIENTS[client](cluster, closers)
             warm_from = time.monotonic()
             wait(
                 lambda: (
                     time.monotonic() - warm_from >= WARMUP
-                    and sum(1 for w in writer.log if w.port is not None) >= WARMUP_WRITES
+                    and all(
+                        sum(1 for w in writer.log if w.port is not None) >= WARMUP_WRITES
+                        for writer in writers
+                    )
                 ),
                 30,
                 f"{client} warm",
             )
             old = cluster.leader
-            killed_wall, killed_at = time.time(), time.monotonic()
-            old.kill_postmaster()
+            event_wall, event_at = time.time(), time.monotonic()
+            if event == "failover":
+                old.kill_postmaster()
+            else:  # returns once the new leader takes writes; the writers run meanwhile
+                cluster.switchover()
 
             def first_write() -> Write | None:
-                return next(
-                    (
-                        w
-                        for w in list(writer.log)
-                        if w.start >= killed_at and w.port not in (None, old.port)
-                    ),
-                    None,
-                )
+                acknowledged = [
+                    w
+                    for writer in writers
+                    for w in list(writer.log)
+                    if w.start >= event_at and w.port not in (None, old.port)
+                ]
+                return min(acknowledged, key=lambda w: w.end, default=None)
 
             with contextlib.suppress(TimeoutError):
                 wait(lambda: first_write() is not None, MAX_WINDOW, f"{client} recovered")
             first = first_write()
             if first is not None:
-                end = min(first.end + AFTER_RECOVERY, killed_at + MAX_WINDOW)
+                end = min(first.end + AFTER_RECOVERY, event_at + MAX_WINDOW)
                 time.sleep(max(0.0, end - time.monotonic()))  # the tail of the window
-            writer.close()
+            first = first_write()
+            for writer in writers:
+                writer.close()
             new = cluster.wait_leader(MAX_WINDOW, other_than=old)
-            promoted_wall = promoted_at(new, killed_wall)
+            promoted_wall = promoted_at(new, event_wall)
         finally:
             for close in reversed(closers):
                 with contextlib.suppress(Exception):
                     close()
-    failed = [w for w in writer.log if w.start >= killed_at and w.port is None]
+    failed = [w for writer in writers for w in writer.log if w.start >= event_at and w.port is None]
     errors: dict[str, int] = {}
     for w in failed:
         errors[w.error or "?"] = errors.get(w.error or "?", 0) + 1
     return Outcome(
+        event,
         client,
-        kill_to_write=(first.end - killed_at) if first is not None else None,
-        promoted=(promoted_wall - killed_wall) if promoted_wall is not None else None,
+        kill_to_write=(first.end - event_at) if first is not None else None,
+        promoted=(promoted_wall - event_wall) if promoted_wall is not None else None,
         failed=len(failed),
         errors=errors,
     )
@@ -235,32 +261,41 @@ def median(values: list[float | None]) -> float | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5, help="runs per client (default 5)")
+    parser.add_argument("--runs", type=int, default=5, help="runs per event and client (5)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the shuffled orders")
     parser.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")
+    parser.add_argument(
+        "--events", default=",".join(EVENTS), help="failover, switchover or both (default)"
+    )
+    parser.add_argument("--clients", default=",".join(CLIENTS), help="a subset of the clients")
     args = parser.parse_args()
+    events = [e for e in args.events.split(",") if e]
+    clients = [c for c in args.clients.split(",") if c]
+    if not set(events) <= set(EVENTS) or not set(clients) <= set(CLIENTS):
+        parser.error(f"events are among {EVENTS}, clients among {tuple(CLIENTS)}")
     logging.basicConfig(level=logging.CRITICAL)  # the clients' warnings would drown the table
     pinned = "not pinned" if args.no_pin else pin_to_one_cpu()
     print((__doc__ or "").split("Run:")[0].rstrip())
-    print(f"{args.runs} run(s), {pinned} (Patroni, etcd and PostgreSQL too)\n")
+    print(f"{args.runs} run(s), {WRITERS} writers, {pinned} (Patroni, etcd and PostgreSQL too)\n")
     rng = random.Random(args.seed)
-    results: dict[str, list[Outcome]] = {name: [] for name in CLIENTS}
+    results: dict[tuple[str, str], list[Outcome]] = {(e, c): [] for e in events for c in clients}
     for run in range(1, args.runs + 1):
-        order = list(CLIENTS)
+        order = list(results)
         rng.shuffle(order)
-        for client in order:
-            outcome = one_run(client)
-            results[client].append(outcome)
+        for event, client in order:
+            outcome = one_run(event, client)
+            results[event, client].append(outcome)
             print(
-                f"run {run} {client:8} kill->write {fmt(outcome.kill_to_write)}  "
+                f"run {run} {event:10} {client:15} event->write {fmt(outcome.kill_to_write)}  "
                 f"promoted {fmt(outcome.promoted)}  promoted->write {fmt(outcome.own_share)}  "
                 f"failed {outcome.failed:3} {outcome.errors}",
                 flush=True,
             )
     print("\nmedians")
-    for client, outcomes in results.items():
+    for (event, client), outcomes in results.items():
         print(
-            f"  {client:8} kill->write {fmt(median([o.kill_to_write for o in outcomes]))}  "
+            f"  {event:10} {client:15} event->write "
+            f"{fmt(median([o.kill_to_write for o in outcomes]))}  "
             f"promoted {fmt(median([o.promoted for o in outcomes]))}  "
             f"promoted->write {fmt(median([o.own_share for o in outcomes]))}  "
             f"failed {statistics.median(o.failed for o in outcomes):5.1f}"

@@ -4,6 +4,8 @@
   `hosts()` reports.
 - topology.py: the monitor thread that keeps every host's role up to date.
 - check.py: one check of one host, shared with `qdbpool probe`.
+- patroni.py: an optional source beside the checks: Patroni's keys in etcd, read by a
+  thread of its own, announce leader changes and switchovers (`Topology.hint`).
 - router.py: hasql's routing rules and balancers.
 - options.py: `RoutingOptions`, the routing keywords of Postgres and MySQL, checked once.
 

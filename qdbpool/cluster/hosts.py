@@ -63,6 +63,9 @@ class HostState:
         # An error made us doubt it: no new connections go there until a check answers,
         # but connections already open stay (one lost session says little about the rest).
         self.suspect = False
+        # Word from outside (Patroni) that this host is not, or is about to stop being, the
+        # leader: no new connection for writes goes there, whatever its checks say.
+        self.held_back = False
         self.opening = 0  # connections being opened right now (greedy counts them too)
         self.refused_us = False  # down because of our configuration (e.g. a wrong password)
         self.probe: Any = None  # the driver connection the checks use
@@ -94,6 +97,12 @@ class HostState:
             role=self.role,
             response_time=self.response_time,
             replica_lag=self.replica_lag if self.role is Role.REPLICA else None,
-            error=f"suspect: {self.error}" if self.suspect else self.error,
+            error=(
+                f"suspect: {self.error}"
+                if self.suspect
+                else "held back: not the orchestrator's leader"
+                if self.held_back and self.role is Role.PRIMARY
+                else self.error
+            ),
             connections=len(self.connections),
         )

@@ -34,7 +34,11 @@ class Router:
 
     def select_primary(self, hosts: Sequence[HostState]) -> HostState | None:
         # Two primaries (a split brain) is for an orchestrator to fix; take the first one.
-        return next((h for h in hosts if h.role is Role.PRIMARY and not h.suspect), None)
+        # One that an orchestrator said is leaving (held_back) takes no new writes.
+        return next(
+            (h for h in hosts if h.role is Role.PRIMARY and not h.suspect and not h.held_back),
+            None,
+        )
 
     def select_replica(self, hosts: Sequence[HostState]) -> HostState | None:
         primaries = [h for h in hosts if h.role is Role.PRIMARY and not h.suspect]

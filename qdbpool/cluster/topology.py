@@ -22,7 +22,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any
 
 from qdbpool import _fork
@@ -281,6 +281,26 @@ class Topology:
                     host.suspect, host.error = True, why
                 logger.debug("host %s suspect: %s", host.address, why)
                 self._notify_locked()
+        self._wake.set()
+        self._emit_pending()
+
+    def hint(self, why: str, held_back: Collection[HostPort] = ()) -> None:
+        """Word from an orchestrator (Patroni) that the cluster changed or is about to:
+        every host is re-checked now, and the hosts in `held_back` (not the leader, or
+        announced to stop being it) take no new connection for writes, whatever their
+        checks say, until a later hint lifts it; one that was a primary has its
+        connections made unfit at once. Writers then wait in choose() for a primary that
+        the checks confirm: an announcement alone never makes a host a primary."""
+        with self._changed:
+            for host in self.hosts:
+                hold = host.address in held_back
+                if hold and not host.held_back and host.role is Role.PRIMARY:
+                    self._set_role(host, Role.UNKNOWN, why)
+                elif host.role in (Role.PRIMARY, Role.REPLICA):
+                    host.suspect, host.error = True, why
+                host.held_back = hold
+            logger.debug("hint: %s; held back: %s", why, ",".join(map(str, held_back)) or "-")
+            self._notify_locked()
         self._wake.set()
         self._emit_pending()
 

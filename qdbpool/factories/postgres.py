@@ -16,10 +16,11 @@ from __future__ import annotations
 from typing import Any
 
 from qdbpool.cluster.options import RoutingOptions
+from qdbpool.cluster.patroni import PatroniSource, PatroniWatcher
 from qdbpool.drivers.base import HostDriver
 from qdbpool.dsn import ParsedDSN, parse_dsn
 from qdbpool.errors import ConfigurationError
-from qdbpool.factories.routed import RoutedFactory
+from qdbpool.factories.routed import Choice, RoutedFactory
 
 DRIVERS = ("psycopg", "psycopg2")
 
@@ -42,6 +43,13 @@ class Postgres(RoutedFactory):
             which fail there ("prepared statement ... does not exist"); psycopg2 prepares
             nothing by itself. The role checks need nothing: each is one statement, run
             in autocommit.
+        patroni: Optional: follow Patroni as well as checking the hosts, given as the URL of
+            the etcd (v3) that Patroni uses followed by its namespace and scope, e.g.
+            `"http://etcd1:2379,etcd2:2379/service/batman"`. A thread reads Patroni's keys
+            every `patroni_interval` seconds (0.05 by default): on a leader change the
+            hosts are checked again at once, and a planned switchover, announced before
+            the old leader shuts down, stops new connections for writes to it; writers
+            wait until the checks find the new primary (`qdbpool.cluster.patroni`).
         **options: The routing options, by name: `refresh_delay`, `refresh_timeout`,
             `acquire_timeout`, `fallback_master`, `master_as_replica_weight`, `balancer`,
             `max_replica_lag` (see `qdbpool.cluster.options.RoutingOptions`).
@@ -60,7 +68,14 @@ class Postgres(RoutedFactory):
     """
 
     def __init__(
-        self, dsn: str, *, driver: str = "psycopg", pgbouncer: bool = False, **options: Any
+        self,
+        dsn: str,
+        *,
+        driver: str = "psycopg",
+        pgbouncer: bool = False,
+        patroni: str | None = None,
+        patroni_interval: float = 0.05,
+        **options: Any,
     ) -> None:
         if driver not in DRIVERS:
             raise ConfigurationError(
@@ -70,6 +85,7 @@ class Postgres(RoutedFactory):
             raise ConfigurationError(
                 f"Postgres: pgbouncer must be True or False, not {pgbouncer!r}"
             )
+        source = None if patroni is None else PatroniSource.parse(patroni, patroni_interval)
         routing = RoutingOptions.take_from(options)
         connect_kwargs = options
         parsed = parse_dsn(dsn)
@@ -90,11 +106,42 @@ class Postgres(RoutedFactory):
         super().__init__(
             parsed.hosts, _make_driver(driver, parsed, connect_kwargs, pgbouncer=pgbouncer), routing
         )
+        self._patroni = None if source is None else PatroniWatcher(source, self._topology)
+
+    def connect(self, *, read_only: bool = False) -> Any:
+        if self._patroni is not None:
+            self._patroni.start()
+        return super().connect(read_only=read_only)
+
+    def try_choose(self, read_only: bool) -> Choice | None:
+        # The asyncio factory's way in (qdbpool.aio.postgres): the watcher starts there too.
+        if self._patroni is not None:
+            self._patroni.start()
+        return super().try_choose(read_only)
+
+    def ready(
+        self,
+        masters_count: int | None = None,
+        replicas_count: int | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        if self._patroni is not None:
+            self._patroni.start()
+        super().ready(masters_count, replicas_count, timeout)
+
+    def close(self) -> None:
+        """Stop the monitor (and the Patroni watcher) and close its probes; see
+        RoutedFactory.close."""
+        if self._patroni is not None:
+            self._patroni.stop()
+        super().close()
 
     def __repr__(self) -> str:
         extra = "" if self.driver == "psycopg" else f", driver={self.driver!r}"
         if self.pgbouncer:
             extra += ", pgbouncer=True"
+        if self._patroni is not None:
+            extra += f", patroni={str(self._patroni.source)!r}"
         return f"Postgres({self.dsn.to_url(redact=True)!r}{extra})"
 
 

@@ -5,6 +5,7 @@
         cluster.sql("CREATE TABLE t (x int)")   # on the leader
         new_leader = cluster.switchover()       # planned, through Patroni's REST API
         new_leader = cluster.failover()         # SIGKILL of the leader's postmaster
+        Postgres(dsn, patroni=cluster.patroni_url())   # a factory that follows Patroni too
         old = new_leader; old.kill()            # node loss: Patroni and PostgreSQL at once
         old.start(); cluster.wait_healthy()     # it rejoins as a replica (pg_rewind)
 
@@ -720,6 +721,11 @@ class PatroniCluster:
         chosen = members if members is not None else self.members
         hosts = [(m.host, m.port) for m in chosen]
         return url(user, password, hosts, dbname or self.dbname, params)
+
+    def patroni_url(self) -> str:
+        """What `Postgres(dsn, patroni=...)` follows: etcd's URL, then Patroni's namespace
+        and this cluster's scope."""
+        return f"{self.etcd.url}/qdbpool/{self.scope}"
 
     def sql(
         self, query: SqlText, params: Params | None = None, *, timeout: float = 30.0

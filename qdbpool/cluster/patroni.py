@@ -1,0 +1,310 @@
+"""Following Patroni: a thread that reads Patroni's keys in etcd and tells the topology.
+
+    Postgres(dsn, patroni="http://etcd1:2379,etcd2:2379/service/batman")
+
+The URL names etcd's client endpoints (the v3 API; its JSON gateway, so the standard
+library is enough) and Patroni's key prefix, `namespace` + `scope` of its configuration
+(`/service/` and the cluster's name by default). Every `interval` seconds one range read
+of that prefix gives the leader key, the `failover` key (a switchover or failover asked
+for) and each member's role, state and PostgreSQL address.
+
+Why etcd and not Patroni's REST API: a planned switchover is written to the `failover` key
+about 0.17 s before the old leader's PostgreSQL shuts down, and nothing in `GET /cluster`
+shows it until the leader key is released, after the shutdown (measured with Patroni
+3.0.2; see docs/guides/postgres.md).
+
+What it says, the topology hears through one call, `Topology.hint`: on any change, every
+host is checked again now, and the hosts that Patroni does not make the leader (or that a
+switchover is leaving) take no new connection for writes. It never makes a host a primary:
+the SQL checks stay the judge, and writers wait for them. Should etcd not answer, nothing
+is held back (the SQL checks alone decide, as without this option).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urlsplit
+
+from qdbpool import _fork
+from qdbpool.cluster.topology import Topology
+from qdbpool.dsn import HostPort
+from qdbpool.errors import ConfigurationError
+from qdbpool.validation import seconds
+
+logger = logging.getLogger("qdbpool")
+
+ETCD_PORT = 2379
+REQUEST_TIMEOUT = 1.0  # seconds one read of etcd may take before the next endpoint is tried
+
+
+@dataclass(frozen=True)
+class PatroniSource:
+    """Where Patroni keeps its state: etcd endpoints and the cluster's key prefix."""
+
+    endpoints: tuple[HostPort, ...]
+    prefix: str  # e.g. "/service/batman/"
+    tls: bool
+    interval: float
+
+    @classmethod
+    def parse(cls, url: object, interval: object) -> PatroniSource:
+        every = seconds("patroni_interval", interval)
+        if not isinstance(url, str):
+            raise ConfigurationError(
+                "patroni must be a URL such as 'http://etcd1:2379,etcd2:2379/service/batman' "
+                f"(etcd's endpoints, then Patroni's namespace and scope), not {type(url).__name__}"
+            )
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise ConfigurationError(
+                "patroni must be an http:// or https:// URL of etcd (v3 API), "
+                f"not {parts.scheme or 'one without a scheme'}"
+            )
+        if "@" in parts.netloc:  # never shown: it may hold a password
+            raise ConfigurationError("patroni: credentials in the etcd URL are not supported")
+        if parts.query or parts.fragment:
+            raise ConfigurationError("patroni: the etcd URL takes no query or fragment")
+        endpoints = tuple(_endpoint(part) for part in parts.netloc.split(","))
+        path = parts.path.strip("/")
+        if not path:
+            raise ConfigurationError(
+                "patroni: the URL's path must be Patroni's namespace and scope, "
+                "e.g. /service/batman"
+            )
+        return cls(endpoints, f"/{path}/", parts.scheme == "https", every)
+
+    def __str__(self) -> str:
+        hosts = ",".join(str(e) for e in self.endpoints)
+        return f"{'https' if self.tls else 'http'}://{hosts}{self.prefix.rstrip('/')}"
+
+
+def _endpoint(text: str) -> HostPort:
+    host, sep, port = text.rpartition(":") if not text.endswith("]") else (text, "", "")
+    if not sep:
+        host, port = text, str(ETCD_PORT)
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise ConfigurationError(f"patroni: bad etcd endpoint {text!r}")
+    return HostPort(host, int(port))
+
+
+@dataclass(frozen=True)
+class View:
+    """What Patroni's keys say, reduced to what routing needs."""
+
+    leader: str | None  # the member holding the leader key
+    leaving: str | None  # the leader, when a switchover (or failover) away from it is asked
+    members: frozenset[tuple[str, str, str]]  # (name, role, state)
+    addresses: dict[str, HostPort]  # member -> its PostgreSQL
+
+    def held_back(self) -> set[str]:
+        """Members that must take no new writes: every one but the leader, and the leader
+        too while a switchover away from it is pending."""
+        return {n for n in self.addresses if n != self.leader or n == self.leaving}
+
+    def why(self) -> str:
+        if self.leaving is not None:
+            return f"Patroni: a switchover away from {self.leaving} is announced"
+        return f"Patroni: leader {self.leader or '(none)'}"
+
+
+def read_view(kvs: dict[str, str], now: datetime) -> View:
+    """The View of the keys under the prefix (their names without it)."""
+    leader = kvs.get("leader") or None
+    leaving = leader if leader is not None and _pending(kvs.get("failover"), leader, now) else None
+    members, addresses = set(), {}
+    for key, value in kvs.items():
+        if not key.startswith("members/"):
+            continue
+        name = key[len("members/") :]
+        try:
+            data = json.loads(value)
+            conn = urlsplit(str(data.get("conn_url", "")))
+            if conn.hostname:
+                addresses[name] = HostPort(conn.hostname, conn.port or 5432)
+        except (ValueError, TypeError, AttributeError):
+            data = {}
+        if not isinstance(data, dict):
+            data = {}
+        members.add((name, str(data.get("role", "")), str(data.get("state", ""))))
+    return View(leader, leaving, frozenset(members), addresses)
+
+
+def _pending(failover: str | None, leader: str, now: datetime) -> bool:
+    """True if the `failover` key asks, now, for the leader to hand over. Patroni leaves
+    it as "{}" once done; one naming another leader is stale; one scheduled later is not
+    due yet (nor one whose time cannot be read: better no announcement than a wrong one)."""
+    try:
+        data = json.loads(failover or "{}")
+    except ValueError:
+        return False
+    if not isinstance(data, dict):
+        return False
+    asked_from, candidate = data.get("leader"), data.get("candidate")
+    due: bool
+    if asked_from is not None:
+        due = bool(asked_from == leader)
+    else:
+        due = candidate is not None and bool(candidate != leader)
+    at = data.get("scheduled_at")
+    if due and at:
+        try:
+            when = datetime.fromisoformat(str(at))
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+        except ValueError:
+            return False
+        return when <= now
+    return due
+
+
+class PatroniWatcher:
+    """One thread reading Patroni's keys every `interval` and hinting the topology."""
+
+    def __init__(self, source: PatroniSource, topology: Topology) -> None:
+        self.source = source
+        self._topology = topology
+        self._lock = threading.Lock()
+        self._reset()
+        _fork.watch(self)
+
+    def _reset(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def __repr__(self) -> str:
+        return f"<PatroniWatcher {self.source}>"
+
+    def start(self) -> None:
+        """Start the thread (idempotent; again after stop(), and in a forked child)."""
+        if self._thread is not None:  # the hot path: no lock once it runs
+            return
+        with self._lock:
+            if self._thread is None:
+                stop = self._stop = threading.Event()
+                self._thread = threading.Thread(
+                    target=self._run,
+                    args=(stop,),
+                    name=f"qdbpool-patroni[{self.source}]",
+                    daemon=True,
+                )
+                self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._stop.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=REQUEST_TIMEOUT * len(self.source.endpoints) + 1.0)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self._reset()  # the parent's thread does not exist here: started again on use
+
+    # -- the thread --------------------------------------------------------------------
+
+    def _run(self, stop: threading.Event) -> None:
+        reader = _EtcdReader(self.source)
+        last: View | None = None
+        reachable = True
+        warned_unmatched = False
+        try:
+            while not stop.is_set():
+                kvs = reader.read()
+                if stop.is_set():
+                    return
+                if kvs is None:
+                    if reachable:  # nothing to go by: the SQL checks alone decide
+                        logger.warning("patroni: etcd at %s does not answer", self.source)
+                        self._topology.hint("Patroni's state unknown", ())
+                        reachable, last = False, None
+                else:
+                    reachable = True
+                    view = read_view(kvs, datetime.now(timezone.utc))
+                    if view != last:
+                        held = self._ours({view.addresses[n] for n in view.held_back()})
+                        if (
+                            not warned_unmatched
+                            and view.addresses
+                            and not self._ours(set(view.addresses.values()))
+                        ):
+                            warned_unmatched = True
+                            logger.warning(
+                                "patroni: no member's PostgreSQL address is a host of the DSN"
+                            )
+                        self._topology.hint(view.why(), held)
+                        last = view
+                stop.wait(self.source.interval)
+        except Exception:  # never die silently; the SQL checks still run
+            logger.exception("patroni watcher failed")
+            self._topology.hint("Patroni's state unknown", ())
+        finally:
+            reader.close()
+
+    def _ours(self, addresses: set[HostPort]) -> set[HostPort]:
+        """The topology's own HostPorts among `addresses` (matched case-insensitively)."""
+        by_key = {_key(h.address): h.address for h in self._topology.hosts}
+        return {by_key[_key(a)] for a in addresses if _key(a) in by_key}
+
+
+def _key(address: HostPort) -> tuple[str, int]:
+    return address.host.lower(), address.port
+
+
+class _EtcdReader:
+    """Range reads of the prefix through etcd's v3 JSON gateway, one endpoint at a time."""
+
+    def __init__(self, source: PatroniSource) -> None:
+        self._source = source
+        self._next = 0
+        self._conn: http.client.HTTPConnection | None = None
+        prefix = source.prefix.encode()
+        end = prefix[:-1] + bytes([prefix[-1] + 1])
+        self._body = json.dumps({"key": _b64(prefix), "range_end": _b64(end)}).encode()
+
+    def read(self) -> dict[str, str] | None:
+        """The keys under the prefix (names without it) and their values; None when no
+        endpoint answered."""
+        for _ in self._source.endpoints:
+            try:
+                return self._read_one()
+            except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
+                logger.debug("patroni: etcd read failed: %s", type(exc).__name__)
+                self.close()
+                self._next = (self._next + 1) % len(self._source.endpoints)
+        return None
+
+    def _read_one(self) -> dict[str, str]:
+        if self._conn is None:
+            where = self._source.endpoints[self._next]
+            kind = http.client.HTTPSConnection if self._source.tls else http.client.HTTPConnection
+            self._conn = kind(where.host, where.port, timeout=REQUEST_TIMEOUT)
+        self._conn.request("POST", "/v3/kv/range", self._body, {"Content-Type": "application/json"})
+        response = self._conn.getresponse()
+        payload = response.read()
+        if response.status != 200:
+            raise ValueError(f"HTTP {response.status}")
+        data: Any = json.loads(payload)
+        cut = len(self._source.prefix)
+        return {
+            base64.b64decode(kv["key"]).decode()[cut:]: base64.b64decode(
+                kv.get("value", "")
+            ).decode()
+            for kv in data.get("kvs", [])
+        }
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

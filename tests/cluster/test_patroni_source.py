@@ -1,0 +1,195 @@
+"""Following Patroni, without a server: the `patroni=` option, what Patroni's keys are read
+as, and what a hint does to routing (qdbpool.cluster.patroni, Topology.hint)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from qdbpool.cluster.hosts import HostState
+from qdbpool.cluster.options import RoutingOptions
+from qdbpool.cluster.patroni import PatroniSource, read_view
+from qdbpool.cluster.router import Router
+from qdbpool.cluster.topology import Topology
+from qdbpool.drivers.base import Role
+from qdbpool.dsn import HostPort
+from qdbpool.errors import ConfigurationError
+from qdbpool.factories.postgres import Postgres
+
+NOW = datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc)
+
+
+def member(port: int, role: str = "replica", state: str = "running") -> str:
+    return json.dumps(
+        {
+            "conn_url": f"postgres://127.0.0.1:{port}/postgres",
+            "role": role,
+            "state": state,
+            "api_url": f"http://127.0.0.1:{port + 1000}/patroni",
+            "xlog_location": 5,
+        }
+    )
+
+
+def keys(leader: str | None = "m0", failover: dict[str, Any] | None = None) -> dict[str, str]:
+    kvs = {
+        "members/m0": member(5000, "master"),
+        "members/m1": member(5001),
+        "members/m2": member(5002),
+    }
+    if leader is not None:
+        kvs["leader"] = leader
+    if failover is not None:
+        kvs["failover"] = json.dumps(failover)
+    return kvs
+
+
+# -- the option ----------------------------------------------------------------------------------
+
+
+def test_the_option_takes_etcd_endpoints_and_patronis_key_prefix() -> None:
+    source = PatroniSource.parse("http://e1:2379,e2,[::1]:2380/service/batman/", 0.05)
+    assert source.endpoints == (HostPort("e1", 2379), HostPort("e2", 2379), HostPort("::1", 2380))
+    assert source.prefix == "/service/batman/"
+    assert not source.tls
+    assert str(source) == "http://e1:2379,e2:2379,[::1]:2380/service/batman"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (8008, "must be a URL"),
+        ("", "http:// or https://"),
+        ("etcd1:2379/service/x", "http:// or https://"),
+        ("http://etcd1:2379", "namespace and scope"),
+        ("http://etcd1:2379/", "namespace and scope"),
+        ("http://etcd1:port/service/x", "bad etcd endpoint"),
+        ("http://etcd1,/service/x", "bad etcd endpoint"),
+        ("http://etcd1/service/x?timeout=1", "no query"),
+    ],
+)
+def test_a_bad_patroni_option_is_a_configuration_error(value: object, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        Postgres("postgresql://db1,db2/app", patroni=value)  # type: ignore[arg-type]
+
+
+def test_credentials_in_the_patroni_url_are_refused_and_never_shown() -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Postgres("postgresql://db1/app", patroni="http://root:s3cret@etcd1/service/x")
+    assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("interval", [0, -1, "0.05", True, float("nan")])
+def test_a_bad_patroni_interval_is_a_configuration_error(interval: object) -> None:
+    with pytest.raises(ConfigurationError, match="patroni_interval"):
+        Postgres("postgresql://db1/app", patroni="http://e/service/x", patroni_interval=interval)  # type: ignore[arg-type]
+
+
+def test_the_factory_shows_what_it_follows_and_no_password() -> None:
+    factory = Postgres("postgresql://app:s3cret@db1,db2/app", patroni="http://e1/service/x")
+    try:
+        assert repr(factory) == (
+            "Postgres('postgresql://app:***@db1:5432,db2:5432/app', "
+            "patroni='http://e1:2379/service/x')"
+        )
+    finally:
+        factory.close()
+
+
+# -- what the keys say ---------------------------------------------------------------------------
+
+
+def test_every_member_but_the_leader_is_held_back() -> None:
+    view = read_view(keys(), NOW)
+    assert view.leader == "m0" and view.leaving is None
+    assert view.held_back() == {"m1", "m2"}
+    assert view.addresses["m1"] == HostPort("127.0.0.1", 5001)
+
+
+def test_a_switchover_away_from_the_leader_holds_the_leader_back_too() -> None:
+    view = read_view(keys(failover={"leader": "m0"}), NOW)
+    assert view.leaving == "m0"
+    assert view.held_back() == {"m0", "m1", "m2"}
+    assert "switchover away from m0" in view.why()
+
+
+def test_a_failover_to_a_candidate_holds_the_leader_back() -> None:
+    assert read_view(keys(failover={"candidate": "m2"}), NOW).leaving == "m0"
+
+
+def test_the_finished_switchover_does_not_hold_the_new_leader_back() -> None:
+    # Patroni leaves "{}" behind, or the old request for a while after the new leader took
+    # the key.
+    for failover in ({}, {"leader": "m0", "candidate": "m1"}):
+        view = read_view(keys(leader="m1", failover=failover), NOW)
+        assert view.leaving is None
+        assert view.held_back() == {"m0", "m2"}
+
+
+def test_a_switchover_scheduled_later_holds_nothing_back_until_its_time() -> None:
+    later = (NOW + timedelta(minutes=5)).isoformat()
+    assert read_view(keys(failover={"leader": "m0", "scheduled_at": later}), NOW).leaving is None
+    due = NOW + timedelta(minutes=6)
+    assert read_view(keys(failover={"leader": "m0", "scheduled_at": later}), due).leaving == "m0"
+
+
+def test_with_no_leader_key_every_member_is_held_back() -> None:
+    assert read_view(keys(leader=None), NOW).held_back() == {"m0", "m1", "m2"}
+
+
+def test_a_member_key_that_cannot_be_read_is_no_address() -> None:
+    kvs = keys()
+    kvs["members/m2"] = "not json"
+    view = read_view(kvs, NOW)
+    assert "m2" not in view.addresses
+    assert view.held_back() == {"m1"}
+
+
+# -- what a hint does ----------------------------------------------------------------------------
+
+
+class NoDriver:
+    """The topology's monitor is never started here: nothing is asked of a driver."""
+
+
+def topology_with_roles(*roles: Role) -> Topology:
+    addresses = [HostPort("127.0.0.1", 5000 + i) for i in range(len(roles))]
+    topology = Topology(addresses, NoDriver(), refresh_delay=1.0, refresh_timeout=1.0)  # type: ignore[arg-type]
+    for host, role in zip(topology.hosts, roles, strict=True):
+        host.set_role(role, None)
+    return topology
+
+
+def select_primary(topology: Topology) -> HostState | None:
+    return Router(RoutingOptions()).select_primary(topology.hosts)
+
+
+def test_a_held_back_primary_takes_no_new_writes_and_its_connections_become_unfit() -> None:
+    topology = topology_with_roles(Role.PRIMARY, Role.REPLICA)
+    primary = topology.hosts[0]
+    before = primary.generation.value
+    topology.hint("switchover announced", {primary.address})
+    assert primary.generation.value != before  # its connections are not handed out again
+    primary.set_role(Role.PRIMARY, None)  # its next check still finds a primary ...
+    assert select_primary(topology) is None  # ... but writes wait for another one
+    assert "held back" in str(primary.status())
+
+
+def test_a_later_hint_lifts_the_hold() -> None:
+    topology = topology_with_roles(Role.PRIMARY, Role.REPLICA)
+    primary = topology.hosts[0]
+    topology.hint("switchover announced", {primary.address})
+    primary.set_role(Role.PRIMARY, None)
+    topology.hint("Patroni's state unknown", ())
+    primary.set_role(Role.PRIMARY, None)  # the re-check the hint asked for
+    assert select_primary(topology) is primary
+
+
+def test_a_hint_makes_every_known_host_suspect_until_checked_again() -> None:
+    topology = topology_with_roles(Role.PRIMARY, Role.REPLICA, Role.DOWN)
+    topology.hint("Patroni: leader m0", ())
+    assert [h.suspect for h in topology.hosts] == [True, True, False]
+    assert all(h.role is not Role.UNKNOWN for h in topology.hosts)  # connections stay fit
