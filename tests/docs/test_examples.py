@@ -157,6 +157,10 @@ def docs_postgres() -> Iterator[Any]:
             conn.execute("CREATE TABLE orders (item text)")
             conn.execute("CREATE TABLE jobs (id int PRIMARY KEY, state text)")
             conn.execute("INSERT INTO jobs VALUES (1, 'new')")
+            # The SQLAlchemy guide's create_all() finds it, and the replicas have it by the
+            # time the guide reads there (a table created by the example itself may not
+            # have reached them yet: replicas lag).
+            conn.execute("CREATE TABLE customers (id serial PRIMARY KEY, name varchar(100))")
         cluster.wait_replicated()
         yield cluster
 
