@@ -91,24 +91,40 @@ def test_role_gauge_events_and_counters_through_a_failover(
         assert (old.port, "down") in changes and (new.port, "primary") in changes
         assert len(errors) <= 2, errors  # at most one per writer thread
 
-        stats = pool.stats()
-        assert value(metrics, "qdbpool.connection.created") == stats.created
-        assert value(metrics, "qdbpool.connection.checkouts") == stats.checkouts
-        assert value(metrics, "qdbpool.connection.discarded") == stats.discarded >= 1
-        closed = sum(
-            point.value
-            for (name, _), point in metrics.read().items()
-            if name == "qdbpool.connection.closed"
-        )
-        assert closed == stats.closed
-        idle = value(
-            metrics, "db.client.connection.count", **{"db.client.connection.state": "idle"}
-        )
-        used = value(
-            metrics, "db.client.connection.count", **{"db.client.connection.state": "used"}
-        )
-        assert (idle, used) == (stats.idle, stats.in_use)
-        assert value(metrics, "db.client.connection.create_time").count == stats.created
+        def counts_agree() -> bool:
+            # Read again each time: a writer thread that just ended closes its connection
+            # (SingletonPool) between a read of the stats and one of the metrics.
+            stats = pool.stats()
+            closed = sum(
+                point.value
+                for (name, _), point in metrics.read().items()
+                if name == "qdbpool.connection.closed"
+            )
+            idle = value(
+                metrics, "db.client.connection.count", **{"db.client.connection.state": "idle"}
+            )
+            used = value(
+                metrics, "db.client.connection.count", **{"db.client.connection.state": "used"}
+            )
+            return stats.discarded >= 1 and (
+                value(metrics, "qdbpool.connection.created"),
+                value(metrics, "qdbpool.connection.checkouts"),
+                value(metrics, "qdbpool.connection.discarded"),
+                closed,
+                idle,
+                used,
+                value(metrics, "db.client.connection.create_time").count,
+            ) == (
+                stats.created,
+                stats.checkouts,
+                stats.discarded,
+                stats.closed,
+                stats.idle,
+                stats.in_use,
+                stats.created,
+            )
+
+        poll(counts_agree, what="the connection metrics agreeing with stats()")
         assert value(metrics, "qdbpool.host.check.duration", **where(new.port)) > 0
     finally:
         pool.close()
