@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from qdbpool.aio.protocol import CLEAN, LOST, NEEDS_RESET
-from qdbpool.aio.routing import RoutedAioFactory
+from qdbpool.aio.routing import CancelSender, RoutedAioFactory
 from qdbpool.cluster.options import RoutingOptions
 from qdbpool.drivers.base import shutdown_socket
 from qdbpool.drivers.pgsql import HOST_SELECTION_PARAMS, READ_ONLY_TRANSACTION, is_lost_sqlstate
@@ -26,6 +26,7 @@ from qdbpool.factories import postgres as threaded
 
 try:
     import asyncpg
+    from asyncpg import connect_utils
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "the AsyncPG factory needs asyncpg (and psycopg for its role checks): "
@@ -114,12 +115,11 @@ class AsyncPG(RoutedAioFactory):
         self._connect_kwargs = options
         # The threaded factory validates the DSN and the routing options and keeps the
         # cluster's state; it never opens an application connection here.
-        self._routing = threaded.Postgres(dsn, **vars(routing_options))
-        parsed = self._routing.dsn
+        routing = threaded.Postgres(dsn, **vars(routing_options))
+        super().__init__(routing, AsyncpgErrors(routing.host_driver.secrets), _sever_asyncpg)
+        parsed = routing.dsn
         params = {k: v for k, v in parsed.params.items() if k not in HOST_SELECTION_PARAMS}
         self._dsn = replace(parsed, params=params)
-        self._judge = AsyncpgErrors(self._routing.host_driver.secrets)
-        self._sever = _sever_asyncpg
 
     def _host_dsn(self, address: HostPort) -> str:
         return replace(self._dsn, hosts=(address,)).to_url(redact=False)
@@ -130,6 +130,29 @@ class AsyncPG(RoutedAioFactory):
             target_session_attrs="any" if read_only else "read-write",
             **self._connect_kwargs,
         )
+
+    # asyncpg's close() waits for the answer to a statement being cancelled.
+    _close_awaits_answer = True
+
+    def _cancel_sender(self, conn: asyncpg.Connection) -> CancelSender:
+        # asyncpg has no public way to send a cancel request: its private helper is
+        # called with the connection's address, parameters and key, taken now so that
+        # they still serve once it is closed. (The connection's own method, also
+        # private, needs it open and ends it when a request cannot be sent.)
+        protocol = conn._protocol
+        addr, params = conn._addr, conn._params
+        pid, secret = protocol.backend_pid, protocol.backend_secret
+
+        async def send_cancel() -> None:
+            await connect_utils._cancel(
+                loop=asyncio.get_running_loop(),
+                addr=addr,
+                params=params,
+                backend_pid=pid,
+                backend_secret=secret,
+            )
+
+        return send_cancel
 
     async def close_connection(self, conn: asyncpg.Connection) -> None:
         self._routing.forget(conn)

@@ -18,7 +18,9 @@ connection being opened, a ping, the reset after a use) goes on in a task of the
 own, whose outcome goes back to the pool: a new connection to the next caller, a failed
 one's capacity to the next waiter. A connection whose holder was cancelled, or raised, is
 reset (rolled back) before anyone else gets it, or closed if its factory says a cancelled
-operation leaves it unknowable (`ConnectionFactory.cancel_safe`).
+operation leaves it unknowable (`ConnectionFactory.cancel_safe`); then the factory's
+`close_interrupted` may stop that operation on the server first, and the capacity comes
+back once it is done.
 """
 
 from __future__ import annotations
@@ -75,6 +77,10 @@ _CLOSED = _Grant("closed")
 
 # What a no-I/O look at an idle connection decides.
 _FIT, _UNFIT, _PING = 0, 1, 2
+
+# A use that ends with one of these was interrupted like a cancelled one (asyncio.timeout
+# cancels the body, then raises TimeoutError; asyncio's own class is another before 3.11).
+_TIMEOUTS = (TimeoutError, asyncio.TimeoutError)
 
 
 class _Conn:
@@ -621,12 +627,15 @@ class BoundedPool:
         raw = conn.raw
         try:
             if exc is not None:
-                if isinstance(exc, Exception):
-                    lost = self._factory.is_disconnect(raw, exc)
-                else:  # cancelled (or interrupted) in the middle of who knows what
-                    lost = not self._factory.cancel_safe
-                if lost:
-                    self._retire(conn, f"its use raised {type(exc).__name__}", discarded=True)
+                why = f"its use raised {type(exc).__name__}"
+                # Cancelled, or timed out (asyncio.timeout cancels, then raises this), in
+                # the middle of who knows what: an operation may still be running.
+                interrupted = not isinstance(exc, Exception) or isinstance(exc, _TIMEOUTS)
+                if interrupted and not self._factory.cancel_safe:
+                    self._retire(conn, why, discarded=True, interrupted=True)
+                    return
+                if isinstance(exc, Exception) and self._factory.is_disconnect(raw, exc):
+                    self._retire(conn, why, discarded=True)
                     return
             state = self._look_after_use(raw)
             if state == LOST:
@@ -682,28 +691,36 @@ class BoundedPool:
 
     # -- closing --------------------------------------------------------------------------
 
-    def _retire(self, conn: _Conn, why: str, *, discarded: bool = False) -> None:
+    def _retire(
+        self, conn: _Conn, why: str, *, discarded: bool = False, interrupted: bool = False
+    ) -> None:
         """Close a connection (no longer idle, or in use by nobody) for good, in a task of
-        the pool's own; its capacity comes back once the driver connection is closed."""
+        the pool's own; its capacity comes back once the driver connection is closed (an
+        `interrupted` one's: once its factory has done what it can to stop the operation
+        still running on the server, `ConnectionFactory.close_interrupted`)."""
         self._live.discard(conn)
         self._in_use.discard(conn)
         conn.owner = None
         self._closed_count += 1
         self._discarded += discarded
         logger.debug("closing connection %#x: %s", id(conn.raw), why)
-        self._spawn(self._close_and_free(conn.raw), "closing a connection")
+        self._spawn(self._close_and_free(conn.raw, interrupted), "closing a connection")
 
-    async def _close_and_free(self, raw: Connection) -> None:
+    async def _close_and_free(self, raw: Connection, interrupted: bool = False) -> None:
         try:
-            await self._close_raw(raw)
+            await self._close_raw(raw, interrupted)
         finally:
             self._reserved -= 1
             self._dispatch()
             self._check_drained()
 
-    async def _close_raw(self, raw: Connection) -> None:
+    async def _close_raw(self, raw: Connection, interrupted: bool = False) -> None:
+        factory = self._factory
         try:
-            await self._factory.close_connection(raw)
+            if interrupted:
+                await factory.close_interrupted(raw)
+            else:
+                await factory.close_connection(raw)
         except Exception as exc:
             logger.debug("closing %#x raised %s (ignored)", id(raw), type(exc).__name__)
 

@@ -11,9 +11,10 @@ blocking the loop (qdbpool.aio.routing).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from qdbpool.aio.routing import RoutedAioFactory
+from qdbpool.aio.routing import CancelSender, RoutedAioFactory
 from qdbpool.dsn import HostPort
 from qdbpool.errors import ConfigurationError
 from qdbpool.factories import postgres as threaded
@@ -51,17 +52,30 @@ class Postgres(RoutedAioFactory):
             )
         # The threaded factory validates everything and keeps the cluster's state; it
         # never opens an application connection here.
-        self._routing = threaded.Postgres(dsn, pgbouncer=pgbouncer, **options)
-        self._driver: Any = self._routing.host_driver
+        routing = threaded.Postgres(dsn, pgbouncer=pgbouncer, **options)
+        super().__init__(routing)
+        self._driver: Any = routing.host_driver
 
     async def _open(self, address: HostPort, *, read_only: bool) -> Any:
         kwargs = self._driver.connect_kwargs(address, read_only=read_only)
         return await psycopg.AsyncConnection.connect(**kwargs)
 
+    def _cancel_sender(self, conn: psycopg.AsyncConnection[Any]) -> CancelSender:
+        # libpq's cancel object copies the session's address and key: it still serves
+        # once the connection is closed. Sending with it blocks, so in a thread.
+        cancel = conn.pgconn.get_cancel()
+
+        async def send_cancel() -> None:
+            await asyncio.to_thread(cancel.cancel)
+
+        return send_cancel
+
+    def _may_be_running(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        # psycopg cancels the statement of a task cancelled mid-query itself, in that
+        # task, and waits up to 5 s for its answer; a connection it closed got none.
+        return bool(conn.closed)
+
     async def close_connection(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        # A statement whose task was cancelled mid-query was cancelled on the server by
-        # psycopg itself, as the cancellation reached it; such a connection is closed
-        # (cancel_safe is False) rather than trusted with a rollback.
         self._routing.forget(conn)
         await conn.close()
 

@@ -70,6 +70,13 @@ class ConnectionFactory:
         if close is not None:
             await maybe_await(close())
 
+    async def close_interrupted(self, conn: Connection) -> None:
+        """Close a driver connection whose use was interrupted in the middle of an
+        operation (its task cancelled or timed out) when the factory is not `cancel_safe`:
+        the operation may still be running on the server, and this is the factory's chance
+        to stop it before (or while) the connection goes. The default: `close_connection`."""
+        await self.close_connection(conn)
+
     async def ping(self, conn: Connection) -> None:
         """A round trip to the server; raises if the connection does not answer."""
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -25,6 +27,38 @@ from qdbpool.factories.routed import Choice, RoutedFactory
 from qdbpool.protocol import Generation
 
 C = TypeVar("C")
+
+logger = logging.getLogger("qdbpool.aio")
+
+#: Sends one cancel request for a connection's server session (usable after it closed).
+CancelSender = Callable[[], Awaitable[None]]
+
+# PostgreSQL ignores a cancel request that reaches a session while it is still reading its
+# next statement, which then runs to its end: under load, a driver's one cancel of a task's
+# statement loses that race now and then. After an interrupted use, the cancel is sent
+# again after each of these delays until the server is seen to answer the statement, or
+# they run out (3.15 s in all).
+CANCEL_AGAIN_AFTER = (0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
+
+
+async def cancel_again_until(
+    answered: asyncio.Future[Any] | None, send_cancel: CancelSender
+) -> None:
+    """Send a cancel request after each delay of CANCEL_AGAIN_AFTER until `answered` is
+    done; every time when the answer cannot be seen (`answered` None). Stops at the first
+    request that cannot be delivered: the server is gone, or cannot be reached for it."""
+    for delay in CANCEL_AGAIN_AFTER:
+        if answered is None:
+            await asyncio.sleep(delay)
+        else:
+            await asyncio.wait((answered,), timeout=delay)
+            if answered.done():
+                return
+        try:
+            await asyncio.wait_for(send_cancel(), CANCEL_AGAIN_AFTER[-1])
+        except Exception as exc:
+            logger.debug("sending a cancel request failed (%s): not again", type(exc).__name__)
+            return
 
 
 async def connect_routed(
@@ -85,20 +119,67 @@ class RoutedAioFactory(ConnectionFactory):
     (`_judge`) and shut its sockets down (`_sever`) where the host driver cannot."""
 
     routes_reads = True
-    _routing: RoutedFactory
-    _judge: ErrorJudge | None = None
-    _sever: Callable[[Any], None] | None = None
+
+    def __init__(
+        self,
+        routing: RoutedFactory,
+        judge: ErrorJudge | None = None,
+        sever: Callable[[Any], None] | None = None,
+    ) -> None:
+        self._routing = routing
+        self._judge = judge
+        self._sever = sever
+        # Each open connection's way to cancel its statement (see close_interrupted).
+        self._cancel_senders: weakref.WeakKeyDictionary[Any, CancelSender] = (
+            weakref.WeakKeyDictionary()
+        )
 
     async def _open(self, address: HostPort, *, read_only: bool) -> Any:
+        raise NotImplementedError
+
+    def _cancel_sender(self, conn: Any) -> CancelSender:
+        """How to cancel `conn`'s statement on the server, made as it opens (so that it
+        still works once the connection is closed)."""
         raise NotImplementedError
 
     async def connect(self, *, read_only: bool = False) -> Any:
         async def open_connection(address: HostPort) -> Any:
             return await self._open(address, read_only=read_only)
 
-        return await connect_routed(
+        conn = await connect_routed(
             self._routing, read_only, open_connection, self._judge, self._sever
         )
+        self._cancel_senders[conn] = self._cancel_sender(conn)
+        return conn
+
+    # Whether close_connection() waits for the server to answer a cancelled statement
+    # (asyncpg's close does); if not, the cancel is sent again blindly, every time.
+    _close_awaits_answer = False
+
+    def _may_be_running(self, conn: Any) -> bool:
+        """Whether an interrupted use may have left a statement running on the server."""
+        return True
+
+    async def close_interrupted(self, conn: Any) -> None:
+        """Close `conn` while its statement, if one may still be running, is cancelled
+        again (CANCEL_AGAIN_AFTER) until the server answers it: its caller's one cancel
+        may have reached the server before the statement and been ignored."""
+        send_cancel = self._cancel_senders.pop(conn, None)
+        if send_cancel is None or not self._may_be_running(conn):
+            await self.close_connection(conn)
+            return
+        closing = asyncio.ensure_future(self.close_connection(conn))
+        try:
+            answered = closing if self._close_awaits_answer else None
+            await cancel_again_until(answered, send_cancel)
+        finally:
+            # Still waiting for an answer after every cancel: the close gives up (for
+            # asyncpg, by closing the socket at once).
+            if not closing.done():
+                closing.cancel()
+            await asyncio.wait((closing,))
+        if not closing.cancelled():
+            closing.result()  # its error, if it raised one
 
     def generation_of(self, conn: Any) -> tuple[Generation, int]:
         return self._routing.generation_of(conn)

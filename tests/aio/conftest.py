@@ -141,6 +141,7 @@ class FakeFactory(ConnectionFactory):
         self.fail_connects = 0
         self.pings = 0
         self.resets = 0
+        self.interrupted_closes = 0  # closes of connections whose use was interrupted
 
     async def connect(self, *, read_only: bool = False) -> FakeConnection:
         if self.gate is not None:
@@ -156,6 +157,10 @@ class FakeFactory(ConnectionFactory):
     async def close_connection(self, conn: FakeConnection) -> None:
         await asyncio.sleep(0)
         conn.closed = True
+
+    async def close_interrupted(self, conn: FakeConnection) -> None:
+        self.interrupted_closes += 1
+        await self.close_connection(conn)
 
     async def ping(self, conn: FakeConnection) -> None:
         self.pings += 1

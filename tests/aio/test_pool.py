@@ -469,9 +469,14 @@ def test_a_body_cancelled_mid_statement_is_reset_after_that_statement(
     run(main)
 
 
-def test_a_cancelled_body_of_a_factory_not_cancel_safe_closes_the_connection(
-    run: Run, fake_factory_cls: Any, until: Any
+@pytest.mark.parametrize("interrupt", ["cancel", "timeout"])
+def test_an_interrupted_body_of_a_factory_not_cancel_safe_closes_the_connection(
+    run: Run, fake_factory_cls: Any, until: Any, interrupt: str
 ) -> None:
+    """Cancelled, or timed out inside the checkout (asyncio.wait_for cancels the operation
+    and raises TimeoutError): the operation may still run, so the connection is closed,
+    by the factory's close_interrupted, not reset and handed on."""
+
     async def main() -> None:
         factory = fake_factory_cls()
         factory.cancel_safe = False
@@ -482,15 +487,22 @@ def test_a_cancelled_body_of_a_factory_not_cancel_safe_closes_the_connection(
         async def body() -> None:
             async with pool.connect():
                 in_body.set()
+                if interrupt == "timeout":
+                    await asyncio.wait_for(asyncio.Event().wait(), 0.01)
                 await asyncio.Event().wait()
 
         task = asyncio.create_task(body())
         await in_body.wait()
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
+        if interrupt == "cancel":
+            task.cancel()
+        expected = asyncio.CancelledError if interrupt == "cancel" else asyncio.TimeoutError
+        with pytest.raises(expected):
             await task
         await until(lambda: factory.opened[0].closed, what="the connection closed")
+        assert factory.interrupted_closes == 1
         assert pool.stats().discarded == 1
+        async with pool.connect() as conn:
+            assert conn is not factory.opened[0]
         await pool.close()
 
     run(main)

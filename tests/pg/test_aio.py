@@ -7,7 +7,10 @@ cancellations. Every test runs over both, on the standard event loop and on uvlo
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -81,6 +84,10 @@ class Client:
     async def begin(self, conn: Any) -> None:
         """A transaction open from here on."""
         await self.execute(conn, "BEGIN" if self.name == "asyncpg" else "SELECT 1")
+
+    def backend_pid(self, conn: Any) -> int:
+        """The process id of the connection's server session."""
+        return int(conn.info.backend_pid if self.name == "psycopg" else conn.get_server_pid())
 
     def __repr__(self) -> str:
         return self.name
@@ -321,6 +328,88 @@ def test_a_storm_of_cancellations_leaves_no_query_running_and_no_transaction_ope
         finally:
             await pool.close()
         await until(lambda: sessions() == [], "every session closed")
+
+    run(main)
+
+
+def _process_status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as status:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in status if ":\t" in line)
+
+
+def _wait_for_process(pid: int, ready: Callable[[dict[str, str]], bool], what: str) -> None:
+    deadline = time.monotonic() + 10.0
+    while not ready(_process_status(pid)):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"server process {pid}: {what} not seen within 10s")
+        time.sleep(0.001)
+
+
+def _sigint_pending(status: dict[str, str]) -> bool:
+    mask = int(status["ShdPnd"], 16) | int(status["SigPnd"], 16)
+    return bool(mask & (1 << (signal.SIGINT - 1)))
+
+
+@pytest.mark.parametrize("interrupt", ["cancel", "timeout"])
+def test_a_cancel_the_server_ignores_is_sent_again_until_the_statement_stops(
+    shared_cluster: Any, run: Any, client: Client, interrupt: str
+) -> None:
+    """PostgreSQL ignores a cancel request that reaches a session still reading its next
+    statement; the statement then runs to its end although its task was cancelled long
+    before. Under load that happens by chance; here every time: the session's process is
+    stopped (SIGSTOP) while the statement and the driver's cancel request are sent, and
+    goes on only once the cancel is pending. The cancel must be sent again until the
+    statement stops, well before its 30 s: whether the task was cancelled, or the
+    statement timed out inside the checkout (a TimeoutError is an interruption too)."""
+    marker = f"qdbpool-aio-lost-cancel-{random.getrandbits(32)}"
+    sleep_sql = f"SELECT pg_sleep(30) /* {marker} */"
+
+    def running() -> list[Any]:
+        return shared_cluster.primary.sql(  # type: ignore[no-any-return]
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s AND state = 'active'",
+            [marker],
+        )
+
+    async def main() -> None:
+        factory = client.factory(shared_cluster.multi_host_dsn(), **client.named(marker))
+        pool = aio.BoundedPool(factory, size=1, burst_limit=1, timeout=20)
+        stopped: list[int] = []
+        sent = asyncio.Event()
+
+        async def victim() -> None:
+            async with pool.connect() as conn:
+                pid = client.backend_pid(conn)
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+                _wait_for_process(pid, lambda s: s["State"].startswith("T"), "stopped")
+                sent.set()  # the statement is sent in this same step, before any await
+                if interrupt == "timeout":
+                    await asyncio.wait_for(client.execute(conn, sleep_sql), 0.2)
+                else:
+                    await client.execute(conn, sleep_sql)
+
+        try:
+            task = asyncio.create_task(victim())
+            await asyncio.wait_for(sent.wait(), 10)
+            await asyncio.sleep(0)  # the victim's step ends where it awaits the result
+            if interrupt == "cancel":
+                task.cancel()
+            pid = stopped[0]
+            try:
+                await asyncio.to_thread(_wait_for_process, pid, _sigint_pending, "SIGINT")
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            (outcome,) = await asyncio.gather(task, return_exceptions=True)
+            expected = asyncio.CancelledError if interrupt == "cancel" else asyncio.TimeoutError
+            assert isinstance(outcome, expected), repr(outcome)
+            await until(lambda: running() == [], "the cancelled statement stopped", 10.0)
+            async with pool.connect() as conn:  # the pool still works
+                await client.execute(conn, "SELECT 1")
+        finally:
+            for pid in stopped:  # never leave a server process stopped
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            await pool.close()
 
     run(main)
 
