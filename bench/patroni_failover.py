@@ -15,13 +15,16 @@ new leader, at most 20 s after the event).
 Clients: qdbpool (Postgres factory over the multi-host DSN, its defaults; @with_conn);
 qdbpool+patroni (the same with patroni=<etcd URL>: it follows Patroni's keys too); libpq
 (psycopg over the same hosts with target_session_attrs=read-write; on OperationalError it
-closes and reconnects, at the same 10 ms pace).
+closes and reconnects, at the same 10 ms pace); hasql (its psycopg 3 PoolManager with its
+defaults, acquire_master(), on an event loop in a thread of its own that the writer
+threads hand their calls to).
 Run: python -m bench.patroni_failover [--runs N] [--events failover,switchover]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import logging
 import random
@@ -170,10 +173,43 @@ def libpq_writer(cluster: PatroniCluster, closers: list[Callable[[], None]]) -> 
     return Writer(write)
 
 
+def hasql_writers(cluster: PatroniCluster, closers: list[Callable[[], None]]) -> list[Writer]:
+    from hasql.psycopg3 import PoolManager
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="bench-hasql-loop", daemon=True)
+    thread.start()
+
+    async def make() -> Any:
+        return PoolManager(cluster.multi_host_dsn())  # it wants a running loop
+
+    manager = asyncio.run_coroutine_threadsafe(make(), loop).result(30)
+
+    async def insert(seq: int) -> int:
+        async with manager.acquire_master() as conn:
+            cursor = await conn.execute(INSERT, (seq,))
+            row = await cursor.fetchone()
+            await conn.commit()
+        return int(row[0])
+
+    def write(seq: int) -> int:
+        return asyncio.run_coroutine_threadsafe(insert(seq), loop).result(30)
+
+    def close() -> None:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(manager.close(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+    closers.append(close)
+    return [Writer(write) for _ in range(WRITERS)]
+
+
 CLIENTS: dict[str, Callable[[PatroniCluster, list[Callable[[], None]]], list[Writer]]] = {
     "qdbpool": qdbpool_writers,
     "qdbpool+patroni": patroni_writers,
     "libpq": libpq_writers,
+    "hasql": hasql_writers,
 }
 
 
@@ -273,7 +309,8 @@ def main() -> int:
     clients = [c for c in args.clients.split(",") if c]
     if not set(events) <= set(EVENTS) or not set(clients) <= set(CLIENTS):
         parser.error(f"events are among {EVENTS}, clients among {tuple(CLIENTS)}")
-    logging.basicConfig(level=logging.CRITICAL)  # the clients' warnings would drown the table
+    # The clients' warnings (psycopg.pool's, under hasql) would drown the table.
+    logging.disable(logging.ERROR)
     pinned = "not pinned" if args.no_pin else pin_to_one_cpu()
     print((__doc__ or "").split("Run:")[0].rstrip())
     print(f"{args.runs} run(s), {WRITERS} writers, {pinned} (Patroni, etcd and PostgreSQL too)\n")
