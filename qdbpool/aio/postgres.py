@@ -11,10 +11,9 @@ blocking the loop (qdbpool.aio.routing).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
-from qdbpool.aio.routing import CancelSender, RoutedAioFactory
+from qdbpool.aio.routing import RoutedAioFactory
 from qdbpool.dsn import HostPort
 from qdbpool.errors import ConfigurationError
 from qdbpool.factories import postgres as threaded
@@ -59,16 +58,6 @@ class Postgres(RoutedAioFactory):
     async def _open(self, address: HostPort, *, read_only: bool) -> Any:
         kwargs = self._driver.connect_kwargs(address, read_only=read_only)
         return await psycopg.AsyncConnection.connect(**kwargs)
-
-    def _cancel_sender(self, conn: psycopg.AsyncConnection[Any]) -> CancelSender:
-        # libpq's cancel object copies the session's address and key: it still serves
-        # once the connection is closed. Sending with it blocks, so in a thread.
-        cancel = conn.pgconn.get_cancel()
-
-        async def send_cancel() -> None:
-            await asyncio.to_thread(cancel.cancel)
-
-        return send_cancel
 
     def _may_be_running(self, conn: psycopg.AsyncConnection[Any]) -> bool:
         # psycopg cancels the statement of a task cancelled mid-query itself, in that

@@ -137,10 +137,18 @@ class RoutedAioFactory(ConnectionFactory):
     async def _open(self, address: HostPort, *, read_only: bool) -> Any:
         raise NotImplementedError
 
-    def _cancel_sender(self, conn: Any) -> CancelSender:
+    def _cancel_sender(self, conn: Any) -> CancelSender | None:
         """How to cancel `conn`'s statement on the server, made as it opens (so that it
-        still works once the connection is closed)."""
-        raise NotImplementedError
+        still works once the connection is closed); None: no way. By default the host
+        driver's (HostDriver.cancel_sender), in a thread: its sending blocks."""
+        send = self._routing.cancel_sender(conn)
+        if send is None:
+            return None
+
+        async def send_cancel() -> None:
+            await asyncio.to_thread(send)
+
+        return send_cancel
 
     async def connect(self, *, read_only: bool = False) -> Any:
         async def open_connection(address: HostPort) -> Any:
@@ -149,7 +157,9 @@ class RoutedAioFactory(ConnectionFactory):
         conn = await connect_routed(
             self._routing, read_only, open_connection, self._judge, self._sever
         )
-        self._cancel_senders[conn] = self._cancel_sender(conn)
+        send_cancel = self._cancel_sender(conn)
+        if send_cancel is not None:
+            self._cancel_senders[conn] = send_cancel
         return conn
 
     # Whether close_connection() waits for the server to answer a cancelled statement

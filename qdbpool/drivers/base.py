@@ -145,7 +145,9 @@ class HostDriver(abc.ABC):
 
         Called from a thread that does not own `conn`, while its owner may be blocked in
         a query: it must do no I/O on `conn` and read only what stays valid once `conn`
-        is closed. The callable returned does the I/O, later, in a thread of its own."""
+        is closed. The callable returned does the I/O, later, in a thread of its own, and
+        may be called more than once (qdbpool.aio sends a request again that the server
+        may have ignored)."""
         return None
 
     def cancel(self, conn: Connection, address: HostPort) -> None:

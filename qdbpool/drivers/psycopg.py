@@ -164,7 +164,9 @@ class PsycopgDriver(HostDriver):
 
 def _send_cancel_request(cancel_conn: Any, timeout: float) -> None:
     """Drive libpq's non-blocking cancel connection to its end, within `timeout` seconds;
-    waits in select(), so other threads run meanwhile."""
+    waits in select(), so other threads run meanwhile. It is reset, not finished, after
+    each request, so that the same request can be sent again (qdbpool.aio resends one the
+    server may have ignored); libpq's copy is freed with the object."""
     deadline = time.monotonic() + timeout
     try:
         cancel_conn.start()
@@ -185,7 +187,7 @@ def _send_cancel_request(cancel_conn: Any, timeout: float) -> None:
             else:
                 select.select([], fds, [], remaining)
     finally:
-        cancel_conn.finish()
+        cancel_conn.reset()
 
 
 def check_connect_kwargs(connect_kwargs: dict[str, Any]) -> None:

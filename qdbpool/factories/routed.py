@@ -238,6 +238,12 @@ class RoutedFactory(ConnectionFactory):
     def ping(self, conn: Any) -> None:
         self._driver.ping(conn)
 
+    def cancel_sender(self, conn: Any) -> Callable[[], None] | None:
+        """The host driver's way to ask `conn`'s server to stop its statement (see
+        HostDriver.cancel_sender): None when the driver has none, or `conn` is not ours."""
+        tag = self._tags.get(conn)
+        return None if tag is None else self._driver.cancel_sender(conn, tag.host.address)
+
     def interrupt(self, conn: Any) -> None:
         # The server is asked to stop the statement (a cancel request, KILL QUERY): without
         # it, a query whose client went away runs on to its end. Then shutdown(2) on the

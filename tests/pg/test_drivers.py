@@ -195,6 +195,38 @@ def test_cancel_stops_the_running_statement_on_the_server(
     assert conn.execute("SELECT 1").fetchone()[0] == 1
 
 
+def test_the_same_cancel_request_can_be_sent_again(
+    shared_cluster: Any, pg: Any, opened: Any, poll: Any
+) -> None:
+    """qdbpool.aio sends a cancel again when the server may have ignored it (it arrived
+    before the statement): the sender made once must work every time, not just once."""
+    primary = shared_cluster.primary
+    driver = pg.host_driver(primary.dsn())
+    address = address_of(primary)
+    conn = opened(driver, address)
+    send = driver.cancel_sender(conn, address)
+    assert send is not None
+    send()  # nothing running: ignored by the server
+    send()
+    outcome: dict[str, Any] = {}
+
+    def sleep() -> None:
+        try:
+            conn.execute(SLEEP)
+        except Exception as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=sleep, name="driver-sleeper")
+    thread.start()
+    try:
+        poll(lambda: _sleeping(primary) == 1, timeout=20, what="pg_sleep running")
+        send()  # the third time: this one stops it
+        poll(lambda: _sleeping(primary) == 0, timeout=5, what="pg_sleep stopped")
+    finally:
+        thread.join(35)
+    assert isinstance(outcome["error"], pg.module.errors.QueryCanceled)
+
+
 def test_a_cancel_sent_to_a_stalled_host_freezes_no_thread(
     shared_cluster: Any, pg: Any, opened: Any
 ) -> None:
