@@ -1,6 +1,7 @@
 """Factories for qdbpool.aio: `SQLite`, over aiosqlite (the `aio` extra); `Postgres`, over
-psycopg 3's AsyncConnection (the `postgres` extra), and `AsyncPG`, over asyncpg (the
-`asyncpg` extra): those two are imported on first use, so that SQLite needs neither."""
+psycopg 3's AsyncConnection (the `postgres` extra), `AsyncPG`, over asyncpg (the `asyncpg`
+extra), and `MySQL`, over aiomysql (the `aiomysql` extra): those three are imported on
+first use, so that SQLite needs none of them."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ if TYPE_CHECKING:
     import aiosqlite
 
     from qdbpool.aio.asyncpg import AsyncPG
+    from qdbpool.aio.mysql import MySQL
     from qdbpool.aio.postgres import Postgres
 
-__all__ = ["AsyncPG", "Postgres", "SQLite"]
+__all__ = ["AsyncPG", "MySQL", "Postgres", "SQLite"]
 
 
 def __getattr__(name: str) -> Any:
@@ -28,6 +30,10 @@ def __getattr__(name: str) -> Any:
         from qdbpool.aio.asyncpg import AsyncPG
 
         return AsyncPG
+    if name == "MySQL":
+        from qdbpool.aio.mysql import MySQL
+
+        return MySQL
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

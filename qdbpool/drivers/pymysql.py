@@ -50,8 +50,8 @@ _REFUSED_US = frozenset(
         1698,  # ER_ACCESS_DENIED_NO_PASSWORD_ERROR
     }
 )
-# What pymysql.connect accepts: anything else is refused when the factory is made.
-_PYMYSQL_KWARGS = frozenset(
+#: What pymysql.connect accepts: anything else is refused when the factory is made.
+PYMYSQL_CONNECT_KWARGS = frozenset(
     inspect.signature(pymysql.connections.Connection.__init__).parameters
 ) - {"self"}
 
@@ -85,10 +85,19 @@ def typed_params(params: dict[str, Any]) -> dict[str, Any]:
     return typed
 
 
+def is_lost_error(exc: BaseException) -> bool:
+    """Whether `exc` (PyMySQL's, or aiomysql's: the same classes) says the session is gone."""
+    if isinstance(exc, (pymysql.err.InterfaceError, ConnectionError)):
+        return True
+    if isinstance(exc, pymysql.err.OperationalError) and exc.args:
+        return exc.args[0] in _LOST_ERRORS
+    return False
+
+
 def check_options(options: dict[str, Any], where: str) -> None:
     """Fail once, at construction, for what pymysql.connect() would refuse at every connect:
     an option it does not take, or a DSN parameter that is not a number where one is due."""
-    unknown = sorted(set(options) - _PYMYSQL_KWARGS)
+    unknown = sorted(set(options) - PYMYSQL_CONNECT_KWARGS)
     if unknown:
         raise ConfigurationError(f"MySQL: pymysql.connect() takes no {where} {', '.join(unknown)}")
     typed_params(options)
@@ -105,17 +114,18 @@ class PyMySQLDriver(HostDriver):
         self._check_lag = check_lag
         self.secrets = (*dsn.secrets, *(p for p in (connect_kwargs.get("password"),) if p))
 
-    def _kwargs(self, address: HostPort) -> dict[str, Any]:
+    def connect_kwargs(self, address: HostPort) -> dict[str, Any]:
+        """The keywords of `pymysql.connect` for a connection to `address`."""
         kwargs = typed_params(dict(self._dsn.host_kwargs(address)))
         kwargs.update(self._connect_kwargs)
         kwargs.setdefault("connect_timeout", _DEFAULT_CONNECT_TIMEOUT)
         return kwargs
 
     def open(self, address: HostPort, *, read_only: bool) -> Any:
-        return pymysql.connect(**self._kwargs(address))
+        return pymysql.connect(**self.connect_kwargs(address))
 
     def open_probe(self, address: HostPort, timeout: float) -> Any:
-        kwargs = self._kwargs(address)
+        kwargs = self.connect_kwargs(address)
         kwargs.update(
             autocommit=True,
             connect_timeout=timeout,
@@ -164,11 +174,7 @@ class PyMySQLDriver(HostDriver):
         return bool(conn.open)
 
     def is_connection_lost(self, conn: Any, exc: BaseException) -> bool:
-        if not conn.open or isinstance(exc, (pymysql.err.InterfaceError, ConnectionError)):
-            return True
-        if isinstance(exc, pymysql.err.OperationalError) and exc.args:
-            return exc.args[0] in _LOST_ERRORS
-        return False
+        return not conn.open or is_lost_error(exc)
 
     def is_configuration_error(self, exc: BaseException) -> bool:
         if isinstance(exc, TypeError):
@@ -200,7 +206,7 @@ class PyMySQLDriver(HostDriver):
             thread_id = int(conn.server_thread_id[0])
         except Exception:  # not connected: nothing runs there
             return None
-        kwargs = self._kwargs(address)
+        kwargs = self.connect_kwargs(address)
         kwargs.update(autocommit=True, read_timeout=_CANCEL_TIMEOUT, write_timeout=_CANCEL_TIMEOUT)
         kwargs["connect_timeout"] = min(
             kwargs.get("connect_timeout", _CANCEL_TIMEOUT), _CANCEL_TIMEOUT

@@ -1,0 +1,190 @@
+"""qdbpool.aio.factories.MySQL (aiomysql) against real MariaDB servers: writes to the
+primary and reads to the replica, through a role switch; a body's open transaction never
+reaches the next holder; a statement whose task was cancelled or timed out is killed on
+the server, not left to run; options aiomysql does not take are refused by name, and the
+password appears in no repr or message. Every test runs on the standard loop and uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+import qdbpool.aio as aio
+from qdbpool.aio.factories import MySQL
+from qdbpool.errors import ConfigurationError
+
+RUN_TIMEOUT = 60.0
+APP_PASSWORD = "Pw/@:%s3cr3t-7xq"  # the suite's app user's (tests/mysql/conftest.py)
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Callable[[Callable[[], Coroutine[Any, Any, Any]]], Any]:
+    """run(main): `main()` run to its end on a fresh loop (standard, then uvloop), bounded."""
+
+    def run_(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+        if request.param == "uvloop":
+            uvloop = pytest.importorskip("uvloop")
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        else:
+            loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(asyncio.wait_for(main(), RUN_TIMEOUT))
+        finally:
+            loop.close()
+
+    return run_
+
+
+async def until(probe: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout:g}s")
+        await asyncio.sleep(0.01)
+
+
+async def scalar(conn: Any, sql: str, *args: Any) -> Any:
+    async with conn.cursor() as cur:
+        await cur.execute(sql, args or None)
+        row = await cur.fetchone()
+    return None if row is None else row[0]
+
+
+def test_writes_go_to_the_primary_and_reads_to_the_replica_through_a_role_switch(
+    own_pair: Any, app_dsn: Any, run: Any
+) -> None:
+    async def main() -> None:
+        factory = MySQL(app_dsn(own_pair), refresh_delay=0.1, refresh_timeout=2)
+        pool = aio.BoundedPool(factory, size=2, timeout=20)
+        try:
+            await factory.ready(1, 1, timeout=20)
+
+            async def where(read_only: bool) -> tuple[int, int]:
+                async with pool.connect(read_only=read_only) as conn:
+                    port = await scalar(conn, "SELECT @@port")
+                    read_only_flag = await scalar(conn, "SELECT @@read_only")
+                return int(port), int(read_only_flag)
+
+            assert await where(False) == (own_pair.primary.port, 0)
+            assert await where(True) == (own_pair.replica.port, 1)
+            old_primary = own_pair.primary
+            await asyncio.to_thread(own_pair.switch_roles)
+            await until(
+                lambda: any(
+                    h.role.value == "primary" and h.address.port != old_primary.port
+                    for h in factory.hosts()
+                ),
+                "the monitor saw the new primary",
+            )
+            assert await where(False) == (own_pair.primary.port, 0)
+            assert await where(True) == (old_primary.port, 1)
+        finally:
+            await pool.close()
+            await factory.close()
+
+    run(main)
+
+
+def test_a_transaction_left_open_by_the_body_is_rolled_back_before_the_next_holder(
+    server: Any, app_dsn: Any, run: Any
+) -> None:
+    async def main() -> None:
+        factory = MySQL(app_dsn(server))
+        pool = aio.BoundedPool(factory, size=1, timeout=20)
+        table = f"t_{random.getrandbits(32)}"
+        try:
+            async with pool.connect() as conn:
+                await scalar(conn, f"CREATE TABLE {table} (n int) ENGINE=InnoDB")
+            with pytest.raises(RuntimeError):
+                async with pool.connect() as conn:
+                    await scalar(conn, "BEGIN")
+                    await scalar(conn, f"INSERT INTO {table} VALUES (1)")
+                    raise RuntimeError("the body fails mid-transaction")
+            async with pool.connect() as conn:
+                assert not conn.get_transaction_status()
+                assert await scalar(conn, f"SELECT count(*) FROM {table}") == 0
+                await scalar(conn, f"DROP TABLE {table}")
+        finally:
+            await pool.close()
+            await factory.close()
+
+    run(main)
+
+
+@pytest.mark.parametrize("interrupt", ["cancel", "timeout"])
+def test_an_interrupted_statement_is_killed_on_the_server(
+    server: Any, app_dsn: Any, run: Any, interrupt: str
+) -> None:
+    """aiomysql closes a connection whose task was cancelled while it waited for a result,
+    but MariaDB runs the statement on to its end: the pool must kill it. (SLEEP() would
+    not do here: MariaDB ends it by itself within 5 s of the client's going. BENCHMARK()
+    runs on for minutes.)"""
+    marker = f"qdbpool-aio-mysql-{random.getrandbits(32)}"
+    sleep_sql = f"SELECT BENCHMARK(1000000000000, MD5('x')) /* {marker} */"
+
+    def running() -> list[Any]:
+        return server.sql(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE INFO LIKE %s",
+            [f"%{marker} */"],
+        )
+
+    async def main() -> None:
+        factory = MySQL(app_dsn(server))
+        pool = aio.BoundedPool(factory, size=1, burst_limit=1, timeout=20)
+        started = asyncio.Event()
+
+        async def victim() -> None:
+            async with pool.connect() as conn:
+                started.set()
+                if interrupt == "timeout":
+                    await asyncio.wait_for(scalar(conn, sleep_sql), 0.5)
+                else:
+                    await scalar(conn, sleep_sql)
+
+        try:
+            task = asyncio.create_task(victim())
+            await asyncio.wait_for(started.wait(), 10)
+            await until(lambda: len(running()) == 1, "the statement running", 10.0)
+            if interrupt == "cancel":
+                task.cancel()
+            (outcome,) = await asyncio.gather(task, return_exceptions=True)
+            expected = asyncio.CancelledError if interrupt == "cancel" else asyncio.TimeoutError
+            assert isinstance(outcome, expected), repr(outcome)
+            await until(lambda: running() == [], "the interrupted statement killed", 4.0)
+            async with pool.connect() as conn:  # the pool still works
+                assert await scalar(conn, "SELECT 1") == 1
+        finally:
+            await pool.close()
+            await factory.close()
+
+    run(main)
+
+
+def test_options_aiomysql_does_not_take_are_refused_by_name(server: Any, app_dsn: Any) -> None:
+    with pytest.raises(ConfigurationError, match="read_timeout"):
+        MySQL(app_dsn(server), read_timeout=3)  # PyMySQL's, not aiomysql's
+    with pytest.raises(ConfigurationError, match="no_such_option"):
+        MySQL(app_dsn(server), no_such_option=1)
+    with pytest.raises(ConfigurationError, match="write_timeout"):
+        MySQL(app_dsn(server) + "?write_timeout=3")
+
+
+def test_the_password_appears_in_no_repr_or_message(server: Any, app_dsn: Any, run: Any) -> None:
+    async def main() -> None:
+        factory = MySQL(app_dsn(server).replace("appdb", "no_such_db"), acquire_timeout=1)
+        try:
+            assert APP_PASSWORD not in repr(factory)
+            with pytest.raises(Exception) as raised:
+                await factory.connect()
+            assert APP_PASSWORD not in str(raised.value)
+            assert "no_such_db" in str(raised.value) or "1044" in str(raised.value)
+        finally:
+            await factory.close()
+
+    run(main)
