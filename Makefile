@@ -94,7 +94,7 @@ lint: $(INSTALLED)
 typecheck: $(INSTALLED)
 	$(PY) -m mypy --strict qdbpool
 
-BENCHES := overhead acquire pg_throughput aio_throughput failover mysql_throughput bounded_routing
+BENCHES := overhead acquire aio_acquire pg_throughput aio_throughput failover mysql_throughput bounded_routing
 
 bench: $(INSTALLED)
 	@for b in $(BENCHES); do echo; echo "== bench.$$b"; $(PY) -m bench.$$b $(BENCH_ARGS) || exit 1; done
