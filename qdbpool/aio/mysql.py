@@ -97,7 +97,11 @@ class MySQL(RoutedAioFactory):
     Args:
         dsn: As for the threaded `qdbpool.factories.MySQL`: a `mysql://` or `mariadb://`
             URL, one host or several; or None, and the keywords below for one server.
-        host, port, user, password, database: The one server, without a DSN.
+        host: The one server's host (without a DSN).
+        port: Its port (default 3306).
+        user: The user name.
+        password: The password.
+        database: The default database.
         **options: The routing options (`refresh_delay`, `refresh_timeout`,
             `acquire_timeout`, `fallback_master`, `master_as_replica_weight`, `balancer`,
             `max_replica_lag`); every other keyword goes to each `aiomysql.connect`
