@@ -41,7 +41,6 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 _CLOSE_TIMEOUT = 5.0  # a polite close (COM_QUIT) that takes longer ends with the socket
-_DEFAULT_CONNECT_TIMEOUT = 5.0
 
 # What aiomysql.connect accepts (`database` is PyMySQL's name for its `db`); its own
 # event loop argument is the running one.
@@ -145,12 +144,15 @@ class MySQL(RoutedAioFactory):
         assert isinstance(driver, PyMySQLDriver)
         super().__init__(routing, AiomysqlErrors(driver), _sever_aiomysql)
         self._driver = driver
-        self._options = options
+        # aiomysql's alone (the others are in the driver's keywords already), typed once.
+        self._aiomysql_options = typed_params(
+            {k: v for k, v in options.items() if k not in probe_options}
+        )
 
     def _connect_kwargs(self, address: HostPort) -> dict[str, Any]:
+        # The driver's: the DSN's (typed), the options, connect_timeout 5 by default.
         kwargs = self._driver.connect_kwargs(address)
-        kwargs.update(typed_params(self._options))
-        kwargs.setdefault("connect_timeout", _DEFAULT_CONNECT_TIMEOUT)
+        kwargs.update(self._aiomysql_options)
         if "database" in kwargs:
             kwargs["db"] = kwargs.pop("database")
         return kwargs
