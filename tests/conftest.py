@@ -1,7 +1,8 @@
 """Fixtures shared by every suite: a clean global pool per test, pools (and anything else)
 closed after their test, both pool classes for the behaviour they share, real sqlite3
 connections a test can inspect, a hand-moved clock, polling with a deadline, threads joined
-at teardown, and the password and PostgreSQL cluster of the HA and CLI suites.
+at teardown, the password and PostgreSQL cluster of the HA and CLI suites, and the asyncio
+runner of the server suites' asyncio tests.
 
 Helpers are handed out as fixtures: the suite runs with --import-mode=importlib, so test
 modules (and the suites' own conftest files) cannot import this file.
@@ -9,13 +10,14 @@ modules (and the suites' own conftest files) cannot import this file.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import sqlite3
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
@@ -34,6 +36,29 @@ T = TypeVar("T")
 # How long the teardown of a pool waits for connections still in use: long enough for a
 # holder the test has just told to let go, short enough not to slow a suite down.
 CLOSE_TIMEOUT = 1.0
+
+
+# How long one asyncio test of a server suite may run, whatever it awaits.
+AIO_RUN_TIMEOUT = 60.0
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Callable[[Callable[[], Coroutine[Any, Any, Any]]], Any]:
+    """run(main): `main()` run to its end on a fresh loop (standard, then uvloop), bounded.
+    (tests/aio has its own, with more loop kinds.)"""
+
+    def run_(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+        if request.param == "uvloop":
+            uvloop = pytest.importorskip("uvloop")
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        else:
+            loop = asyncio.new_event_loop()
+        try:
+            return loop.run_until_complete(asyncio.wait_for(main(), AIO_RUN_TIMEOUT))
+        finally:
+            loop.close()
+
+    return run_
 
 
 # -- pools -------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,26 +19,7 @@ import qdbpool.aio as aio
 from qdbpool.aio.factories import MySQL
 from qdbpool.errors import ConfigurationError
 
-RUN_TIMEOUT = 60.0
 APP_PASSWORD = "Pw/@:%s3cr3t-7xq"  # the suite's app user's (tests/mysql/conftest.py)
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Callable[[Callable[[], Coroutine[Any, Any, Any]]], Any]:
-    """run(main): `main()` run to its end on a fresh loop (standard, then uvloop), bounded."""
-
-    def run_(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-        if request.param == "uvloop":
-            uvloop = pytest.importorskip("uvloop")
-            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-        else:
-            loop = asyncio.new_event_loop()
-        try:
-            return loop.run_until_complete(asyncio.wait_for(main(), RUN_TIMEOUT))
-        finally:
-            loop.close()
-
-    return run_
 
 
 async def until(probe: Callable[[], bool], what: str, timeout: float = 20.0) -> None:

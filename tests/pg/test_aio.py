@@ -13,7 +13,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,25 +25,6 @@ from qdbpool.cluster import Role
 from qdbpool.testing.proxy import FaultProxy
 
 WHERE = "SELECT inet_server_port(), pg_is_in_recovery()"
-RUN_TIMEOUT = 60.0
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Callable[[Callable[[], Coroutine[Any, Any, Any]]], Any]:
-    """run(main): `main()` run to its end on a fresh loop (standard, then uvloop), bounded."""
-
-    def run_(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-        if request.param == "uvloop":
-            uvloop = pytest.importorskip("uvloop")
-            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-        else:
-            loop = asyncio.new_event_loop()
-        try:
-            return loop.run_until_complete(asyncio.wait_for(main(), RUN_TIMEOUT))
-        finally:
-            loop.close()
-
-    return run_
 
 
 class Client:
