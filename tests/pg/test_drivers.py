@@ -62,6 +62,27 @@ def _pid(conn: Any) -> int:
     return int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
 
 
+class _Sleeper:
+    """SLEEP run on `conn` in a thread of its own (which owns it), started once the
+    server shows it running; `outcome` gets its "error" and the seconds it "waited"."""
+
+    def __init__(self, conn: Any, node: Any, poll: Any) -> None:
+        self.outcome: dict[str, Any] = {}
+        self.thread = threading.Thread(
+            target=self._sleep, args=(conn,), name="driver-sleeper", daemon=True
+        )
+        self.thread.start()
+        poll(lambda: _sleeping(node) == 1, timeout=20, what="pg_sleep running")
+
+    def _sleep(self, conn: Any) -> None:
+        started = time.monotonic()
+        try:
+            conn.execute(SLEEP)
+        except Exception as exc:
+            self.outcome["error"] = exc
+        self.outcome["waited"] = time.monotonic() - started
+
+
 def test_the_state_after_use_is_known_without_io_and_reset_makes_it_clean(
     shared_cluster: Any, pg: Any, opened: Any
 ) -> None:
@@ -170,24 +191,13 @@ def test_cancel_stops_the_running_statement_on_the_server(
     driver = pg.host_driver(primary.dsn())
     address = address_of(primary)
     conn = opened(driver, address)
-    outcome: dict[str, Any] = {}
-
-    def sleep() -> None:
-        started = time.monotonic()
-        try:
-            conn.execute(SLEEP)
-        except Exception as exc:
-            outcome["error"] = exc
-        outcome["waited"] = time.monotonic() - started
-
-    thread = threading.Thread(target=sleep, name="driver-sleeper")
-    thread.start()
+    sleeper = _Sleeper(conn, primary, poll)
     try:
-        poll(lambda: _sleeping(primary) == 1, timeout=20, what="pg_sleep running")
         driver.cancel(conn, address)  # from this thread, which does not own `conn`
         poll(lambda: _sleeping(primary) == 0, timeout=5, what="pg_sleep stopped")
     finally:
-        thread.join(35)
+        sleeper.thread.join(35)
+    outcome = sleeper.outcome
     assert isinstance(outcome["error"], pg.module.errors.QueryCanceled)
     assert outcome["waited"] < 10
     assert not driver.is_connection_lost(conn, outcome["error"])  # the session lives on
@@ -208,23 +218,13 @@ def test_the_same_cancel_request_can_be_sent_again(
     assert send is not None
     send()  # nothing running: ignored by the server
     send()
-    outcome: dict[str, Any] = {}
-
-    def sleep() -> None:
-        try:
-            conn.execute(SLEEP)
-        except Exception as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=sleep, name="driver-sleeper")
-    thread.start()
+    sleeper = _Sleeper(conn, primary, poll)
     try:
-        poll(lambda: _sleeping(primary) == 1, timeout=20, what="pg_sleep running")
         send()  # the third time: this one stops it
         poll(lambda: _sleeping(primary) == 0, timeout=5, what="pg_sleep stopped")
     finally:
-        thread.join(35)
-    assert isinstance(outcome["error"], pg.module.errors.QueryCanceled)
+        sleeper.thread.join(35)
+    assert isinstance(sleeper.outcome["error"], pg.module.errors.QueryCanceled)
 
 
 def test_a_cancel_sent_to_a_stalled_host_freezes_no_thread(
@@ -254,23 +254,13 @@ def test_sever_makes_a_blocked_statement_fail_at_once_as_lost(
     primary = shared_cluster.primary
     driver = pg.host_driver(primary.dsn())
     conn = opened(driver, address_of(primary))
-    outcome: dict[str, Any] = {}
-
-    def sleep() -> None:
-        try:
-            conn.execute(SLEEP)
-        except Exception as exc:
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=sleep, name="driver-sleeper")
-    thread.start()
+    sleeper = _Sleeper(conn, primary, poll)
     try:
-        poll(lambda: _sleeping(primary) == 1, timeout=20, what="pg_sleep running")
         driver.sever(conn)
-        thread.join(5)
-        assert not thread.is_alive(), "the statement outlived its socket"
+        sleeper.thread.join(5)
+        assert not sleeper.thread.is_alive(), "the statement outlived its socket"
     finally:
         primary.sql("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query = %s", [SLEEP])
-        thread.join(35)
-    assert driver.is_connection_lost(conn, outcome["error"])
+        sleeper.thread.join(35)
+    assert driver.is_connection_lost(conn, sleeper.outcome["error"])
     assert driver.state_after_use(conn) == LOST
