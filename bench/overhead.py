@@ -14,7 +14,7 @@ Three comparisons, all variants timed in the same run (the method: docs/benchmar
       `@with_conn(pool=p)` on a pool that `qdbpool.metrics.instrument` publishes to an SDK
       meter provider, and on one that is not instrumented.
 Every pool gets in-memory SQLite connections: quasardb.pool through its `get_conn` callable.
-`--instructions` counts instructions per call of (a), (b) and (d) under valgrind's callgrind
+`--instructions` counts instructions per call of (a) to (d) under valgrind's callgrind
 instead of timing them.
 Run: python -m bench.overhead [--quick] [--instructions]
 """
@@ -225,6 +225,9 @@ COUNTED = [
     "quasardb.pool @with_conn, trivial",
     "qdbpool @with_conn(pool=), metrics off",
     "qdbpool @with_conn(pool=), metrics on",
+    "qdbpool SingletonPool connect()",
+    "qdbpool BoundedPool connect()",
+    "quasardb.pool connect()",
 ]
 
 
@@ -296,6 +299,9 @@ def instructions(quick: bool) -> int:
     print(f"(b) quasardb.pool / qdbpool, trivial: {theirs / trivial_ours:.3f}")
     off, on = counts[COUNTED[4]], counts[COUNTED[5]]
     print(f"(d) metrics to an OTel SDK / none, select 1: {on / off:.3f}")
+    singleton, bounded, anchor = (counts[name] for name in COUNTED[6:9])
+    print(f"(c) connect(): quasardb.pool / SingletonPool: {anchor / singleton:.3f}")
+    print(f"(c) connect(): quasardb.pool / BoundedPool: {anchor / bounded:.3f}")
     return 0
 
 
@@ -303,7 +309,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short smoke run: judges nothing")
     parser.add_argument(
-        "--instructions", action="store_true", help="count instructions (callgrind) for (a), (b)"
+        "--instructions", action="store_true", help="count instructions (callgrind) for (a) to (d)"
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--calls", type=int, default=0, help=argparse.SUPPRESS)

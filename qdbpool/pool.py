@@ -40,7 +40,7 @@ from qdbpool.protocol import (
     ConnectionFactory,
     as_factory,
 )
-from qdbpool.session import SessionWrapper
+from qdbpool.session import SessionWrapper, checkout_wrapper
 from qdbpool.stats import PoolStats
 
 logger = logging.getLogger("qdbpool")
@@ -242,7 +242,7 @@ class Pool:
         share its connection (the thread's connection in a SingletonPool, the one it has
         checked out in a BoundedPool); for a separate one, see `factory`.
         """
-        return SessionWrapper(self, self._checkout(read_only))
+        return checkout_wrapper(self, self._checkout(read_only))
 
     def release(self, conn: Any) -> None:
         """Give back a connection from `connect()` (or the driver connection inside it).
@@ -258,11 +258,9 @@ class Pool:
             return
         pooled = self._find_held(conn)
         if pooled is not None:
-            session = pooled.session() if pooled.session is not None else None
-            if isinstance(session, SessionWrapper) and not session.released:
-                session._release_from(self)  # so that it stops reaching the connection
-            else:
-                self._checkin(pooled)
+            if pooled.last_checkout is not None:
+                pooled.last_checkout.end()  # its wrapper must stop reaching the connection
+            self._checkin(pooled)
             return
         with self._lock:
             known = any(p.raw is conn for p in self._live)

@@ -8,14 +8,14 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from qdbpool import _fork
 from qdbpool.protocol import Connection, Generation
 
 if TYPE_CHECKING:
     from qdbpool.pool import Pool
+    from qdbpool.session import Checkout, SessionWrapper
 
 #: The generation of a closed connection. No Generation counter ever holds it, so the one
 #: generation compare at a checkout also turns away closed connections.
@@ -32,6 +32,7 @@ class PooledConnection:
         "closed",
         "depth",
         "generation",
+        "last_checkout",
         "last_used",
         "orphaned",
         "owner",
@@ -40,7 +41,7 @@ class PooledConnection:
         "raw",
         "read_only",
         "retired",
-        "session",
+        "spare",
         "watched",
     )
 
@@ -70,9 +71,12 @@ class PooledConnection:
         self.orphaned = False
         self.owner = threading.get_ident()
         self.pid = os.getpid()  # a forked child must leave its parent's connections alone
-        # The wrapper of its latest connect() (weakly: a dropped one must be collectable),
-        # so that pool.release(raw) releases through it and it stops reaching `raw`.
-        self.session: Callable[[], Any] | None = None
+        # What its latest connect()'s wrapper reaches, so that pool.release(raw) can make
+        # that wrapper stop reaching `raw` (not the wrapper: a dropped one must be collected).
+        self.last_checkout: Checkout | None = None
+        # Its last connect()'s wrapper once released, for the next connect() to reuse (see
+        # qdbpool.session). Never one in use, for the same reason.
+        self.spare: SessionWrapper | None = None
 
     def mark_closed(self) -> None:
         """No checkout may take it any more (whether or not the driver connection is shut)."""

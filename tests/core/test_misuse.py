@@ -11,6 +11,7 @@ import logging
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -101,6 +102,60 @@ def test_a_released_wrapper_cannot_reach_the_connection_another_thread_holds_now
         assert result == [True]  # its transaction was still its own
     finally:
         pool.close(timeout=0)
+
+
+# A released wrapper may be handed out again by the next connect(), but only when nothing
+# else can reach it (qdbpool.session). Each way of keeping one must keep it released.
+
+
+def _keep_strongly(conn: object) -> Callable[[], object]:
+    return lambda: conn
+
+
+def _keep_weakly(conn: object) -> Callable[[], object]:
+    return weakref.ref(conn)
+
+
+def _keep_in_a_cycle(conn: object) -> Callable[[], object]:
+    cycle: list[object] = [conn]
+    cycle.append(cycle)
+    return lambda: cycle[0]
+
+
+def _keep_in_another_thread(conn: object) -> Callable[[], object]:
+    box: list[object] = []
+    run_in_thread(lambda: box.append(conn))
+    return lambda: box[0]
+
+
+@pytest.mark.parametrize(
+    "keep", [_keep_strongly, _keep_weakly, _keep_in_a_cycle, _keep_in_another_thread]
+)
+@pytest.mark.parametrize("release", ["with", "close", "pool.release"])
+def test_a_released_wrapper_someone_keeps_stays_released_across_later_checkouts(
+    make, keep, release
+):
+    pool = make()
+    conn = pool.connect()
+    if release == "with":
+        with conn:
+            pass
+    elif release == "close":
+        conn.close()
+    else:
+        pool.release(conn)
+    kept = keep(conn)
+    del conn
+    for _ in range(3):  # the same thread, the same connection, as often as it likes
+        with pool.connect() as again:
+            again.execute("SELECT 1")
+            old = kept()
+            if old is None:  # a weak reference to a wrapper that is gone: nothing to reach
+                continue
+            assert old is not again
+            with pytest.raises(ConnectionReleasedError):
+                old.execute("SELECT 1")
+            del old
 
 
 def test_a_released_wrapper_says_so_in_its_repr(make):
