@@ -141,7 +141,8 @@ class BoundedPool(Pool):
         pooled.depth = 1
         pooled.checkouts += 1
         pooled.owner = threading.get_ident()
-        setattr(self._local, route, pooled)
+        if held is not pooled:
+            setattr(self._local, route, pooled)
         return pooled
 
     def _acquire(
@@ -155,7 +156,7 @@ class BoundedPool(Pool):
         with self._lock:
             if self._closed:
                 raise PoolClosedError("the pool is closed")
-            expired = self._take_expired_burst_locked()
+            expired = self._take_expired_burst_locked() if self._reserved > self._size else None
             idle, other_idle = self._idle[route], self._idle[_other(route)]
             if self._waiters and any(w.route == route for w in self._waiters):
                 waiter = self._enqueue_locked(route)  # others were first: no overtaking
@@ -172,7 +173,8 @@ class BoundedPool(Pool):
                 self._reserved += 1
             else:
                 waiter = self._enqueue_locked(route)
-        self._retire_burst(expired)  # may hand their capacity to our waiter
+        if expired:
+            self._retire_burst(expired)  # may hand their capacity to our waiter
         if surplus is not None:
             self._retire(surplus, "route_traded")
         if found is not None:
@@ -252,9 +254,8 @@ class BoundedPool(Pool):
         if pooled.depth > 1:
             pooled.depth -= 1  # an outer call in this thread still uses it
             return
-        route = self._route_of(pooled)
-        if getattr(self._local, route, None) is pooled:
-            delattr(self._local, route)
+        # The thread's slot keeps pointing here (rewriting a thread-local costs more than
+        # the rest of a release): `owner`, cleared by _give_back, tells a nested checkout.
         # It stays marked in use (depth 1) until _give_back decides, under the lock, whether
         # it goes idle or straight to a waiter: close() leaves it alone meanwhile.
         if pooled.closed or self._closed:
@@ -274,8 +275,9 @@ class BoundedPool(Pool):
         when no connection of that route exists to come back to it: trading on every
         mismatch would open a connection per checkout under mixed reads and writes."""
         route = self._route_of(pooled)
-        expired: list[PooledConnection] = []
+        expired: list[PooledConnection] | None = None
         trade = False
+        pooled.owner = 0  # no thread's: a slot still pointing here is no nested checkout
         with self._lock:
             if self._closed:
                 trade = True
@@ -291,16 +293,17 @@ class BoundedPool(Pool):
                     waiter.granted = pooled  # straight to the longest waiter
                     waiter.event.set()
                     return
-                other = _other(route)
-                trade = bool(self._waiters) and not any(
-                    self._route_of(p) == other for p in self._live
-                )
+                if self._waiters:  # all for the other route (see above)
+                    other = _other(route)
+                    trade = not any(self._route_of(p) == other for p in self._live)
                 if not trade:
                     pooled.depth = 0  # idle, under the lock that _acquire takes it with
                     self._idle[route].append(pooled)
-                    expired = self._take_expired_burst_locked()
+                    if self._reserved > self._size:
+                        expired = self._take_expired_burst_locked()
         if not trade:
-            self._retire_burst(expired)
+            if expired:
+                self._retire_burst(expired)
             return
         pooled.depth = 0
         # Its capacity goes to that waiter.
@@ -333,11 +336,10 @@ class BoundedPool(Pool):
     def _take_expired_burst_locked(self) -> list[PooledConnection]:
         """Burst connections idle long enough, oldest first, taken off the idle lists.
 
-        The caller retires them once it has let go of the lock (closing is I/O); until
-        then they still count against max_size, which errs on the safe side."""
+        Called only while burst connections exist (the callers look first: the usual case
+        costs no call). The caller retires them once it has let go of the lock (closing is
+        I/O); until then they still count against max_size, which errs on the safe side."""
         victims: list[PooledConnection] = []
-        if self._reserved <= self._size:
-            return victims  # no burst connection: the usual case
         now = time.monotonic()
         for idle in self._idle.values():
             while (

@@ -386,9 +386,11 @@ class Pool:
 
     def _find_held(self, raw: Connection) -> PooledConnection | None:
         """The calling thread's checked-out record for a raw driver connection, if any."""
+        me = threading.get_ident()
         for route in ("rw", "ro"):
             pooled: PooledConnection | None = getattr(self._local, route, None)
-            if pooled is not None and pooled.raw is raw and pooled.depth > 0:
+            # A BoundedPool's slot may still point to a record another thread holds now.
+            if pooled is not None and pooled.raw is raw and pooled.depth > 0 and pooled.owner == me:
                 return pooled
         return None
 

@@ -104,6 +104,66 @@ def test_a_released_wrapper_cannot_reach_the_connection_another_thread_holds_now
         pool.close(timeout=0)
 
 
+def test_a_thread_whose_last_connection_another_thread_holds_now_does_not_share_it():
+    # After a release the thread's own slot may still point to that connection; another
+    # thread has it now, so this thread's next checkout must wait for its own, and its
+    # pool.release(raw) must not end the other thread's checkout.
+    pool = BoundedPool(SQLite(":memory:"), size=1, timeout=0.2)
+    try:
+        with pool.connect() as mine:
+            raw = mine.__wrapped__
+        holding, done = threading.Event(), threading.Event()
+
+        def other_thread() -> bool:
+            with pool.connect() as conn:
+                conn.execute("BEGIN")
+                holding.set()
+                done.wait(JOIN)
+                return bool(conn.in_transaction)
+
+        result: list[bool] = []
+        t = threading.Thread(target=lambda: result.append(other_thread()))
+        t.start()
+        assert holding.wait(JOIN)
+        with pytest.raises(qdbpool.PoolTimeoutError):
+            pool.connect()  # the one connection is the other thread's
+        pool.release(raw)  # not this thread's checkout: changes nothing
+        assert pool.stats().in_use == 1
+        done.set()
+        t.join(JOIN)
+        assert result == [True]  # its transaction was still open, still its own
+    finally:
+        pool.close(timeout=0)
+
+
+def test_a_connection_handed_to_a_waiting_thread_is_not_shared_by_the_thread_that_gave_it():
+    # Handed straight to the waiter, it is the waiter's before the waiter has even woken:
+    # its last holder, checking out again at once, must wait in line, not share it.
+    pool = BoundedPool(SQLite(":memory:"), size=1, timeout=0.3)
+    try:
+        conn = pool.connect()
+        got, done = threading.Event(), threading.Event()
+
+        def waiter() -> None:
+            with pool.connect():
+                got.set()
+                done.wait(JOIN)
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        deadline = time.monotonic() + JOIN
+        while pool.stats().waiting < 1 and time.monotonic() < deadline:
+            time.sleep(0.001)  # polling the queue: it has no event
+        conn.close()  # to the waiter
+        with pytest.raises(qdbpool.PoolTimeoutError):
+            pool.connect()
+        assert got.wait(JOIN)
+        done.set()
+        t.join(JOIN)
+    finally:
+        pool.close(timeout=0)
+
+
 # A released wrapper may be handed out again by the next connect(), but only when nothing
 # else can reach it (qdbpool.session). Each way of keeping one must keep it released.
 
