@@ -281,6 +281,30 @@ def poll() -> Callable[..., Any]:
     return _poll
 
 
+async def _until(probe: Callable[[], object], what: str = "it", timeout: float = 20.0) -> None:
+    """Yield to the loop until `probe()` is true: for work that exposes no event (the pool's
+    own tasks, a server's session list). Bounded: AssertionError after `timeout` seconds.
+
+    Bounded in time, not in loop turns: some of that work runs in other threads (aiosqlite
+    runs each connection's statements in one), and a loop spinning on sleep(0) gives them
+    the GIL only every switch interval (5 ms). 2,000 turns once ran out before a storm's
+    resets were done (uvloop, on CI); after the first 100 turns it sleeps 1 ms at a time."""
+    deadline = time.monotonic() + timeout
+    turns = 0
+    while not probe():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout:g}s")
+        await asyncio.sleep(0 if turns < 100 else 0.001)
+        turns += 1
+
+
+@pytest.fixture
+def until() -> Callable[..., Coroutine[Any, Any, None]]:
+    """await until(probe, what="it", timeout=20): yield to the loop (bounded in time) until
+    probe() is true."""
+    return _until
+
+
 # -- threads and ports -------------------------------------------------------------------------
 
 

@@ -11,7 +11,6 @@ with --import-mode=importlib, so test modules cannot import this file.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, TypeVar
 
@@ -212,32 +211,6 @@ def routing_factory_cls() -> type[RoutingFakeFactory]:
 @pytest.fixture
 def fake_factory_cls() -> type[FakeFactory]:
     return FakeFactory
-
-
-# -- waiting for the pool's own tasks ------------------------------------------------------
-
-
-async def _until(probe: Callable[[], object], *, what: str = "it", timeout: float = 10.0) -> None:
-    """Yield to the loop until `probe()` is true: for the pool's background work (closing,
-    resetting), which exposes no event. Bounded: AssertionError after `timeout` seconds.
-
-    Bounded in time, not in loop turns: some of that work runs in other threads (aiosqlite
-    runs each connection's statements in one), and a loop spinning on sleep(0) gives them
-    the GIL only every switch interval (5 ms). 2,000 turns once ran out before a storm's
-    resets were done (uvloop, on CI); after the first 100 turns it sleeps 1 ms at a time."""
-    deadline = time.monotonic() + timeout
-    turns = 0
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:g}s")
-        await asyncio.sleep(0 if turns < 100 else 0.001)
-        turns += 1
-
-
-@pytest.fixture
-def until() -> Callable[..., Coroutine[Any, Any, None]]:
-    """await until(probe, what=...): yield to the loop (bounded) until probe() is true."""
-    return _until
 
 
 class Holder:

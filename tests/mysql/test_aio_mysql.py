@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,14 +20,6 @@ from qdbpool.errors import ConfigurationError
 APP_PASSWORD = "Pw/@:%s3cr3t-7xq"  # the suite's app user's (tests/mysql/conftest.py)
 
 
-async def until(probe: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:g}s")
-        await asyncio.sleep(0.01)
-
-
 async def scalar(conn: Any, sql: str, *args: Any) -> Any:
     async with conn.cursor() as cur:
         await cur.execute(sql, args or None)
@@ -38,7 +28,7 @@ async def scalar(conn: Any, sql: str, *args: Any) -> Any:
 
 
 def test_writes_go_to_the_primary_and_reads_to_the_replica_through_a_role_switch(
-    own_pair: Any, app_dsn: Any, run: Any
+    own_pair: Any, app_dsn: Any, run: Any, until: Any
 ) -> None:
     async def main() -> None:
         factory = MySQL(app_dsn(own_pair), refresh_delay=0.1, refresh_timeout=2)
@@ -100,7 +90,7 @@ def test_a_transaction_left_open_by_the_body_is_rolled_back_before_the_next_hold
 
 @pytest.mark.parametrize("interrupt", ["cancel", "timeout"])
 def test_an_interrupted_statement_is_killed_on_the_server(
-    server: Any, app_dsn: Any, run: Any, interrupt: str
+    server: Any, app_dsn: Any, run: Any, interrupt: str, until: Any
 ) -> None:
     """aiomysql closes a connection whose task was cancelled while it waited for a result,
     but MariaDB runs the statement on to its end: the pool must kill it. (SLEEP() would

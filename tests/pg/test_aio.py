@@ -178,14 +178,6 @@ class Ticker:
             last = now
 
 
-async def until(probe: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout:g}s")
-        await asyncio.sleep(0.01)
-
-
 async def prepared(cluster: Any, pool: aio.BoundedPool, client: Client) -> None:
     await pool.factory.ready(1, 2, timeout=10)  # type: ignore[attr-defined]
     async with pool.connect() as conn:
@@ -195,7 +187,7 @@ async def prepared(cluster: Any, pool: aio.BoundedPool, client: Client) -> None:
 
 
 def test_sixteen_writer_and_sixteen_reader_tasks_follow_a_failover(
-    cluster: Any, run: Any, client: Client
+    cluster: Any, run: Any, client: Client, until: Any
 ) -> None:
     async def main() -> tuple[float, float]:
         factory = client.factory(cluster.multi_host_dsn())
@@ -233,7 +225,7 @@ def test_sixteen_writer_and_sixteen_reader_tasks_follow_a_failover(
 
 
 def test_writes_move_after_a_demotion_with_one_read_only_error_at_most(
-    cluster: Any, run: Any, client: Client, promote_another: Any
+    cluster: Any, run: Any, client: Client, promote_another: Any, until: Any
 ) -> None:
     async def main() -> None:
         factory = client.factory(cluster.multi_host_dsn())
@@ -263,7 +255,7 @@ def test_writes_move_after_a_demotion_with_one_read_only_error_at_most(
 
 
 def test_a_storm_of_cancellations_leaves_no_query_running_and_no_transaction_open(
-    shared_cluster: Any, run: Any, client: Client
+    shared_cluster: Any, run: Any, client: Client, until: Any
 ) -> None:
     marker = f"qdbpool-aio-storm-{random.getrandbits(32)}"
     sleep_sql = f"SELECT pg_sleep(30) /* {marker} */"  # never ends on its own in the test
@@ -333,7 +325,7 @@ def _sigint_pending(status: dict[str, str]) -> bool:
 
 @pytest.mark.parametrize("interrupt", ["cancel", "timeout"])
 def test_a_cancel_the_server_ignores_is_sent_again_until_the_statement_stops(
-    shared_cluster: Any, run: Any, client: Client, interrupt: str
+    shared_cluster: Any, run: Any, client: Client, interrupt: str, until: Any
 ) -> None:
     """PostgreSQL ignores a cancel request that reaches a session still reading its next
     statement; the statement then runs to its end although its task was cancelled long
@@ -445,7 +437,7 @@ def test_a_wrong_password_fails_at_once_without_the_password(
 
 
 def test_a_stalled_replica_blocks_no_read_for_long(
-    cluster: Any, run: Any, client: Client, url_for: Any
+    cluster: Any, run: Any, client: Client, url_for: Any, until: Any
 ) -> None:
     """A replica that stops answering (the fault proxy holds every byte) while tasks read
     from it: once the monitor marks it down, their reads fail at once (its sockets are shut
