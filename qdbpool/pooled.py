@@ -75,7 +75,8 @@ class PooledConnection:
         # that wrapper stop reaching `raw` (not the wrapper: a dropped one must be collected).
         self.last_checkout: Checkout | None = None
         # Its last connect()'s wrapper once released, for the next connect() to reuse (see
-        # qdbpool.session). Never one in use, for the same reason.
+        # qdbpool.session). Never one in use: a wrapper dropped unreleased must be collected,
+        # so that its __del__ releases it.
         self.spare: SessionWrapper | None = None
 
     def mark_closed(self) -> None:

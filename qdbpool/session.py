@@ -5,14 +5,16 @@ the connection at once (another thread may hold it next), and re-pointing a wrap
 more than a whole checkout (~1.5 us, measured). Attribute reads, writes and `isinstance` go
 to the connection, as with wrapt.
 
-What a wrapper reaches lives in a `_Checkout` of plain slots: the wrapper forwards attribute
+What a wrapper reaches lives in a `Checkout` of plain slots: the wrapper forwards attribute
 writes to the connection, so a store into its own slots needs `object.__setattr__`, ten times
 the cost of a plain store, and release and reuse make four of them.
 
 Reuse: a released wrapper is kept by its connection's record and handed out again by the
 next `connect()` of that connection, but only when nothing else refers to it (CPython's
 reference count). Nobody can then tell it from a new one; a wrapper somebody still holds is
-never brought back to life, so using it after release keeps raising.
+never brought back to life, so using it after release keeps raising. It pays off where a
+function makes one checkout and returns; in `for ...: with pool.connect() as conn:` the name
+`conn` still holds the previous wrapper at the next `connect()`, so each one is new.
 """
 
 from __future__ import annotations
@@ -77,38 +79,47 @@ class Checkout:
         pooled.last_checkout = self
 
     def end(self) -> PooledConnection | None:
-        """Stop reaching the connection (before anyone else may get it); the record, if
-        this checkout had not ended yet. A released wrapper someone keeps must not keep the
-        record alive either: its thread's end closes the connection only once nothing
-        refers to the record."""
+        """Stop reaching the connection (before anyone else may get it). Returns the
+        record, or None if this checkout had ended already. A released wrapper someone
+        keeps must not keep the record alive either: its thread's end closes the connection
+        only once nothing refers to the record."""
         pooled = self.pooled
         self.conn = RELEASED
         self.pooled = None
         return pooled
 
 
-_refcount = getattr(sys, "getrefcount", None)  # CPython's; elsewhere wrappers are not reused
+# Reference counts tell "nobody else" only on CPython; elsewhere wrappers are not reused.
+_refcount = sys.getrefcount if sys.implementation.name == "cpython" else None
+# A spare's reference count when only the record holds it, counted as checkout_wrapper
+# counts: the record's slot, the local variable `spare`, and getrefcount's argument read
+# anew from the slot (a local passed as the argument may be borrowed, not counted, on
+# Python 3.14).
+_ONLY_THE_RECORD = 3
 
 
 def checkout_wrapper(pool: Pool, pooled: PooledConnection) -> SessionWrapper:
     """The wrapper for a new checkout of `pooled`: its spare one when nothing else can
     see it, else a new one."""
-    if pooled.spare is not None:
-        # Its refcount is then 2: the record's slot and getrefcount's argument (a new
-        # reference: read from the slot, not from a local variable).
-        unseen = (
-            _refcount is not None
-            and _refcount(pooled.spare) == 2
-            and getweakrefcount(pooled.spare) == 0
-        )
-        spare, pooled.spare = pooled.spare, None
-        if unseen:
-            checkout = spare._session
-            checkout.conn = pooled.raw
-            checkout.pooled = pooled
-            pooled.last_checkout = checkout
-            return spare
-    return SessionWrapper(pool, pooled)
+    spare = pooled.spare
+    if spare is None:
+        return SessionWrapper(pool, pooled)
+    # `spare` is the object both checked and reused: another thread releasing a wrapper of
+    # this record may put that one in the slot at any point here, and it still holds it.
+    unseen = (
+        _refcount is not None
+        and _refcount(pooled.spare) == _ONLY_THE_RECORD
+        and pooled.spare is spare
+        and getweakrefcount(spare) == 0
+    )
+    pooled.spare = None
+    if not unseen:
+        return SessionWrapper(pool, pooled)
+    checkout = spare._pool_checkout
+    checkout.conn = pooled.raw
+    checkout.pooled = pooled
+    pooled.last_checkout = checkout
+    return spare
 
 
 class SessionWrapper:
@@ -121,43 +132,43 @@ class SessionWrapper:
     `Pool.connect()`; not meant to be constructed directly. It cannot be pickled or copied.
     """
 
-    __slots__ = ("__weakref__", "_session")
+    __slots__ = ("__weakref__", "_pool_checkout")
 
-    _session: Checkout
+    _pool_checkout: Checkout
 
     def __init__(self, pool: Pool, pooled: PooledConnection) -> None:
-        _set(self, "_session", Checkout(pool, pooled))
+        _set(self, "_pool_checkout", Checkout(pool, pooled))
 
     # -- the connection's own surface ---------------------------------------------------
 
     def __getattr__(self, name: str) -> Any:  # only for names that are not ours
-        return getattr(self._session.conn, name)
+        return getattr(self._pool_checkout.conn, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._session.conn, name, value)  # e.g. psycopg's conn.autocommit = True
+        setattr(self._pool_checkout.conn, name, value)  # e.g. psycopg's conn.autocommit = True
 
     def __delattr__(self, name: str) -> None:
-        delattr(self._session.conn, name)
+        delattr(self._pool_checkout.conn, name)
 
     @property
     def __wrapped__(self) -> Any:
         """The driver's connection itself (the name functools and wrapt use for it)."""
-        conn = self._session.conn
+        conn = self._pool_checkout.conn
         if conn is RELEASED:
             raise ConnectionReleasedError(_RELEASED_MESSAGE)
         return conn
 
     @property  # type: ignore[misc]
     def __class__(self) -> type:  # so that isinstance(conn, psycopg.Connection) holds
-        return type(self._session.conn)
+        return type(self._pool_checkout.conn)
 
     def __dir__(self) -> list[str]:
-        return sorted(set(dir(self._session.conn)) | {"close"})
+        return sorted(set(dir(self._pool_checkout.conn)) | {"close"})
 
     def __repr__(self) -> str:
         # The driver's own repr (psycopg's names host, port, user and database, never the
         # password), so that logs and debuggers show the connection, not our wrapper.
-        return repr(self._session.conn)
+        return repr(self._pool_checkout.conn)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         raise ArgumentTypeError("a pooled connection cannot be pickled or copied")
@@ -167,10 +178,10 @@ class SessionWrapper:
     @property
     def released(self) -> bool:
         """Whether this checkout was given back to the pool."""
-        return self._session.conn is RELEASED
+        return self._pool_checkout.conn is RELEASED
 
     def __enter__(self) -> SessionWrapper:
-        if self._session.conn is RELEASED:
+        if self._pool_checkout.conn is RELEASED:
             raise ConnectionReleasedError(_RELEASED_MESSAGE)
         return self
 
@@ -180,7 +191,7 @@ class SessionWrapper:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        checkout = self._session
+        checkout = self._pool_checkout
         pooled = checkout.pooled
         if pooled is None:
             return  # released inside the block already
@@ -193,23 +204,23 @@ class SessionWrapper:
 
     def close(self) -> None:
         """Release to the pool (the connection itself stays open for its next checkout)."""
-        self._release_from(self._session.pool)
+        self._release_from(self._pool_checkout.pool)
 
     def _release_from(self, pool: Pool) -> None:
-        if pool is not self._session.pool:
+        if pool is not self._pool_checkout.pool:
             raise ConfigurationError("this connection belongs to another pool")
-        pooled = self._session.end()
+        pooled = self._pool_checkout.end()
         if pooled is not None:
             pooled.spare = self
             pool._checkin(pooled)
 
     def __del__(self) -> None:
-        pooled = self._session.pooled
+        pooled = self._pool_checkout.pooled
         if pooled is None or pooled.pid != os.getpid():
             return  # released; or a forked child's: the parent's connection is not ours
-        self._session.end()
+        self._pool_checkout.end()
         logger.warning(
             "a connection from connect() was garbage collected without being released; "
             "released now (use `with pool.connect() as conn:`)"
         )
-        self._session.pool._release_dropped(pooled)
+        self._pool_checkout.pool._release_dropped(pooled)

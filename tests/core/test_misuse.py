@@ -17,6 +17,7 @@ from collections.abc import Callable
 import pytest
 
 import qdbpool
+import qdbpool.session
 from qdbpool import BoundedPool, ConnectionReleasedError
 from qdbpool.factories import SQLite
 
@@ -216,6 +217,41 @@ def test_a_released_wrapper_someone_keeps_stays_released_across_later_checkouts(
             with pytest.raises(ConnectionReleasedError):
                 old.execute("SELECT 1")
             del old
+
+
+@pytest.mark.parametrize("switch_at", ["_refcount", "getweakrefcount"])
+def test_a_wrapper_another_thread_releases_during_a_checkout_stays_released(
+    make, monkeypatch, switch_at
+):
+    # A worker thread closes a wrapper of this thread's connection just as this thread
+    # checks out again (nested) and looks whether its spare wrapper may be reused: the
+    # worker's wrapper lands in the spare slot then, and must not be the one reused.
+    # The thread switch is forced where CPython may make it: at a call in that check.
+    pool = make()
+    outer = pool.connect()
+    spare = pool.connect()
+    spare.close()
+    del spare  # only the record holds it now: reusable
+    box = [outer]
+    del outer
+    real = getattr(qdbpool.session, switch_at)
+
+    def switch_threads_here(obj: object) -> int:
+        monkeypatch.setattr(qdbpool.session, switch_at, real)
+        worker = threading.Thread(target=box[0].close)
+        worker.start()
+        worker.join(JOIN)
+        return int(real(obj) - (1 if switch_at == "_refcount" else 0))  # not our frame's
+
+    monkeypatch.setattr(qdbpool.session, switch_at, switch_threads_here)
+    inner = pool.connect()
+    closed_by_the_worker = box[0]
+    assert closed_by_the_worker is not inner
+    assert closed_by_the_worker.released
+    with pytest.raises(ConnectionReleasedError):
+        closed_by_the_worker.execute("SELECT 1")
+    inner.execute("SELECT 1")
+    inner.close()
 
 
 def test_a_released_wrapper_says_so_in_its_repr(make):
