@@ -6,13 +6,14 @@ transaction open: each against both pool classes, with real sqlite3 connections.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -75,32 +76,40 @@ def test_every_use_of_a_released_wrapper_raises_and_touches_nothing(make, releas
     assert pool.stats().in_use == 0
 
 
+@contextlib.contextmanager
+def another_thread_holding(pool: qdbpool.Pool) -> Iterator[None]:
+    """Another thread checks out a connection and keeps a transaction open on it for the
+    length of the block; at its end that transaction must still be open: nothing done
+    in the block reached it."""
+    holding, done = threading.Event(), threading.Event()
+    still_open: list[bool] = []
+
+    def hold() -> None:
+        with pool.connect() as conn:
+            conn.execute("BEGIN")
+            holding.set()
+            done.wait(JOIN)
+            still_open.append(bool(conn.in_transaction))
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert holding.wait(JOIN)
+    try:
+        yield
+    finally:
+        done.set()
+        t.join(JOIN)
+    assert still_open == [True]
+
+
 def test_a_released_wrapper_cannot_reach_the_connection_another_thread_holds_now():
     # The bug this pins: an old wrapper's COMMIT ended another thread's transaction.
     pool = BoundedPool(SQLite(":memory:"), size=1)
     try:
         old = pool.connect()
         old.close()
-        holding, done = threading.Event(), threading.Event()
-
-        def other_thread() -> bool:
-            with pool.connect() as conn:
-                conn.execute("CREATE TABLE t (x)")
-                conn.execute("BEGIN")
-                conn.execute("INSERT INTO t VALUES (1)")
-                holding.set()
-                done.wait(JOIN)
-                return bool(conn.in_transaction)
-
-        result: list[bool] = []
-        t = threading.Thread(target=lambda: result.append(other_thread()))
-        t.start()
-        assert holding.wait(JOIN)
-        with pytest.raises(ConnectionReleasedError):
+        with another_thread_holding(pool), pytest.raises(ConnectionReleasedError):
             old.commit()
-        done.set()
-        t.join(JOIN)
-        assert result == [True]  # its transaction was still its own
     finally:
         pool.close(timeout=0)
 
@@ -113,26 +122,11 @@ def test_a_thread_whose_last_connection_another_thread_holds_now_does_not_share_
     try:
         with pool.connect() as mine:
             raw = mine.__wrapped__
-        holding, done = threading.Event(), threading.Event()
-
-        def other_thread() -> bool:
-            with pool.connect() as conn:
-                conn.execute("BEGIN")
-                holding.set()
-                done.wait(JOIN)
-                return bool(conn.in_transaction)
-
-        result: list[bool] = []
-        t = threading.Thread(target=lambda: result.append(other_thread()))
-        t.start()
-        assert holding.wait(JOIN)
-        with pytest.raises(qdbpool.PoolTimeoutError):
-            pool.connect()  # the one connection is the other thread's
-        pool.release(raw)  # not this thread's checkout: changes nothing
-        assert pool.stats().in_use == 1
-        done.set()
-        t.join(JOIN)
-        assert result == [True]  # its transaction was still open, still its own
+        with another_thread_holding(pool):
+            with pytest.raises(qdbpool.PoolTimeoutError):
+                pool.connect()  # the one connection is the other thread's
+            pool.release(raw)  # not this thread's checkout: changes nothing
+            assert pool.stats().in_use == 1
     finally:
         pool.close(timeout=0)
 
