@@ -131,7 +131,9 @@ def test_a_thread_whose_last_connection_another_thread_holds_now_does_not_share_
         pool.close(timeout=0)
 
 
-def test_a_connection_handed_to_a_waiting_thread_is_not_shared_by_the_thread_that_gave_it():
+def test_a_connection_handed_to_a_waiting_thread_is_not_shared_by_the_thread_that_gave_it(
+    poll,
+):
     # Handed straight to the waiter, it is the waiter's before the waiter has even woken:
     # its last holder, checking out again at once, must wait in line, not share it.
     pool = BoundedPool(SQLite(":memory:"), size=1, timeout=0.3)
@@ -146,9 +148,7 @@ def test_a_connection_handed_to_a_waiting_thread_is_not_shared_by_the_thread_tha
 
         t = threading.Thread(target=waiter)
         t.start()
-        deadline = time.monotonic() + JOIN
-        while pool.stats().waiting < 1 and time.monotonic() < deadline:
-            time.sleep(0.001)  # polling the queue: it has no event
+        poll(lambda: pool.stats().waiting == 1, timeout=JOIN, interval=0.001, what="waiting")
         conn.close()  # to the waiter
         with pytest.raises(qdbpool.PoolTimeoutError):
             pool.connect()
