@@ -97,13 +97,15 @@ class _Conn:
 
 
 class _Waiter:
-    """A caller waiting in line for a connection of its route (`ro`), or capacity."""
+    """A caller waiting in line for a connection of its route (`ro`), or capacity, until
+    `deadline` (the loop's clock)."""
 
-    __slots__ = ("future", "ro", "trade")
+    __slots__ = ("deadline", "future", "ro", "trade")
 
-    def __init__(self, future: asyncio.Future[_Conn | _Grant], ro: bool) -> None:
+    def __init__(self, future: asyncio.Future[_Conn | _Grant], ro: bool, deadline: float) -> None:
         self.future = future
         self.ro = ro
+        self.deadline = deadline
         self.trade: asyncio.TimerHandle | None = None
 
 
@@ -227,6 +229,8 @@ class BoundedPool:
         # Capacity comes back only once a driver connection is closed.
         self._reserved = 0
         self._waiters: deque[_Waiter] = deque()
+        # One timer for the whole line, due at or before its earliest deadline (see _wait).
+        self._expiry: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()  # the pool's own background work
         self._conn_types: frozenset[type] = frozenset()
         self._created = self._closed_count = self._discarded = 0
@@ -295,6 +299,9 @@ class BoundedPool:
             waiter = self._waiters.popleft()
             if not waiter.future.done():
                 waiter.future.set_result(_CLOSED)
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
         for idle in self._idle.values():
             while idle:
                 self._retire(idle.pop(), "the pool closed")
@@ -364,6 +371,22 @@ class BoundedPool:
             self._loop = loop
         return loop
 
+    def _take_idle(self, task: asyncio.Task[Any] | None, ro: bool) -> _Conn | None:
+        """_acquire's usual case, settled without a coroutine: an idle connection of route
+        `ro`, fit as it is, taken with nobody waiting. None: `_acquire` decides."""
+        idle = self._idle[ro]
+        if idle and not self._waiters and not self._timed and not self._closed:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return None  # _acquire says what is wrong
+            conn = idle[-1]  # the most recently used: the others may age out
+            if loop is self._loop and conn.watched.value == conn.generation:
+                idle.pop()
+                self._in_use.add(conn)
+                return self._hand_out(conn, task)
+        return None
+
     async def _acquire(self, task: asyncio.Task[Any] | None, ro: bool) -> _Conn:
         """A connection of route `ro` for the calling task, in use (in `_in_use`, owned by
         `task`)."""
@@ -428,12 +451,20 @@ class BoundedPool:
         """Wait in line: a connection of route `ro` handed over (in use), or None for
         capacity reserved for us to open one."""
         future: asyncio.Future[_Conn | _Grant] = loop.create_future()
-        waiter = _Waiter(future, ro)
+        waiter = _Waiter(future, ro, deadline)
         self._waiters.append(waiter)
         self._dispatch()
-        timer = loop.call_later(max(deadline - loop.time(), 0.0), self._expire, waiter)
-        if self._routes and not future.done():
-            waiter.trade = loop.call_later(TRADE_AFTER, self._trade_for, waiter)
+        if not future.done():
+            # Not a timer per wait (arming and cancelling one cost as much as the rest of a
+            # contended checkout): the line's timer is left due at its earliest deadline, and
+            # a newcomer's deadline, the pool's timeout from now, is normally the latest.
+            expiry = self._expiry
+            if expiry is None or expiry.when() > deadline:
+                if expiry is not None:
+                    expiry.cancel()
+                self._expiry = loop.call_at(deadline, self._expire_waiters)
+            if self._routes:
+                waiter.trade = loop.call_later(TRADE_AFTER, self._trade_for, waiter)
         try:
             granted = await future
         except asyncio.CancelledError:
@@ -444,7 +475,6 @@ class BoundedPool:
                     self._waiters.remove(waiter)
             raise
         finally:
-            timer.cancel()
             if waiter.trade is not None:
                 waiter.trade.cancel()
         if isinstance(granted, _Conn):
@@ -458,12 +488,23 @@ class BoundedPool:
             f"{self._burst_limit} in use, {len(self._waiters)} other caller(s) waiting"
         )
 
-    def _expire(self, waiter: _Waiter) -> None:
-        if not waiter.future.done():
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)
-            self._timeouts += 1
-            waiter.future.set_result(_TIMEOUT)
+    def _expire_waiters(self) -> None:
+        """The line's timer: time out every waiter whose deadline has come, drop the ones
+        served or cancelled meanwhile, and set the timer for the earliest deadline left."""
+        self._expiry = None
+        loop = self._check_loop()
+        now = loop.time()
+        waiting = [waiter for waiter in self._waiters if not waiter.future.done()]
+        self._waiters.clear()
+        for waiter in waiting:
+            if waiter.deadline <= now:
+                self._timeouts += 1
+                waiter.future.set_result(_TIMEOUT)
+            else:
+                self._waiters.append(waiter)
+        if self._waiters:
+            earliest = min(waiter.deadline for waiter in self._waiters)
+            self._expiry = loop.call_at(earliest, self._expire_waiters)
 
     def _make_room(self, ro: bool) -> None:
         """Capacity was just reserved to open a connection of route `ro`: beyond `size`, an
@@ -497,6 +538,11 @@ class BoundedPool:
     def _dispatch(self) -> None:
         """Serve waiters, first in line first, from idle connections of their route or
         free capacity."""
+        by_route = self._idle
+        if not (by_route[False] or by_route[True]) and (
+            self._reserved >= self._burst_limit or self._closed
+        ):
+            return  # nothing to hand out: no need to walk the line
         waiters = self._waiters
         index = 0
         while index < len(waiters):
@@ -608,18 +654,22 @@ class BoundedPool:
 
     # -- release --------------------------------------------------------------------------
 
-    async def _release(self, conn: _Conn, exc: BaseException | None) -> None:
-        """The end of an outermost checkout. A clean use is settled without yielding; any
-        other is settled by a task of the pool's own, which a cancellation of the caller
-        does not interrupt."""
+    def _release(self, conn: _Conn, exc: BaseException | None) -> bool:
+        """The end of an outermost checkout, where it is settled without a coroutine: a
+        clean use (given back), a connection found lost (retired). False: `_settle` must."""
         if exc is None and self._user_reset is None:
             state = self._look_after_use(conn.raw)
             if state == CLEAN:
                 self._give_back(conn)
-                return
+                return True
             if state == LOST:
                 self._retire(conn, "it was found closed or broken after use", discarded=True)
-                return
+                return True
+        return False
+
+    async def _settle(self, conn: _Conn, exc: BaseException | None) -> None:
+        """_release's slow twin: the reset, in a task of the pool's own, which a
+        cancellation of the caller does not interrupt."""
         cleanup = self._spawn(self._clean_up(conn, exc), "resetting a connection")
         await asyncio.shield(cleanup)
 
@@ -772,7 +822,8 @@ class _Checkout:
             self._shared = True  # nested in this task's own checkout: the same connection
             pool._checkouts += 1
             return held.conn.raw
-        conn = await pool._acquire(task, self._ro)
+        # A coroutine call costs as much as the rest of a checkout: only when it may wait.
+        conn = pool._take_idle(task, self._ro) or await pool._acquire(task, self._ro)
         self._conn = conn
         self._previous = held
         held_var.set(_Held(conn, task))
@@ -791,4 +842,5 @@ class _Checkout:
         self._conn = None
         pool._held[self._ro].set(self._previous)
         self._previous = None
-        await pool._release(conn, exc)
+        if not pool._release(conn, exc):
+            await pool._settle(conn, exc)

@@ -178,6 +178,91 @@ def test_a_checkout_that_waits_too_long_raises_pool_timeout_error(
             assert conn is first.conn
         await pool.close()
 
+
+def test_every_waiter_in_line_times_out_at_its_own_deadline(
+    run: Run, factory: Any, holder: Any, until: Any
+) -> None:
+    # The line shares one timer: it must still reach each waiter in time, never early,
+    # whether the waiter ahead of it timed out or was served.
+    timeout = 0.2
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        pool = BoundedPool(factory, size=1, timeout=timeout)
+        first = holder(pool)
+        await first.got.wait()
+        outcomes: dict[str, tuple[str, float]] = {}
+
+        async def wait(name: str) -> None:
+            started = loop.time()
+            try:
+                async with pool.connect():
+                    outcomes[name] = ("served", loop.time() - started)
+                    await asyncio.sleep(timeout * 2)  # holds on past the others' deadlines
+            except PoolTimeoutError:
+                outcomes[name] = ("timed out", loop.time() - started)
+
+        # Served: `a` gets the held connection before its deadline, and keeps it.
+        a = asyncio.create_task(wait("a"))
+        await until(lambda: pool.stats().waiting == 1, what="a waiting")
+        b = asyncio.create_task(wait("b"))
+        await until(lambda: pool.stats().waiting == 2, what="b waiting")
+        await first.release()
+        await until(lambda: "a" in outcomes, what="a served")
+        # Timed out: `c` joins later than `b`, so its deadline comes after b's.
+        await asyncio.sleep(timeout / 2)
+        c = asyncio.create_task(wait("c"))
+        await asyncio.wait_for(asyncio.gather(a, b, c), 10)
+        assert outcomes["a"][0] == "served"
+        for name in ("b", "c"):
+            outcome, waited = outcomes[name]
+            assert outcome == "timed out", outcomes
+            assert waited >= timeout - 0.005, outcomes  # the loop's clock resolution
+        assert pool.stats().timeouts == 2
+        await pool.close()
+
+    run(main)
+
+    run(main)
+
+
+def test_a_waiter_whose_ping_failed_keeps_its_first_deadline(
+    run: Run, fake_factory_cls: Any, holder: Any, until: Any
+) -> None:
+    # Its checkout began before the waiter now ahead of it in line: it comes back to the
+    # line with an earlier deadline than the line's timer is set for.
+    timeout = 0.5
+
+    class SlowPing(fake_factory_cls):  # type: ignore[misc]
+        answer: asyncio.Event | None = None
+
+        async def ping(self, conn: Any) -> None:
+            if self.answer is not None:
+                await self.answer.wait()
+            await super().ping(conn)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        factory = SlowPing()
+        pool = BoundedPool(factory, size=1, timeout=timeout, pre_ping=True)
+        async with pool.connect() as conn:
+            conn.ping_fails = True
+        factory.answer = asyncio.Event()
+        started = loop.time()
+        pinging = asyncio.create_task(pool.connect().__aenter__())
+        await until(lambda: pool.stats().in_use == 1, what="a ping under way")
+        await asyncio.sleep(timeout * 0.8)
+        later = holder(pool)  # waits, for the connection being pinged, with a later deadline
+        await until(lambda: pool.stats().waiting == 1, what="a second caller waiting")
+        factory.answer.set()  # the ping fails: the first caller is back in line
+        await later.got.wait()  # the failed connection's capacity went to the one ahead
+        with pytest.raises(PoolTimeoutError):
+            await asyncio.wait_for(pinging, 10)
+        waited = loop.time() - started
+        assert timeout - 0.005 <= waited < timeout * 1.6, waited  # not at the later deadline
+        await later.release()
+        await pool.close()
+
     run(main)
 
 
