@@ -314,6 +314,16 @@ class Node:
         text = self.admin_sql("SELECT pg_last_wal_receive_lsn()::text")[0][0]
         return lsn(text) if text else None
 
+    def received_from_dead_upstream(self) -> int | None:
+        """receive_lsn() once this standby has read all its (killed) upstream sent, or None
+        while its WAL receiver still streams: until it reads the end of the stream, WAL
+        still in its socket is not counted yet."""
+        streaming, text = self.admin_sql(
+            "SELECT EXISTS (SELECT FROM pg_stat_wal_receiver WHERE status = 'streaming'),"
+            " pg_last_wal_receive_lsn()::text"
+        )[0]
+        return None if streaming else lsn(text) if text else 0
+
 
 def credentials(
     cluster: PostgresCluster, user: str | None, password: str | None

@@ -201,15 +201,29 @@ def start_time(pid: int) -> int | None:
     return int(fields[19]) if fields is not None else None
 
 
-def children(pid: int) -> list[int]:
-    """The direct children of `pid`."""
-    kids: list[int] = []
+def _parents() -> dict[int, int]:
+    """Every process's parent, from one pass over /proc."""
+    parents: dict[int, int] = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
             fields = _stat_fields(int(name))
-            if fields is not None and int(fields[1]) == pid:
-                kids.append(int(name))
-    return kids
+            if fields is not None:
+                parents[int(name)] = int(fields[1])
+    return parents
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of `pid`."""
+    return [kid for kid, parent in _parents().items() if parent == pid]
+
+
+def _descendants(pid: int, parents: dict[int, int]) -> set[int]:
+    found: set[int] = set()
+    generation = {pid}
+    while generation:
+        generation = {kid for kid, parent in parents.items() if parent in generation} - found
+        found |= generation
+    return found
 
 
 @functools.lru_cache(maxsize=1)
@@ -244,15 +258,21 @@ def kill_tree(pid: int) -> list[int]:
 
     with contextlib.suppress(TimeoutError):  # SIGKILL below works whatever its state
         wait_until(frozen_or_gone, timeout=5, interval=0.001, what=f"process {pid} stopped")
-    descendants: list[int] = []
-    generation = children(pid)
-    while generation and len(descendants) < 10_000:  # bounded, whatever /proc says
-        descendants += generation
-        generation = [kid for parent in generation for kid in children(parent)]
-    for victim in [*descendants, pid]:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(victim, signal.SIGKILL)
-    return descendants
+    # One pass over /proc for the whole tree (a pass per process took tens of milliseconds
+    # under load, and a failover test measures from the kill). A descendant other than the
+    # frozen process may still fork meanwhile: passes go on until one finds nobody new.
+    descendants: set[int] = set()
+    for _ in range(10):  # bounded, whatever /proc says
+        found = _descendants(pid, _parents())
+        if found <= descendants:
+            break
+        descendants |= found
+        for victim in found:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(victim, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+    return sorted(descendants)
 
 
 def reap(pids: Iterable[int], timeout: float = 10.0) -> None:

@@ -345,13 +345,32 @@ class PostgresCluster:
         if to is not None and to not in candidates:
             raise ValueError(f"{to.name} is not a running standby")
         self.primary.kill()
-        target = to or max(candidates, key=lambda node: node.receive_lsn() or 0)
+        target = to or self._most_received(candidates, timeout)
         target.promote(timeout)
         others = [node for node in candidates if node is not target]
         for node in others:
             node.repoint(target, wait=False)
         wait_streaming(others, timeout)
         return target
+
+    def _most_received(self, candidates: Sequence[Node], timeout: float) -> Node:
+        """The standby that received the most WAL from the killed primary. Compared only
+        once each has read the end of its stream: sooner, a standby with WAL still in its
+        socket looks behind, and promoting the other leaves it unable to follow."""
+        received: dict[Node, int] = {}
+
+        def all_done() -> bool:
+            for node in candidates:
+                if node not in received:
+                    position = node.received_from_dead_upstream()
+                    if position is not None:
+                        received[node] = position
+            return len(received) == len(candidates)
+
+        wait_until(
+            all_done, timeout=timeout, interval=0.002, what="standbys at the end of the stream"
+        )
+        return max(candidates, key=received.__getitem__)
 
     def rebuild_standby(self, node: Node, *, timeout: float = 30.0) -> None:
         """Throw away `node`'s data and make it a fresh standby of the current primary.
