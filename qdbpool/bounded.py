@@ -34,12 +34,15 @@ _CLOSED = "closed"  # the pool closed while it waited
 
 
 class _Waiter:
-    __slots__ = ("event", "granted", "route")
+    __slots__ = ("event", "granted", "impatient", "route")
 
     def __init__(self, route: str) -> None:
         self.route = route
         self.event = threading.Event()
         self.granted: PooledConnection | str | None = None
+        # Waited TRADE_AFTER with no idle connection of the other route to trade: the next
+        # connection of that route to come back while it is first in line is traded for it.
+        self.impatient = False
 
 
 class BoundedPool(Pool):
@@ -232,7 +235,10 @@ class BoundedPool(Pool):
         taken off the idle list for retirement (its capacity becomes the waiter's), if any."""
         with self._lock:
             other_idle = self._idle[_other(waiter.route)]
-            if waiter.granted is not None or not other_idle or self._closed:
+            if waiter.granted is not None or self._closed:
+                return None
+            if not other_idle:
+                waiter.impatient = True  # see _give_back
                 return None
             self._waiters.remove(waiter)
             self._reserved += 1  # given back when the traded one is closed
@@ -272,8 +278,10 @@ class BoundedPool(Pool):
         """A connection just released: to the longest waiter for its route, else idle.
 
         A waiter for the other route gets this connection's capacity (it is closed) only
-        when no connection of that route exists to come back to it: trading on every
-        mismatch would open a connection per checkout under mixed reads and writes."""
+        when no connection of that route exists to come back to it, or when it has waited
+        TRADE_AFTER (`impatient`) and is first in line: trading on every mismatch would
+        open a connection per checkout under mixed reads and writes, never trading would
+        leave readers waiting for as long as writers keep every connection busy."""
         route = self._route_of(pooled)
         expired: list[PooledConnection] | None = None
         trade = False
@@ -283,17 +291,23 @@ class BoundedPool(Pool):
                 trade = True
             else:
                 waiter = (
-                    next((w for w in self._waiters if w.route == route), None)
+                    next((w for w in self._waiters if w.route == route or w.impatient), None)
                     if self._waiters
                     else None
                 )
                 if waiter is not None:
                     self._waiters.remove(waiter)
-                    pooled.depth = 1  # in use by the waiter from here on (see close())
-                    waiter.granted = pooled  # straight to the longest waiter
-                    waiter.event.set()
-                    return
-                if self._waiters:  # all for the other route (see above)
+                    if waiter.route != route:
+                        # Impatient: first in line, so that the capacity this connection
+                        # frees once closed (see _after_retire) is granted to it.
+                        self._waiters.appendleft(waiter)
+                        trade = True
+                    else:
+                        pooled.depth = 1  # in use by the waiter from here on (see close())
+                        waiter.granted = pooled  # straight to the longest waiter
+                        waiter.event.set()
+                        return
+                elif self._waiters:  # all for the other route, none impatient yet
                     other = _other(route)
                     trade = not any(self._route_of(p) == other for p in self._live)
                 if not trade:

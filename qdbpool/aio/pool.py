@@ -100,13 +100,16 @@ class _Waiter:
     """A caller waiting in line for a connection of its route (`ro`), or capacity, until
     `deadline` (the loop's clock)."""
 
-    __slots__ = ("deadline", "future", "ro", "trade")
+    __slots__ = ("deadline", "future", "impatient", "ro", "trade")
 
     def __init__(self, future: asyncio.Future[_Conn | _Grant], ro: bool, deadline: float) -> None:
         self.future = future
         self.ro = ro
         self.deadline = deadline
         self.trade: asyncio.TimerHandle | None = None
+        # Waited TRADE_AFTER with no idle connection of the other route to trade: the next
+        # connection of that route to come back while it is first in line is traded for it.
+        self.impatient = False
 
 
 class _Held:
@@ -147,7 +150,9 @@ class BoundedPool:
     Postgres`), `connect(read_only=True)` gets a connection of the reads' route (a
     replica's) and a task may hold one of each at once, as in the threaded pools. The two
     routes share `size` and `burst_limit`: a caller left waiting `TRADE_AFTER` seconds while
-    only the other route has idle connections has one of them closed to open its own.
+    only the other route has idle connections has one of them closed to open its own; with
+    none idle, it gets, once first in line, the capacity of the next connection of the
+    other route to come back.
 
     The pool serves the event loop it was made on (or, if made outside one, the loop it is
     first used on); used from another, it raises `WrongEventLoopError`.
@@ -518,7 +523,10 @@ class BoundedPool:
         """A waiter not served within TRADE_AFTER while the other route has an idle
         connection: that one is closed, its capacity the waiter's to open its own."""
         other_idle = self._idle[not waiter.ro]
-        if waiter.future.done() or not other_idle or self._closed:
+        if waiter.future.done() or self._closed:
+            return
+        if not other_idle:
+            waiter.impatient = True  # see _give_back
             return
         with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
@@ -712,8 +720,9 @@ class BoundedPool:
             return LOST
 
     def _give_back(self, conn: _Conn) -> None:
-        """A connection in use, fit for the next caller: to the longest waiter, else idle
-        (or closed, when it is beyond `size` or the pool is closed)."""
+        """A connection in use, fit for the next caller: to the longest waiter of its
+        route (or, to an impatient waiter of the other route before it, its capacity),
+        else idle (or closed, when it is beyond `size` or the pool is closed)."""
         self._in_use.discard(conn)
         conn.owner = None
         if self._closed:
@@ -729,6 +738,14 @@ class BoundedPool:
                 del waiters[index]
                 self._in_use.add(conn)
                 waiter.future.set_result(conn)
+                return
+            elif waiter.impatient:
+                # First in line, so that the capacity this connection frees once closed
+                # (see _close_and_free) is granted to it: without this trade, callers of
+                # one route could keep every connection busy and the other's wait forever.
+                del waiters[index]
+                waiters.appendleft(waiter)
+                self._retire(conn, "it was traded for a connection of the other route")
                 return
             else:
                 index += 1

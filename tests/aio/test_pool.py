@@ -1011,6 +1011,45 @@ def test_a_caller_of_one_route_trades_an_idle_connection_of_the_other(
     run(main)
 
 
+def test_readers_get_a_turn_while_writers_keep_every_connection_busy(
+    run: Run, routing_factory: Any
+) -> None:
+    # Writers alone can keep every connection busy: each release finds a writer waiting.
+    # A reader that has waited a while must still get one (a writer connection's capacity
+    # is traded to it), not wait out its timeout.
+    reads_each = 10
+
+    async def main() -> None:
+        pool = BoundedPool(routing_factory, size=2, timeout=3)
+        readers_done = asyncio.Event()
+
+        async def writer() -> None:
+            while not readers_done.is_set():
+                async with pool.connect() as conn:
+                    await conn.execute("SELECT 1")
+                    await asyncio.sleep(0.001)  # the query's time: others queue meanwhile
+
+        async def reader() -> None:
+            for _ in range(reads_each):
+                async with pool.connect(read_only=True) as conn:
+                    assert conn.read_only
+                    await conn.execute("SELECT 1")
+
+        writers = [asyncio.create_task(writer()) for _ in range(6)]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(reader() for _ in range(3))), 30)
+        finally:
+            readers_done.set()
+            await asyncio.wait_for(asyncio.gather(*writers), 30)
+        stats = pool.stats()
+        assert stats.timeouts == 0
+        # Trades open connections: one per reader's wait, at most, not one per checkout.
+        assert stats.created <= 2 + 3 * reads_each, stats
+        await pool.close()
+
+    run(main)
+
+
 def test_beyond_size_an_idle_connection_of_the_other_route_makes_room(
     run: Run, routing_factory: Any
 ) -> None:

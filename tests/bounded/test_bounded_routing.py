@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 
 from qdbpool import BoundedPool
 from qdbpool.factories import SQLite
@@ -89,5 +90,52 @@ def test_a_reader_waiting_behind_writers_is_served_when_no_reader_connection_exi
         got[0].close()
         writer_b.close()
         assert factory.most_open <= 2
+    finally:
+        pool.close(timeout=0)
+
+
+def test_readers_get_a_turn_while_writers_keep_every_connection_busy():
+    # Writers alone can keep every connection busy: each release finds a writer waiting.
+    # A reader that has waited a while must still get one (a writer connection's capacity
+    # is traded to it), not wait out its timeout.
+    factory = RoutingSQLite()
+    pool = BoundedPool(factory, size=2, timeout=3)
+    readers_done = threading.Event()
+    errors: list[BaseException] = []
+    reads_each = 10
+
+    def writer() -> None:
+        deadline = time.monotonic() + 60
+        try:
+            while not readers_done.is_set() and time.monotonic() < deadline:
+                with pool.connect() as conn:
+                    conn.execute("SELECT 1").fetchone()
+                    time.sleep(0.001)  # the query's time: others queue meanwhile
+        except BaseException as exc:
+            errors.append(exc)
+
+    def reader() -> None:
+        try:
+            for _ in range(reads_each):
+                with pool.connect(read_only=True) as conn:
+                    conn.execute("SELECT 1").fetchone()
+        except BaseException as exc:
+            errors.append(exc)
+
+    writers = [threading.Thread(target=writer) for _ in range(6)]
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    try:
+        for t in writers + readers:
+            t.start()
+        for t in readers:
+            t.join(60)
+        readers_done.set()
+        for t in writers:
+            t.join(60)
+        assert not any(t.is_alive() for t in writers + readers)
+        assert errors == []
+        # Trades open connections: one per reader's wait, at most, not one per checkout.
+        assert factory.opened <= 2 + 3 * reads_each, factory.opened
+        assert factory.most_open <= pool.max_size
     finally:
         pool.close(timeout=0)
