@@ -34,15 +34,16 @@ _CLOSED = "closed"  # the pool closed while it waited
 
 
 class _Waiter:
-    __slots__ = ("event", "granted", "impatient", "route")
+    __slots__ = ("event", "granted", "impatient", "promised", "route")
 
     def __init__(self, route: str) -> None:
         self.route = route
         self.event = threading.Event()
         self.granted: PooledConnection | str | None = None
-        # Waited TRADE_AFTER with no idle connection of the other route to trade: the next
-        # connection of that route to come back while it is first in line is traded for it.
+        # Waited TRADE_AFTER with no idle connection of the other route to trade (see
+        # _give_back); then promised the capacity of a connection being closed for it.
         self.impatient = False
+        self.promised = False
 
 
 class BoundedPool(Pool):
@@ -103,6 +104,8 @@ class BoundedPool(Pool):
         self._idle: dict[str, deque[PooledConnection]] = {"rw": deque(), "ro": deque()}
         self._waiters: deque[_Waiter] = deque()
         self._reserved = 0  # connections open or being opened: what counts against max_size
+        self._opening = {"rw": 0, "ro": 0}  # connections being opened, by route
+        self._last_trade = {"rw": -TRADE_AFTER, "ro": -TRADE_AFTER}  # time.monotonic()
         self._timeouts = 0
 
     @property
@@ -246,6 +249,9 @@ class BoundedPool(Pool):
 
     def _open_reserved(self, read_only: bool, deadline: float | None = None) -> PooledConnection:
         """Open a connection for capacity already reserved; give it back if that fails."""
+        route = "ro" if read_only and self._routes else "rw"
+        with self._lock:
+            self._opening[route] += 1
         try:
             return self._open(read_only, deadline)
         except BaseException:
@@ -253,6 +259,9 @@ class BoundedPool(Pool):
                 self._reserved -= 1
                 self._grant_capacity_locked()
             raise
+        finally:
+            with self._lock:
+                self._opening[route] -= 1
 
     # -- release -------------------------------------------------------------------------
 
@@ -277,11 +286,14 @@ class BoundedPool(Pool):
     def _give_back(self, pooled: PooledConnection) -> None:
         """A connection just released: to the longest waiter for its route, else idle.
 
-        A waiter for the other route gets this connection's capacity (it is closed) only
-        when no connection of that route exists to come back to it, or when it has waited
-        TRADE_AFTER (`impatient`) and is first in line: trading on every mismatch would
-        open a connection per checkout under mixed reads and writes, never trading would
-        leave readers waiting for as long as writers keep every connection busy."""
+        Or its capacity (it is closed) to a waiter of the other route ahead of that one,
+        when no connection of the other route is open, being opened or promised, or when
+        that waiter is `impatient`, the other route got no trade in the last TRADE_AFTER
+        and this is not the last connection of its own route. Without trades, callers of
+        one route could keep every connection busy and the other's wait until their
+        timeout (writers after a failover, with none of theirs left); trading more often
+        would open a connection per checkout under mixed load, or trade back and forth.
+        One at a time, capacity moves to where callers wait."""
         route = self._route_of(pooled)
         expired: list[PooledConnection] | None = None
         trade = False
@@ -290,26 +302,21 @@ class BoundedPool(Pool):
             if self._closed:
                 trade = True
             else:
-                waiter = (
-                    next((w for w in self._waiters if w.route == route or w.impatient), None)
-                    if self._waiters
-                    else None
-                )
+                waiter = self._first_served_locked(route)
                 if waiter is not None:
                     self._waiters.remove(waiter)
                     if waiter.route != route:
-                        # Impatient: first in line, so that the capacity this connection
-                        # frees once closed (see _after_retire) is granted to it.
+                        # First in line, so that the capacity this connection frees once
+                        # closed (see _after_retire) is granted to it.
                         self._waiters.appendleft(waiter)
+                        waiter.promised = True
+                        self._last_trade[waiter.route] = time.monotonic()
                         trade = True
                     else:
                         pooled.depth = 1  # in use by the waiter from here on (see close())
                         waiter.granted = pooled  # straight to the longest waiter
                         waiter.event.set()
                         return
-                elif self._waiters:  # all for the other route, none impatient yet
-                    other = _other(route)
-                    trade = not any(self._route_of(p) == other for p in self._live)
                 if not trade:
                     pooled.depth = 0  # idle, under the lock that _acquire takes it with
                     self._idle[route].append(pooled)
@@ -322,6 +329,33 @@ class BoundedPool(Pool):
         pooled.depth = 0
         # Its capacity goes to that waiter.
         self._retire(pooled, "pool_closed" if self._closed else "route_traded")
+
+    def _first_served_locked(self, route: str) -> _Waiter | None:
+        """The waiter a released connection of `route` goes to, or its capacity (see
+        _give_back); None: nobody."""
+        other = _other(route)
+        other_exists: bool | None = None  # looked up at the first waiter that asks
+        for waiter in self._waiters:
+            if waiter.route == route:
+                return waiter
+            if waiter.promised:
+                other_exists = True  # its connection is on the way
+                continue
+            if other_exists is None:
+                other_exists = self._opening[other] > 0 or any(
+                    self._route_of(p) == other for p in self._live
+                )
+            if not other_exists or (
+                waiter.impatient
+                and time.monotonic() >= self._last_trade[other] + TRADE_AFTER
+                and self._route_count_locked(route) > 1  # its last: the two would trade back
+            ):
+                return waiter
+        return None
+
+    def _route_count_locked(self, route: str) -> int:
+        """Connections of `route` open or being opened."""
+        return self._opening[route] + sum(1 for p in self._live if self._route_of(p) == route)
 
     def _route_of(self, pooled: PooledConnection) -> str:
         return "ro" if pooled.read_only and self._routes else "rw"

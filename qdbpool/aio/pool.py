@@ -100,16 +100,17 @@ class _Waiter:
     """A caller waiting in line for a connection of its route (`ro`), or capacity, until
     `deadline` (the loop's clock)."""
 
-    __slots__ = ("deadline", "future", "impatient", "ro", "trade")
+    __slots__ = ("deadline", "future", "impatient", "promised", "ro", "trade")
 
     def __init__(self, future: asyncio.Future[_Conn | _Grant], ro: bool, deadline: float) -> None:
         self.future = future
         self.ro = ro
         self.deadline = deadline
         self.trade: asyncio.TimerHandle | None = None
-        # Waited TRADE_AFTER with no idle connection of the other route to trade: the next
-        # connection of that route to come back while it is first in line is traded for it.
+        # Waited TRADE_AFTER with no idle connection of the other route to trade (see
+        # _give_back); then promised the capacity of a connection being closed for it.
         self.impatient = False
+        self.promised = False
 
 
 class _Held:
@@ -234,6 +235,8 @@ class BoundedPool:
         # Capacity comes back only once a driver connection is closed.
         self._reserved = 0
         self._waiters: deque[_Waiter] = deque()
+        self._opening = {False: 0, True: 0}  # connections being opened, by route
+        self._last_trade = {False: -TRADE_AFTER, True: -TRADE_AFTER}  # loop time, by route
         # One timer for the whole line, due at or before its earliest deadline (see _wait).
         self._expiry: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()  # the pool's own background work
@@ -602,20 +605,24 @@ class BoundedPool:
         return conn
 
     async def _open_raw(self, ro: bool) -> Connection:
+        self._opening[ro] += 1
         try:
-            raw = await self._factory.connect(read_only=ro)
-        except BaseException:
-            self._connect_errors += 1
-            raise
-        try:
-            if self._configure is not None:
-                await maybe_await(self._configure(raw))
-            if self._pre_ping == 0.0:
-                await self._factory.ping(raw)
-        except BaseException:
-            await self._close_raw(raw)
-            raise
-        return raw
+            try:
+                raw = await self._factory.connect(read_only=ro)
+            except BaseException:
+                self._connect_errors += 1
+                raise
+            try:
+                if self._configure is not None:
+                    await maybe_await(self._configure(raw))
+                if self._pre_ping == 0.0:
+                    await self._factory.ping(raw)
+            except BaseException:
+                await self._close_raw(raw)
+                raise
+            return raw
+        finally:
+            self._opening[ro] -= 1
 
     def _adopt(self, ro: bool, opening: asyncio.Task[Connection]) -> None:
         """A connection opened for a caller that left: to the pool, or its capacity back."""
@@ -721,8 +728,16 @@ class BoundedPool:
 
     def _give_back(self, conn: _Conn) -> None:
         """A connection in use, fit for the next caller: to the longest waiter of its
-        route (or, to an impatient waiter of the other route before it, its capacity),
-        else idle (or closed, when it is beyond `size` or the pool is closed)."""
+        route, else idle (or closed, when it is beyond `size` or the pool is closed).
+
+        Or its capacity (it is closed) to a waiter of the other route ahead of that one,
+        when no connection of the other route is open, being opened or promised, or when
+        that waiter is `impatient`, the other route got no trade in the last TRADE_AFTER
+        and this is not the last connection of its own route. Without trades, callers of
+        one route could keep every connection busy and the other's wait until their
+        timeout (writers after a failover, with none of theirs left); trading more often
+        would open a connection per checkout under mixed load, or trade back and forth.
+        One at a time, capacity moves to where callers wait."""
         self._in_use.discard(conn)
         conn.owner = None
         if self._closed:
@@ -730,31 +745,48 @@ class BoundedPool:
             return
         waiters = self._waiters
         index = 0
+        other = not conn.ro
+        other_exists: bool | None = None  # looked up at the first waiter that asks
         while index < len(waiters):
             waiter = waiters[index]
             if waiter.future.done():
                 del waiters[index]
-            elif waiter.ro is conn.ro:
+                continue
+            if waiter.ro is conn.ro:
                 del waiters[index]
                 self._in_use.add(conn)
                 waiter.future.set_result(conn)
                 return
-            elif waiter.impatient:
+            if waiter.promised:
+                other_exists = True  # its connection is on the way
+                index += 1
+                continue
+            if other_exists is None:
+                other_exists = self._opening[other] > 0 or any(c.ro is other for c in self._live)
+            if not other_exists or (
+                waiter.impatient
+                and self._check_loop().time() >= self._last_trade[other] + TRADE_AFTER
+                and self._route_count(conn.ro) > 1  # its last: the two would trade back
+            ):
                 # First in line, so that the capacity this connection frees once closed
-                # (see _close_and_free) is granted to it: without this trade, callers of
-                # one route could keep every connection busy and the other's wait forever.
+                # (see _close_and_free) is granted to it.
                 del waiters[index]
                 waiters.appendleft(waiter)
+                waiter.promised = True
+                self._last_trade[other] = self._check_loop().time()
                 self._retire(conn, "it was traded for a connection of the other route")
                 return
-            else:
-                index += 1
+            index += 1
         if len(self._live) > self._size:
             self._retire(conn, "a burst connection came back with nobody waiting")
             return
         if self._timed:
             conn.last_used = time.monotonic()
         self._idle[conn.ro].append(conn)
+
+    def _route_count(self, ro: bool) -> int:
+        """Connections of route `ro` open or being opened."""
+        return self._opening[ro] + sum(1 for c in self._live if c.ro is ro)
 
     # -- closing --------------------------------------------------------------------------
 

@@ -1011,40 +1011,98 @@ def test_a_caller_of_one_route_trades_an_idle_connection_of_the_other(
     run(main)
 
 
-def test_readers_get_a_turn_while_writers_keep_every_connection_busy(
+def test_both_routes_get_turns_while_each_keeps_every_connection_busy(
     run: Run, routing_factory: Any
 ) -> None:
-    # Writers alone can keep every connection busy: each release finds a writer waiting.
-    # A reader that has waited a while must still get one (a writer connection's capacity
-    # is traded to it), not wait out its timeout.
-    reads_each = 10
+    # Callers of one route alone can keep every connection busy: each release finds one
+    # of them waiting. Those of the other route must still get connections (capacity is
+    # traded to them), not wait out their timeout; and the trades, each a new connection,
+    # come at most one per route every TRADE_AFTER, not one per checkout.
+    uses_each = 20
 
     async def main() -> None:
+        loop = asyncio.get_running_loop()
         pool = BoundedPool(routing_factory, size=2, timeout=3)
-        readers_done = asyncio.Event()
 
-        async def writer() -> None:
-            while not readers_done.is_set():
-                async with pool.connect() as conn:
+        async def caller(read_only: bool) -> None:
+            for _ in range(uses_each):
+                async with pool.connect(read_only=read_only) as conn:
+                    assert conn.read_only is read_only
                     await conn.execute("SELECT 1")
                     await asyncio.sleep(0.001)  # the query's time: others queue meanwhile
 
-        async def reader() -> None:
-            for _ in range(reads_each):
-                async with pool.connect(read_only=True) as conn:
-                    assert conn.read_only
-                    await conn.execute("SELECT 1")
-
-        writers = [asyncio.create_task(writer()) for _ in range(6)]
-        try:
-            await asyncio.wait_for(asyncio.gather(*(reader() for _ in range(3))), 30)
-        finally:
-            readers_done.set()
-            await asyncio.wait_for(asyncio.gather(*writers), 30)
+        started = loop.time()
+        callers = [caller(read_only=n % 2 == 0) for n in range(12)]
+        await asyncio.wait_for(asyncio.gather(*callers), 30)
+        elapsed = loop.time() - started
         stats = pool.stats()
         assert stats.timeouts == 0
-        # Trades open connections: one per reader's wait, at most, not one per checkout.
-        assert stats.created <= 2 + 3 * reads_each, stats
+        trades_allowed = 2 * (elapsed / qdbpool.aio.pool.TRADE_AFTER + 1)
+        assert stats.created <= 2 + trades_allowed, (stats, elapsed)
+        await pool.close()
+
+    run(main)
+
+
+def test_an_impatient_caller_does_not_take_the_last_connection_of_the_other_route(
+    run: Run, routing_factory: Any
+) -> None:
+    # Ten writers and a reader over two connections: writers wait long enough to be
+    # impatient, but trading the reader's only connection away would only make the
+    # reader trade it back at once, a new connection each way, again and again.
+    async def main() -> None:
+        pool = BoundedPool(routing_factory, size=2, timeout=10)
+
+        async def caller(read_only: bool) -> None:
+            for _ in range(6):
+                async with pool.connect(read_only=read_only) as conn:
+                    await conn.execute("SELECT 1")
+                    await asyncio.sleep(0.02)
+
+        callers = [caller(False) for _ in range(10)] + [caller(True)]
+        await asyncio.wait_for(asyncio.gather(*callers), 30)
+        stats = pool.stats()
+        assert stats.timeouts == 0
+        # One per route, after a trade or two to get there (who came first took both);
+        # trading back and forth opened 13 or more.
+        assert stats.created <= 6, stats
+        await pool.close()
+
+    run(main)
+
+
+def test_a_route_with_no_connection_gets_the_next_ones_capacity(
+    run: Run, routing_factory: Any, until: Any
+) -> None:
+    # As after a failover: readers hold every connection, and the writers' are gone. A
+    # writer must not wait TRADE_AFTER for its turn: once it is first in line, the next
+    # reader connection to come back is traded for it.
+    readers = 3
+
+    async def main() -> None:
+        pool = BoundedPool(routing_factory, size=2, timeout=3)
+        served: list[str] = []
+        writer_done = asyncio.Event()
+
+        async def reader() -> None:
+            while not writer_done.is_set():
+                async with pool.connect(read_only=True) as conn:
+                    await conn.execute("SELECT 1")
+                    await asyncio.sleep(0.001)
+                served.append("read")
+
+        tasks = [asyncio.create_task(reader()) for _ in range(readers)]
+        try:
+            await until(lambda: len(served) >= 10, what="both connections the readers'")
+            queued_at = len(served)
+            async with pool.connect() as conn:
+                assert not conn.read_only
+            reads_meanwhile = len(served) - queued_at
+        finally:
+            writer_done.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        # The readers ahead of it in line, then one more release, traded.
+        assert reads_meanwhile <= readers + 1, reads_meanwhile
         await pool.close()
 
     run(main)

@@ -139,3 +139,70 @@ def test_readers_get_a_turn_while_writers_keep_every_connection_busy():
         assert factory.most_open <= pool.max_size
     finally:
         pool.close(timeout=0)
+
+
+def test_a_route_with_no_connection_gets_the_next_ones_capacity(poll):
+    # As after a failover: readers hold every connection, and the writers' are gone. A
+    # writer must not wait TRADE_AFTER for its turn: once it is first in line, the next
+    # reader connection to come back is traded for it.
+    factory = RoutingSQLite()
+    pool = BoundedPool(factory, size=2, timeout=5)
+    readers, served, lock = 3, [0], threading.Lock()
+    writer_done = threading.Event()
+
+    def reader() -> None:
+        deadline = time.monotonic() + 30
+        while not writer_done.is_set() and time.monotonic() < deadline:
+            with pool.connect(read_only=True) as conn:
+                conn.execute("SELECT 1").fetchone()
+                time.sleep(0.001)
+            with lock:
+                served[0] += 1
+
+    threads = [threading.Thread(target=reader) for _ in range(readers)]
+    try:
+        for t in threads:
+            t.start()
+        poll(lambda: served[0] >= 10, interval=0.001, what="both connections the readers'")
+        queued_at = served[0]
+        with pool.connect():
+            reads_meanwhile = served[0] - queued_at
+    finally:
+        writer_done.set()
+        for t in threads:
+            t.join(30)
+        pool.close(timeout=0)
+    # The readers ahead of it in line, then one more release, traded.
+    assert reads_meanwhile <= readers + 1, reads_meanwhile
+
+
+def test_an_impatient_caller_does_not_take_the_last_connection_of_the_other_route():
+    # Ten writers and a reader over two connections: writers wait long enough to be
+    # impatient, but trading the reader's only connection away would only make the
+    # reader trade it back at once, a new connection each way, again and again.
+    factory = RoutingSQLite()
+    pool = BoundedPool(factory, size=2, timeout=10)
+    errors: list[BaseException] = []
+
+    def caller(read_only: bool) -> None:
+        try:
+            for _ in range(6):
+                with pool.connect(read_only=read_only) as conn:
+                    conn.execute("SELECT 1").fetchone()
+                    time.sleep(0.02)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(n >= 10,)) for n in range(11)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads)
+        assert errors == []
+        # One per route, after a trade or two to get there (who came first took both);
+        # trading back and forth opened 13 or more.
+        assert factory.opened <= 6, factory.opened
+    finally:
+        pool.close(timeout=0)
