@@ -1,21 +1,23 @@
 """Failover: how long writes stop, and what fails, when the primary dies and a standby takes over.
 
 Each run starts a fresh local cluster (a primary and two streaming standbys) for each
-client, in a shuffled order, so every client meets the same conditions. A writer
-(INSERT + commit every 10 ms) and a reader (SELECT on a replica route + commit every 10 ms)
-run until warm; then the primary is SIGKILLed and a standby promoted, the others re-pointed,
+client, in a shuffled order, so every client meets the same conditions. Writers
+(INSERT + commit every 10 ms) and readers (SELECT on a replica route + commit every 10 ms),
+one of each for the threaded clients, 16 of each (tasks) for the asyncio ones, run until
+warm; then the primary is SIGKILLed and a standby promoted, the others re-pointed,
 as an orchestrator would (PostgresCluster.failover()). Observed until both have recovered
 (and at least 2 s, 1 s past the later recovery), at most 10 s after the kill.
 Clients: qdbpool (Postgres factory, defaults; @with_conn, reader read_only=True);
-qdbpool.aio (qdbpool.aio.factories.Postgres, defaults, in an asyncio loop in its own thread);
-hasql (hasql.psycopg3.PoolManager, defaults; acquire_master / acquire_replica, in an
-asyncio loop in its own thread); plain psycopg (multi-host conninfo with
-target_session_attrs=read-write for the writer, =standby for the reader; on
-OperationalError close and reconnect, same conninfo).
+qdbpool.aio (qdbpool.aio.factories.Postgres, and AsyncPG, defaults, in an asyncio loop
+in its own thread); hasql (hasql.psycopg3.PoolManager, and hasql.asyncpg's, defaults;
+acquire_master / acquire_replica, in an asyncio loop in its own thread); plain psycopg
+(multi-host conninfo with target_session_attrs=read-write for the writer, =standby for the
+reader; on OperationalError close and reconnect, same conninfo).
 Measured: kill -> first acknowledged write that started after the kill, answered by a live
 server (the same for reads); failed operations (calls that raised) from the kill to the end
-of the run; successful reads after the kill that a primary answered; acknowledged writes
-missing on the new primary afterwards (the test bed runs synchronous_commit = off).
+of the run (for writes, the most one writer lost); successful reads after the kill that a
+primary answered; acknowledged writes missing on the new primary afterwards (the test bed
+runs synchronous_commit = off).
 Run: python -m bench.failover [--runs N] [--quick]
 """
 
@@ -25,6 +27,7 @@ import abc
 import argparse
 import asyncio
 import contextlib
+import importlib
 import itertools
 import logging
 import os
@@ -34,7 +37,7 @@ import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, cast
@@ -52,6 +55,8 @@ TABLE = "bench_failover"
 # few milliseconds its backends outlive the start of the kill is no recovery.
 INSERT = f"INSERT INTO {TABLE} (seq) VALUES (%s) RETURNING inet_server_port()"
 READ = f"SELECT pg_is_in_recovery(), inet_server_port(), max(seq) FROM {TABLE}"
+INSERT_ASYNCPG = INSERT.replace("%s", "$1")  # asyncpg's placeholders
+ASYNC_TASKS = 16  # writer tasks, and reader tasks, of each asyncio client
 
 INTERVAL = 0.010  # between two operations of one writer or reader
 WARMUP = 1.0  # seconds of successful traffic before the kill
@@ -65,17 +70,21 @@ STOP_TIMEOUT = 10.0  # for the client's threads to finish their last operation
 
 HEADER = """\
 bench.failover: SIGKILL the primary of a 3-node local PostgreSQL cluster and promote a
-  standby (cluster.failover()) under a writer (INSERT + commit every 10 ms) and a reader
-  (replica route, SELECT + commit every 10 ms), after a >= 1 s warm-up.
-  {runs} run(s); in each, every client gets its own fresh cluster, in a shuffled order.
+  standby (cluster.failover()) under writers (INSERT + commit every 10 ms) and readers
+  (replica route, SELECT + commit every 10 ms), after a >= 1 s warm-up: one writer and
+  one reader thread for the threaded clients, {tasks} writer and {tasks} reader tasks for the
+  asyncio ones. {runs} run(s); in each, every client gets its own fresh cluster, in a
+  shuffled order.
   kill->write: until the first acknowledged write that started after the kill began and
   was answered by a live server (not the old primary, whose backends outlive the start of
   the kill by a few ms); the same for reads. failed: calls that raised, from the kill to
-  the end of the run (>= 2 s, 1 s past both recoveries, at most {window:g} s after the kill).
+  the end of the run (>= 2 s, 1 s past both recoveries, at most {window:g} s after the
+  kill); for writes, the most that one writer lost.
   Clients: qdbpool Postgres factory defaults + @with_conn; qdbpool.aio the same for
-  asyncio (BoundedPool, defaults); hasql psycopg3 PoolManager
-  defaults; psycopg with libpq target_session_attrs (read-write / standby), reconnecting
-  on OperationalError. 'reads on primary': reads after the kill that a primary answered.
+  asyncio (BoundedPool, defaults), over psycopg 3 and over asyncpg; hasql PoolManager
+  defaults, over psycopg 3 and over asyncpg; psycopg with libpq target_session_attrs
+  (read-write / standby), reconnecting on OperationalError.
+  'reads on primary': reads after the kill that a primary answered.
   'acked lost': acknowledged writes missing on the new primary, all runs (the test bed
   runs synchronous_commit=off). 'promoted': kill -> new primary ready, from its log;
   'promoted->write': from then to the first acknowledged write (the client's own share).
@@ -100,6 +109,7 @@ class Op:
     port: int | None = None  # the server that answered
     seq: int | None = None  # a write's value
     error: str | None = None
+    worker: int = 0  # which writer (or reader) of the client
 
 
 def describe(exc: BaseException) -> str:
@@ -214,120 +224,156 @@ class QdbpoolClient(Client):
 
 
 # --------------------------------------------------------------------------------------------
-# (a') qdbpool.aio: the same, for asyncio (as hasql runs: a loop in a thread of its own)
+# (a') asyncio clients: qdbpool.aio and hasql, each over psycopg 3 and over asyncpg
 # --------------------------------------------------------------------------------------------
 
+Write = Callable[[int], Awaitable[int]]
+Read = Callable[[], Awaitable[tuple[bool, int]]]
 
-class QdbpoolAioClient(Client):
-    name = "qdbpool.aio"
+
+class AsyncClient(Client):
+    """ASYNC_TASKS writer tasks and as many reader tasks, in an asyncio loop in a thread
+    of its own (as hasql runs). A subclass opens its pool (`_open`): a write, a read, and
+    how to close it."""
 
     def start(self) -> None:
         self._spawn("loop", lambda: asyncio.run(self._main()))
 
+    @abc.abstractmethod
+    async def _open(self) -> tuple[Write, Read, Callable[[], Awaitable[None]]]: ...
+
     async def _main(self) -> None:
-        import qdbpool.aio as aio
-        from qdbpool.aio.factories import Postgres as AioPostgres
-
-        pool = aio.BoundedPool(AioPostgres(self.cluster.multi_host_dsn()))
-
-        @aio.with_conn(pool=pool)
-        async def write(conn: Any, seq: int) -> int:
-            cursor = await conn.execute(INSERT, (seq,))
-            port = _answered_write(await cursor.fetchone())
-            await conn.commit()
-            return port
-
-        @aio.with_conn(pool=pool, read_only=True)
-        async def read(conn: Any) -> tuple[bool, int]:
-            cursor = await conn.execute(READ)
-            answer = _answered_read(await cursor.fetchone())
-            await conn.commit()
-            return answer
-
+        write, read, close = await self._open()
         try:
-            await asyncio.gather(self._writer(write), self._reader(read))
+            await asyncio.gather(
+                *(self._writer(write, n) for n in range(ASYNC_TASKS)),
+                *(self._reader(read, n) for n in range(ASYNC_TASKS)),
+            )
         finally:
-            await pool.close(timeout=STOP_TIMEOUT / 2)
+            await asyncio.wait_for(close(), timeout=STOP_TIMEOUT / 2)
 
-    async def _writer(self, write: Callable[[int], Any]) -> None:
+    async def _writer(self, write: Write, worker: int) -> None:
         while not self.stopping.is_set():
             seq = self.next_seq()
             start = time.monotonic()
             try:
                 port = await write(seq)
             except Exception as exc:
-                self.writes.append(Op(start, time.monotonic(), False, seq=seq, error=describe(exc)))
+                end, error = time.monotonic(), describe(exc)
+                self.writes.append(Op(start, end, False, seq=seq, error=error, worker=worker))
             else:
-                self.writes.append(Op(start, time.monotonic(), True, seq=seq, port=port))
+                end = time.monotonic()
+                self.writes.append(Op(start, end, True, seq=seq, port=port, worker=worker))
             await asyncio.sleep(INTERVAL)
 
-    async def _reader(self, read: Callable[[], Any]) -> None:
+    async def _reader(self, read: Read, worker: int) -> None:
         while not self.stopping.is_set():
             start = time.monotonic()
             try:
                 on_primary, port = await read()
             except Exception as exc:
-                self.reads.append(Op(start, time.monotonic(), False, error=describe(exc)))
+                end, error = time.monotonic(), describe(exc)
+                self.reads.append(Op(start, end, False, error=error, worker=worker))
             else:
-                self.reads.append(Op(start, time.monotonic(), True, on_primary, port))
+                end = time.monotonic()
+                self.reads.append(Op(start, end, True, on_primary, port, worker=worker))
             await asyncio.sleep(INTERVAL)
 
 
-# --------------------------------------------------------------------------------------------
-# (b) hasql
-# --------------------------------------------------------------------------------------------
+async def _insert_psycopg(conn: Any, seq: int) -> int:
+    cursor = await conn.execute(INSERT, (seq,))
+    port = _answered_write(await cursor.fetchone())
+    await conn.commit()
+    return port
 
 
-class HasqlClient(Client):
+async def _select_psycopg(conn: Any) -> tuple[bool, int]:
+    cursor = await conn.execute(READ)
+    answer = _answered_read(await cursor.fetchone())
+    await conn.commit()
+    return answer
+
+
+async def _insert_asyncpg(conn: Any, seq: int) -> int:
+    return _answered_write(await conn.fetchrow(INSERT_ASYNCPG, seq))  # autocommit
+
+
+async def _select_asyncpg(conn: Any) -> tuple[bool, int]:
+    return _answered_read(await conn.fetchrow(READ))
+
+
+class QdbpoolAioClient(AsyncClient):
+    """qdbpool.aio over psycopg 3: BoundedPool and factory with their defaults."""
+
+    name = "qdbpool.aio"
+    asyncpg = False
+
+    async def _open(self) -> tuple[Write, Read, Callable[[], Awaitable[None]]]:
+        import qdbpool.aio as aio
+        from qdbpool.aio.factories import AsyncPG
+        from qdbpool.aio.factories import Postgres as AioPostgres
+
+        factory = (AsyncPG if self.asyncpg else AioPostgres)(self.cluster.multi_host_dsn())
+        pool = aio.BoundedPool(factory)
+        insert = _insert_asyncpg if self.asyncpg else _insert_psycopg
+        select = _select_asyncpg if self.asyncpg else _select_psycopg
+
+        @aio.with_conn(pool=pool)
+        async def write(conn: Any, seq: int) -> int:
+            return await insert(conn, seq)
+
+        @aio.with_conn(pool=pool, read_only=True)
+        async def read(conn: Any) -> tuple[bool, int]:
+            return await select(conn)
+
+        return write, read, lambda: pool.close(timeout=STOP_TIMEOUT / 4)
+
+
+class QdbpoolAsyncpgClient(QdbpoolAioClient):
+    """qdbpool.aio over asyncpg (the AsyncPG factory)."""
+
+    name = "qdbpool.aio asyncpg"
+    asyncpg = True
+
+
+class HasqlClient(AsyncClient):
+    """hasql's psycopg 3 PoolManager, defaults: acquire_master() / acquire_replica()."""
+
     name = "hasql"
+    asyncpg = False
 
     def __init__(self, cluster: PostgresCluster) -> None:
         super().__init__(cluster)
         self.close_error: str | None = None
 
-    def start(self) -> None:
-        self._spawn("loop", lambda: asyncio.run(self._main()))
+    async def _open(self) -> tuple[Write, Read, Callable[[], Awaitable[None]]]:
+        hasql = importlib.import_module("hasql.asyncpg" if self.asyncpg else "hasql.psycopg3")
+        insert = _insert_asyncpg if self.asyncpg else _insert_psycopg
+        select = _select_asyncpg if self.asyncpg else _select_psycopg
+        manager: Any = hasql.PoolManager(self.cluster.multi_host_dsn())  # needs the running loop
 
-    async def _main(self) -> None:
-        from hasql.psycopg3 import PoolManager
+        async def write(seq: int) -> int:
+            async with manager.acquire_master() as conn:
+                return await insert(conn, seq)
 
-        manager = PoolManager(self.cluster.multi_host_dsn())  # needs the running loop
-        try:
-            await asyncio.gather(self._writer(manager), self._reader(manager))
-        finally:
+        async def read() -> tuple[bool, int]:
+            async with manager.acquire_replica() as conn:
+                return await select(conn)
+
+        async def close() -> None:
             try:
-                await asyncio.wait_for(manager.close(), timeout=STOP_TIMEOUT / 2)
+                await asyncio.wait_for(manager.close(), timeout=STOP_TIMEOUT / 4)
             except Exception as exc:
                 self.close_error = describe(exc)
 
-    async def _writer(self, manager: Any) -> None:
-        while not self.stopping.is_set():
-            seq = self.next_seq()
-            start = time.monotonic()
-            try:
-                async with manager.acquire_master() as conn:
-                    cursor = await conn.execute(INSERT, (seq,))
-                    port = _answered_write(await cursor.fetchone())
-                    await conn.commit()
-            except Exception as exc:
-                self.writes.append(Op(start, time.monotonic(), False, seq=seq, error=describe(exc)))
-            else:
-                self.writes.append(Op(start, time.monotonic(), True, seq=seq, port=port))
-            await asyncio.sleep(INTERVAL)
+        return write, read, close
 
-    async def _reader(self, manager: Any) -> None:
-        while not self.stopping.is_set():
-            start = time.monotonic()
-            try:
-                async with manager.acquire_replica() as conn:
-                    cursor = await conn.execute(READ)
-                    on_primary, port = _answered_read(await cursor.fetchone())
-                    await conn.commit()
-            except Exception as exc:
-                self.reads.append(Op(start, time.monotonic(), False, error=describe(exc)))
-            else:
-                self.reads.append(Op(start, time.monotonic(), True, on_primary, port))
-            await asyncio.sleep(INTERVAL)
+
+class HasqlAsyncpgClient(HasqlClient):
+    """hasql's asyncpg PoolManager, defaults."""
+
+    name = "hasql asyncpg"
+    asyncpg = True
 
 
 # --------------------------------------------------------------------------------------------
@@ -399,7 +445,9 @@ class PsycopgClient(Client):
 CLIENTS: dict[str, type[Client]] = {
     "qdbpool": QdbpoolClient,
     "qdbpool.aio": QdbpoolAioClient,
+    "qdbpool.aio asyncpg": QdbpoolAsyncpgClient,
     "hasql": HasqlClient,
+    "hasql asyncpg": HasqlAsyncpgClient,
     "psycopg": PsycopgClient,
 }
 
@@ -536,7 +584,11 @@ def run_one(kind: str, run: int, cpus: set[int] | None) -> RunResult:
             result.kill_to_write = wrote - killed if wrote is not None else None
             result.kill_to_read = read - killed if read is not None else None
             after = [op for op in writes + reads if op.end >= killed]
-            result.failed_writes = sum(not op.ok for op in writes if op.end >= killed)
+            # The target is per writer: one failed call each, at most (the one in flight).
+            result.failed_writes = max(
+                Counter(op.worker for op in writes if not op.ok and op.end >= killed).values(),
+                default=0,
+            )
             result.failed_reads = sum(not op.ok for op in reads if op.end >= killed)
             result.reads_on_primary = sum(
                 op.ok and op.on_primary for op in reads if op.end >= killed
@@ -589,7 +641,7 @@ def after_promotion(results: Sequence[RunResult]) -> list[float | None]:
 
 def summary(results: Sequence[RunResult], kinds: Sequence[str]) -> str:
     header = (
-        f"  {'client':<16} {'kill->write s: median':>21} {'min':>6} {'max':>6}"
+        f"  {'client':<20} {'kill->write s: median':>21} {'min':>6} {'max':>6}"
         f"  {'promoted->write':>15}  {'failed writes':>13}  {'failed reads':>12}"
         f"  {'kill->read':>10}  {'reads on primary':>16}  {'acked lost':>10}"
     )
@@ -598,7 +650,7 @@ def summary(results: Sequence[RunResult], kinds: Sequence[str]) -> str:
         mine = [r for r in results if r.client == kind and r.problem is None]
         name = CLIENTS[kind].name
         if not mine:
-            lines.append(f"  {name:<16} (no run could be measured)")
+            lines.append(f"  {name:<20} (no run could be measured)")
             continue
         to_write = [r.kill_to_write for r in mine]
         known = [t for t in to_write if t is not None]
@@ -606,7 +658,7 @@ def summary(results: Sequence[RunResult], kinds: Sequence[str]) -> str:
         fw = [r.failed_writes for r in mine]
         fr = [r.failed_reads for r in mine]
         lines.append(
-            f"  {name:<16} {_secs(_median_time(to_write)):>21}"
+            f"  {name:<20} {_secs(_median_time(to_write)):>21}"
             f" {_secs(min(known) if known else None):>6}"
             f" {_secs(max(known) if known and not never else None):>6}"
             f"  {_secs(_median_time(after_promotion(mine))):>15}"
@@ -618,14 +670,15 @@ def summary(results: Sequence[RunResult], kinds: Sequence[str]) -> str:
         )
         if never:
             lines.append(
-                f"  {'':<16} {never} run(s) without any acknowledged write within the window"
+                f"  {'':<20} {never} run(s) without any acknowledged write within the window"
             )
     return "\n".join(lines)
 
 
 def verdict(results: Sequence[RunResult]) -> str:
     """The targets, for the threaded client and the asyncio one."""
-    return "\n".join(_verdict_of(results, client) for client in ("qdbpool", "qdbpool.aio"))
+    clients = ("qdbpool", "qdbpool.aio", "qdbpool.aio asyncpg")
+    return "\n".join(_verdict_of(results, client) for client in clients)
 
 
 def _verdict_of(results: Sequence[RunResult], client: str) -> str:
@@ -651,11 +704,11 @@ def _verdict_of(results: Sequence[RunResult], client: str) -> str:
 def print_run(r: RunResult) -> None:
     name = CLIENTS[r.client].name
     if r.problem is not None:
-        print(f"  run {r.run + 1} {name:<16} NOT MEASURED: {r.problem}", flush=True)
+        print(f"  run {r.run + 1} {name:<20} NOT MEASURED: {r.problem}", flush=True)
         return
     errors = ", ".join(f"{k} x{v}" for k, v in r.errors.most_common(3)) or "-"
     print(
-        f"  run {r.run + 1} {name:<16} write {_secs(r.kill_to_write):>6} s, read"
+        f"  run {r.run + 1} {name:<20} write {_secs(r.kill_to_write):>6} s, read"
         f" {_secs(r.kill_to_read):>6} s; failed w/r {r.failed_writes}/{r.failed_reads};"
         f" on primary {r.reads_on_primary}; lost {r.lost_writes}"
         f" (old primary acked {r.late_acks} after kill);"
@@ -682,7 +735,7 @@ def main() -> int:
     began = time.monotonic()
     kinds = list(CLIENTS)
 
-    print(HEADER.format(runs=runs, window=MAX_WINDOW).rstrip())
+    print(HEADER.format(runs=runs, window=MAX_WINDOW, tasks=ASYNC_TASKS).rstrip())
     cpus: set[int] | None = None
     if args.no_pin:
         print("  not pinned: the client and the servers use every CPU")
