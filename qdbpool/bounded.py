@@ -302,7 +302,7 @@ class BoundedPool(Pool):
             if self._closed:
                 trade = True
             else:
-                waiter = self._first_served_locked(route)
+                waiter = self._first_served_locked(route) if self._waiters else None
                 if waiter is not None:
                     self._waiters.remove(waiter)
                     if waiter.route != route:
