@@ -94,7 +94,7 @@ class BoundedPool(Pool):
         super().__init__(get_conn, **pool_kwargs)
         for _ in range(pre_create):
             with self._lock:
-                self._reserved += 1
+                self._reserve_locked("rw")
             pooled = self._open_reserved(read_only=False)
             pooled.depth = 0
             self._give_back(pooled)
@@ -104,7 +104,9 @@ class BoundedPool(Pool):
         self._idle: dict[str, deque[PooledConnection]] = {"rw": deque(), "ro": deque()}
         self._waiters: deque[_Waiter] = deque()
         self._reserved = 0  # connections open or being opened: what counts against max_size
-        self._opening = {"rw": 0, "ro": 0}  # connections being opened, by route
+        # By route, capacity reserved for a connection not open yet: granted to a caller
+        # that has still to open it, or being opened.
+        self._opening = {"rw": 0, "ro": 0}
         self._last_trade = {"rw": -TRADE_AFTER, "ro": -TRADE_AFTER}  # time.monotonic()
         self._timeouts = 0
 
@@ -170,13 +172,13 @@ class BoundedPool(Pool):
                 found = idle.pop()  # the most recently used: the extras age out instead
                 found.depth = 1  # in use from here on: close() must leave it to us
             elif self._reserved < self._max_size:
-                self._reserved += 1
+                self._reserve_locked(route)
             elif other_idle and not any(self._route_of(p) == route for p in self._live):
                 # Full, idle on the other route only, and none of ours exists to come back:
                 # trade that one in (its retirement gives back the capacity reserved here).
                 # Where one of ours exists, wait for it rather than churn connections.
                 surplus = other_idle.popleft()
-                self._reserved += 1
+                self._reserve_locked(route)
             else:
                 waiter = self._enqueue_locked(route)
         if expired:
@@ -238,20 +240,18 @@ class BoundedPool(Pool):
         taken off the idle list for retirement (its capacity becomes the waiter's), if any."""
         with self._lock:
             other_idle = self._idle[_other(waiter.route)]
-            if waiter.granted is not None or self._closed:
-                return None
+            if waiter.granted is not None or waiter.promised or self._closed:
+                return None  # served, or a trade of _give_back's is on its way to it
             if not other_idle:
                 waiter.impatient = True  # see _give_back
                 return None
             self._waiters.remove(waiter)
-            self._reserved += 1  # given back when the traded one is closed
+            self._reserve_locked(waiter.route)  # given back when the traded one is closed
             return other_idle.popleft()
 
     def _open_reserved(self, read_only: bool, deadline: float | None = None) -> PooledConnection:
         """Open a connection for capacity already reserved; give it back if that fails."""
         route = "ro" if read_only and self._routes else "rw"
-        with self._lock:
-            self._opening[route] += 1
         try:
             return self._open(read_only, deadline)
         except BaseException:
@@ -261,7 +261,12 @@ class BoundedPool(Pool):
             raise
         finally:
             with self._lock:
-                self._opening[route] -= 1
+                self._opening[route] -= 1  # open (in _live) or failed
+
+    def _reserve_locked(self, route: str) -> None:
+        """Capacity for a connection of `route` that its caller opens (`_open_reserved`)."""
+        self._reserved += 1
+        self._opening[route] += 1
 
     # -- release -------------------------------------------------------------------------
 
@@ -377,7 +382,7 @@ class BoundedPool(Pool):
     def _grant_capacity_locked(self) -> None:
         if self._waiters and self._reserved < self._max_size and not self._closed:
             waiter = self._waiters.popleft()
-            self._reserved += 1
+            self._reserve_locked(waiter.route)
             waiter.granted = _CAPACITY
             waiter.event.set()
 

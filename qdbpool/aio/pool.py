@@ -75,6 +75,8 @@ _CAPACITY = _Grant("capacity")  # room to open a connection of its own (already 
 _TIMEOUT = _Grant("timeout")
 _CLOSED = _Grant("closed")
 
+_TIMER_SLACK = 0.001  # seconds a loop's timer may fire before its time (uvloop: 1 ms)
+
 # What a no-I/O look at an idle connection decides.
 _FIT, _UNFIT, _PING = 0, 1, 2
 
@@ -235,7 +237,9 @@ class BoundedPool:
         # Capacity comes back only once a driver connection is closed.
         self._reserved = 0
         self._waiters: deque[_Waiter] = deque()
-        self._opening = {False: 0, True: 0}  # connections being opened, by route
+        # By route, capacity reserved for a connection not open yet: granted to a caller
+        # that has still to open it, or being opened (see _reserve).
+        self._opening = {False: 0, True: 0}
         self._last_trade = {False: -TRADE_AFTER, True: -TRADE_AFTER}  # loop time, by route
         # One timer for the whole line, due at or before its earliest deadline (see _wait).
         self._expiry: asyncio.TimerHandle | None = None
@@ -289,7 +293,7 @@ class BoundedPool:
         while len(self._live) < self._pre_create and self._reserved < self._burst_limit:
             if self._closed:
                 raise PoolClosedError("the pool is closed")
-            self._reserved += 1
+            self._reserve(False)
             self._give_back(await self._open(loop, deadline, False))
 
     async def close(self, timeout: float = 5.0) -> None:
@@ -409,7 +413,7 @@ class BoundedPool:
                 conn = idle.pop()  # the most recently used: the others may age out
                 self._in_use.add(conn)
             elif self._reserved < self._burst_limit and not waiters:
-                self._reserved += 1
+                self._reserve(ro)
                 self._make_room(ro)
                 if deadline is None:
                     deadline = loop.time() + self._timeout
@@ -477,7 +481,7 @@ class BoundedPool:
             granted = await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
-                self._unclaim(future.result())  # served as we were cancelled: pass it on
+                self._unclaim(future.result(), ro)  # served as we were cancelled: pass it on
             else:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
@@ -505,7 +509,9 @@ class BoundedPool:
         waiting = [waiter for waiter in self._waiters if not waiter.future.done()]
         self._waiters.clear()
         for waiter in waiting:
-            if waiter.deadline <= now:
+            # uvloop's timers count whole milliseconds: one may fire up to 1 ms early, and
+            # re-armed for the same deadline it would fire again at once, and again.
+            if waiter.deadline <= now + _TIMER_SLACK:
                 self._timeouts += 1
                 waiter.future.set_result(_TIMEOUT)
             else:
@@ -524,25 +530,27 @@ class BoundedPool:
 
     def _trade_for(self, waiter: _Waiter) -> None:
         """A waiter not served within TRADE_AFTER while the other route has an idle
-        connection: that one is closed, its capacity the waiter's to open its own."""
+        connection: that one is closed, its capacity the waiter's to open its own (once
+        closed: the waiter goes first in line, as for a trade of _give_back's)."""
         other_idle = self._idle[not waiter.ro]
-        if waiter.future.done() or self._closed:
-            return
+        if waiter.future.done() or waiter.promised or self._closed:
+            return  # served, or a trade of _give_back's is on its way to it
         if not other_idle:
             waiter.impatient = True  # see _give_back
             return
         with contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
-        self._reserved += 1  # given back when the traded one is closed
+        self._waiters.appendleft(waiter)
+        waiter.promised = True
         self._retire(other_idle.popleft(), "it was traded for a connection of the other route")
-        waiter.future.set_result(_CAPACITY)
 
-    def _unclaim(self, granted: _Conn | _Grant) -> None:
-        """What a waiter was given as it was cancelled goes back to the pool."""
+    def _unclaim(self, granted: _Conn | _Grant, ro: bool) -> None:
+        """What a waiter of route `ro` was given as it was cancelled goes back to the pool."""
         if isinstance(granted, _Conn):
             self._give_back(granted)
         elif granted is _CAPACITY:
             self._reserved -= 1
+            self._opening[ro] -= 1
             self._dispatch()
             self._check_drained()
 
@@ -567,7 +575,7 @@ class BoundedPool:
                 granted = idle.pop()
                 self._in_use.add(granted)
             elif self._reserved < self._burst_limit and not self._closed:
-                self._reserved += 1
+                self._reserve(waiter.ro)
                 self._make_room(waiter.ro)
                 granted = _CAPACITY
             else:
@@ -595,6 +603,7 @@ class BoundedPool:
             raw = opening.result()
         except BaseException:
             self._reserved -= 1
+            self._opening[ro] -= 1
             self._dispatch()
             self._check_drained()
             raise
@@ -605,35 +614,33 @@ class BoundedPool:
         return conn
 
     async def _open_raw(self, ro: bool) -> Connection:
-        self._opening[ro] += 1
         try:
-            try:
-                raw = await self._factory.connect(read_only=ro)
-            except BaseException:
-                self._connect_errors += 1
-                raise
-            try:
-                if self._configure is not None:
-                    await maybe_await(self._configure(raw))
-                if self._pre_ping == 0.0:
-                    await self._factory.ping(raw)
-            except BaseException:
-                await self._close_raw(raw)
-                raise
-            return raw
-        finally:
-            self._opening[ro] -= 1
+            raw = await self._factory.connect(read_only=ro)
+        except BaseException:
+            self._connect_errors += 1
+            raise
+        try:
+            if self._configure is not None:
+                await maybe_await(self._configure(raw))
+            if self._pre_ping == 0.0:
+                await self._factory.ping(raw)
+        except BaseException:
+            await self._close_raw(raw)
+            raise
+        return raw
 
     def _adopt(self, ro: bool, opening: asyncio.Task[Connection]) -> None:
         """A connection opened for a caller that left: to the pool, or its capacity back."""
         if opening.cancelled() or opening.exception() is not None:
             self._reserved -= 1
+            self._opening[ro] -= 1
             self._dispatch()
             self._check_drained()
             return
         self._give_back(self._register(opening.result(), ro))
 
     def _register(self, raw: Connection, ro: bool) -> _Conn:
+        self._opening[ro] -= 1  # open now: in _live
         conn = _Conn(raw, time.monotonic(), self._factory.generation_of(raw), ro)
         self._live.add(conn)
         self._in_use.add(conn)
@@ -728,16 +735,9 @@ class BoundedPool:
 
     def _give_back(self, conn: _Conn) -> None:
         """A connection in use, fit for the next caller: to the longest waiter of its
-        route, else idle (or closed, when it is beyond `size` or the pool is closed).
-
-        Or its capacity (it is closed) to a waiter of the other route ahead of that one,
-        when no connection of the other route is open, being opened or promised, or when
-        that waiter is `impatient`, the other route got no trade in the last TRADE_AFTER
-        and this is not the last connection of its own route. Without trades, callers of
-        one route could keep every connection busy and the other's wait until their
-        timeout (writers after a failover, with none of theirs left); trading more often
-        would open a connection per checkout under mixed load, or trade back and forth.
-        One at a time, capacity moves to where callers wait."""
+        route, else idle (or closed, when it is beyond `size` or the pool is closed); or
+        its capacity to a waiter of the other route ahead of that one, by the threaded
+        BoundedPool's rule (`qdbpool.bounded.BoundedPool._give_back` says when, and why)."""
         self._in_use.discard(conn)
         conn.owner = None
         if self._closed:
@@ -783,6 +783,11 @@ class BoundedPool:
         if self._timed:
             conn.last_used = time.monotonic()
         self._idle[conn.ro].append(conn)
+
+    def _reserve(self, ro: bool) -> None:
+        """Capacity for a connection of route `ro` that its caller opens (`_open`)."""
+        self._reserved += 1
+        self._opening[ro] += 1
 
     def _route_count(self, ro: bool) -> int:
         """Connections of route `ro` open or being opened."""

@@ -13,6 +13,7 @@ import pytest
 
 import qdbpool.aio.pool
 from qdbpool.aio import BoundedPool, WrongEventLoopError
+from qdbpool.aio.protocol import CLEAN, ConnectionFactory
 from qdbpool.errors import ConfigurationError, PoolClosedError, PoolTimeoutError
 
 Run = Callable[..., Any]
@@ -1103,6 +1104,109 @@ def test_a_route_with_no_connection_gets_the_next_ones_capacity(
             await asyncio.wait_for(asyncio.gather(*tasks), 10)
         # The readers ahead of it in line, then one more release, traded.
         assert reads_meanwhile <= readers + 1, reads_meanwhile
+        await pool.close()
+
+    run(main)
+
+
+class _Counted:
+    """A connection of a route, for the trade tests below."""
+
+    def __init__(self, read_only: bool) -> None:
+        self.read_only = read_only
+
+
+class _CountingFactory(ConnectionFactory):
+    """Routes reads, counts the driver connections open at once; closes take `close_time`."""
+
+    routes_reads = True
+    cancel_safe = True
+
+    def __init__(self, close_time: float = 0.0) -> None:
+        self.close_time = close_time
+        self.on_close: Callable[[], None] | None = None
+        self.open = self.most_open = 0
+
+    async def connect(self, *, read_only: bool = False) -> _Counted:
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        await asyncio.sleep(0)
+        return _Counted(read_only)
+
+    async def close_connection(self, conn: _Counted) -> None:
+        await asyncio.sleep(self.close_time)
+        self.open -= 1
+        if self.on_close is not None:
+            self.on_close()
+
+    def state_after_use(self, conn: _Counted) -> int:
+        return CLEAN
+
+
+def test_a_trade_for_a_writer_with_no_connection_is_made_once(run: Run, until: Any) -> None:
+    # Two readers hold both connections; a writer waits, with none of its route. The first
+    # read connection back is traded for it, and its close is slow. Meanwhile the other
+    # comes back and goes idle; when the writer has waited TRADE_AFTER, its own timer must
+    # not trade that one too: two connections closed for one writer, three open at once.
+    async def main() -> None:
+        factory = _CountingFactory(close_time=0.1)
+        pool = BoundedPool(factory, size=2, timeout=3)
+        let_go = {name: asyncio.Event() for name in ("r1", "r2", "w1")}
+        held: dict[str, Any] = {}
+
+        async def use(name: str, read_only: bool) -> None:
+            async with pool.connect(read_only=read_only) as conn:
+                held[name] = conn
+                await let_go[name].wait()
+
+        tasks = [asyncio.create_task(use(name, True)) for name in ("r1", "r2")]
+        await until(lambda: len(held) == 2, what="both readers served")
+        tasks.append(asyncio.create_task(use("w1", False)))
+        await until(lambda: pool.stats().waiting == 1, what="the writer waiting")
+        let_go["r1"].set()
+        await until(lambda: pool.stats().closed == 1, what="a read connection traded")
+        let_go["r2"].set()
+        await until(lambda: "w1" in held, what="the writer served")
+        assert pool.stats().closed == 1, pool.stats()
+        assert factory.most_open <= pool.burst_limit
+        for event in let_go.values():
+            event.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        await pool.close()
+
+    run(main)
+
+
+def test_a_release_while_a_traded_writer_opens_is_not_traded_too(run: Run, until: Any) -> None:
+    # Two readers hold both connections; two writers wait, with none of their route. The
+    # first read connection back is traded for the first writer. The other comes back as
+    # that close ends, while the first writer's connection is granted but not opened yet:
+    # the second writer must not trade it too, leaving the readers none.
+    async def main() -> None:
+        factory = _CountingFactory()
+        pool = BoundedPool(factory, size=2, timeout=3)
+        let_go = {name: asyncio.Event() for name in ("r1", "r2", "w1", "w2")}
+        held: dict[str, Any] = {}
+
+        async def use(name: str, read_only: bool) -> None:
+            async with pool.connect(read_only=read_only) as conn:
+                held[name] = conn
+                await let_go[name].wait()
+
+        tasks = [asyncio.create_task(use(name, True)) for name in ("r1", "r2")]
+        await until(lambda: len(held) == 2, what="both readers served")
+        for name in ("w1", "w2"):
+            tasks.append(asyncio.create_task(use(name, False)))
+            await until(lambda: pool.stats().waiting == len(tasks) - 2, what=f"{name} waiting")
+        factory.on_close = lambda: (let_go["r2"].set(), setattr(factory, "on_close", None))
+        let_go["r1"].set()
+        await until(lambda: "w1" in held, what="a writer served")
+        for _ in range(10):  # r2's release handled; well before the writers' TRADE_AFTER
+            await asyncio.sleep(0)
+        assert pool.stats().closed == 1, pool.stats()
+        for event in let_go.values():
+            event.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
         await pool.close()
 
     run(main)
