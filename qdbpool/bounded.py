@@ -347,9 +347,7 @@ class BoundedPool(Pool):
                 other_exists = True  # its connection is on the way
                 continue
             if other_exists is None:
-                other_exists = self._opening[other] > 0 or any(
-                    self._route_of(p) == other for p in self._live
-                )
+                other_exists = self._route_count_locked(other) > 0
             if not other_exists or (
                 waiter.impatient
                 and time.monotonic() >= self._last_trade[other] + TRADE_AFTER

@@ -762,7 +762,7 @@ class BoundedPool:
                 index += 1
                 continue
             if other_exists is None:
-                other_exists = self._opening[other] > 0 or any(c.ro is other for c in self._live)
+                other_exists = self._route_count(other) > 0
             if not other_exists or (
                 waiter.impatient
                 and self._check_loop().time() >= self._last_trade[other] + TRADE_AFTER

@@ -214,17 +214,19 @@ def fake_factory_cls() -> type[FakeFactory]:
 
 
 class Holder:
-    """A task holding a checkout of `pool` until told to let go (`release()`)."""
+    """A task holding a checkout of `pool` (of the reads' route with `read_only`) until told
+    to let go (`release()`)."""
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: Any, read_only: bool = False) -> None:
         self.pool = pool
+        self.read_only = read_only
         self.got = asyncio.Event()
         self.let_go = asyncio.Event()
         self.conn: Any = None
         self.task = asyncio.create_task(self._hold())
 
     async def _hold(self) -> Any:
-        async with self.pool.connect() as conn:
+        async with self.pool.connect(read_only=self.read_only) as conn:
             self.conn = conn
             self.got.set()
             await self.let_go.wait()
@@ -237,5 +239,6 @@ class Holder:
 
 @pytest.fixture
 def holder() -> type[Holder]:
-    """Holder(pool): a task that checks out and holds (await h.got.wait(); await h.release())."""
+    """Holder(pool, read_only=False): a task that checks out and holds (await h.got.wait();
+    await h.release())."""
     return Holder

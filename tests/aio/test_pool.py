@@ -1143,7 +1143,9 @@ class _CountingFactory(ConnectionFactory):
         return CLEAN
 
 
-def test_a_trade_for_a_writer_with_no_connection_is_made_once(run: Run, until: Any) -> None:
+def test_a_trade_for_a_writer_with_no_connection_is_made_once(
+    run: Run, until: Any, holder: Any
+) -> None:
     # Two readers hold both connections; a writer waits, with none of its route. The first
     # read connection back is traded for it, and its close is slow. Meanwhile the other
     # comes back and goes idle; when the writer has waited TRADE_AFTER, its own timer must
@@ -1151,33 +1153,25 @@ def test_a_trade_for_a_writer_with_no_connection_is_made_once(run: Run, until: A
     async def main() -> None:
         factory = _CountingFactory(close_time=0.1)
         pool = BoundedPool(factory, size=2, timeout=3)
-        let_go = {name: asyncio.Event() for name in ("r1", "r2", "w1")}
-        held: dict[str, Any] = {}
-
-        async def use(name: str, read_only: bool) -> None:
-            async with pool.connect(read_only=read_only) as conn:
-                held[name] = conn
-                await let_go[name].wait()
-
-        tasks = [asyncio.create_task(use(name, True)) for name in ("r1", "r2")]
-        await until(lambda: len(held) == 2, what="both readers served")
-        tasks.append(asyncio.create_task(use("w1", False)))
+        r1, r2 = holder(pool, read_only=True), holder(pool, read_only=True)
+        await asyncio.gather(r1.got.wait(), r2.got.wait())
+        w1 = holder(pool)
         await until(lambda: pool.stats().waiting == 1, what="the writer waiting")
-        let_go["r1"].set()
+        await r1.release()
         await until(lambda: pool.stats().closed == 1, what="a read connection traded")
-        let_go["r2"].set()
-        await until(lambda: "w1" in held, what="the writer served")
+        await r2.release()
+        await asyncio.wait_for(w1.got.wait(), 10)
         assert pool.stats().closed == 1, pool.stats()
         assert factory.most_open <= pool.burst_limit
-        for event in let_go.values():
-            event.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        await w1.release()
         await pool.close()
 
     run(main)
 
 
-def test_a_release_while_a_traded_writer_opens_is_not_traded_too(run: Run, until: Any) -> None:
+def test_a_release_while_a_traded_writer_opens_is_not_traded_too(
+    run: Run, until: Any, holder: Any
+) -> None:
     # Two readers hold both connections; two writers wait, with none of their route. The
     # first read connection back is traded for the first writer. The other comes back as
     # that close ends, while the first writer's connection is granted but not opened yet:
@@ -1185,28 +1179,19 @@ def test_a_release_while_a_traded_writer_opens_is_not_traded_too(run: Run, until
     async def main() -> None:
         factory = _CountingFactory()
         pool = BoundedPool(factory, size=2, timeout=3)
-        let_go = {name: asyncio.Event() for name in ("r1", "r2", "w1", "w2")}
-        held: dict[str, Any] = {}
-
-        async def use(name: str, read_only: bool) -> None:
-            async with pool.connect(read_only=read_only) as conn:
-                held[name] = conn
-                await let_go[name].wait()
-
-        tasks = [asyncio.create_task(use(name, True)) for name in ("r1", "r2")]
-        await until(lambda: len(held) == 2, what="both readers served")
-        for name in ("w1", "w2"):
-            tasks.append(asyncio.create_task(use(name, False)))
-            await until(lambda: pool.stats().waiting == len(tasks) - 2, what=f"{name} waiting")
-        factory.on_close = lambda: (let_go["r2"].set(), setattr(factory, "on_close", None))
-        let_go["r1"].set()
-        await until(lambda: "w1" in held, what="a writer served")
-        for _ in range(10):  # r2's release handled; well before the writers' TRADE_AFTER
-            await asyncio.sleep(0)
+        r1, r2 = holder(pool, read_only=True), holder(pool, read_only=True)
+        await asyncio.gather(r1.got.wait(), r2.got.wait())
+        w1 = holder(pool)
+        await until(lambda: pool.stats().waiting == 1, what="w1 waiting")
+        w2 = holder(pool)
+        await until(lambda: pool.stats().waiting == 2, what="w2 waiting")
+        factory.on_close = lambda: (r2.let_go.set(), setattr(factory, "on_close", None))
+        await r1.release()
+        await asyncio.wait_for(asyncio.gather(w1.got.wait(), r2.task), 10)
+        # r2's release is handled, well before the writers' TRADE_AFTER.
         assert pool.stats().closed == 1, pool.stats()
-        for event in let_go.values():
-            event.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        for writer in (w1, w2):
+            await writer.release()
         await pool.close()
 
     run(main)
