@@ -24,26 +24,19 @@ from qdbpool.events import CheckoutWaited
 from qdbpool.pool import Pool
 from qdbpool.pooled import PooledConnection
 from qdbpool.protocol import Connection, ConnectionFactory
+from qdbpool.route_trades import TRADE_AFTER, LineWaiter, RouteTrades
 
 _CAPACITY = "capacity"  # a waiter was given room to open a connection of its own
-# How long a caller waits for a connection of its own route to come back before it trades
-# an idle one of the other route for it: long enough that steady mixed load (each route's
-# releases a few ms apart) never churns, short enough that an unused one is not hoarded.
-TRADE_AFTER = 0.05
 _CLOSED = "closed"  # the pool closed while it waited
 
 
-class _Waiter:
-    __slots__ = ("event", "granted", "impatient", "promised", "route")
+class _Waiter(LineWaiter[str]):
+    __slots__ = ("event", "granted")
 
     def __init__(self, route: str) -> None:
-        self.route = route
+        super().__init__(route)
         self.event = threading.Event()
         self.granted: PooledConnection | str | None = None
-        # Waited TRADE_AFTER with no idle connection of the other route to trade (see
-        # _give_back); then promised the capacity of a connection being closed for it.
-        self.impatient = False
-        self.promised = False
 
 
 class BoundedPool(Pool):
@@ -107,7 +100,7 @@ class BoundedPool(Pool):
         # By route, capacity reserved for a connection not open yet: granted to a caller
         # that has still to open it, or being opened.
         self._opening = {"rw": 0, "ro": 0}
-        self._last_trade = {"rw": -TRADE_AFTER, "ro": -TRADE_AFTER}  # time.monotonic()
+        self._trades: RouteTrades[str] = RouteTrades("rw", "ro")
         self._timeouts = 0
 
     @property
@@ -165,7 +158,7 @@ class BoundedPool(Pool):
             if self._closed:
                 raise PoolClosedError("the pool is closed")
             expired = self._take_expired_burst_locked() if self._reserved > self._size else None
-            idle, other_idle = self._idle[route], self._idle[_other(route)]
+            idle, other_idle = self._idle[route], self._idle[self._trades.other(route)]
             if self._waiters and any(w.route == route for w in self._waiters):
                 waiter = self._enqueue_locked(route)  # others were first: no overtaking
             elif idle:
@@ -239,11 +232,11 @@ class BoundedPool(Pool):
         """A waiter not served within TRADE_AFTER: an idle connection of the other route,
         taken off the idle list for retirement (its capacity becomes the waiter's), if any."""
         with self._lock:
-            other_idle = self._idle[_other(waiter.route)]
+            other_idle = self._idle[self._trades.other(waiter.route)]
             if waiter.granted is not None or waiter.promised or self._closed:
                 return None  # served, or a trade of _give_back's is on its way to it
             if not other_idle:
-                waiter.impatient = True  # see _give_back
+                waiter.impatient = True  # see route_trades
                 return None
             self._waiters.remove(waiter)
             self._reserve_locked(waiter.route)  # given back when the traded one is closed
@@ -289,16 +282,8 @@ class BoundedPool(Pool):
         self._give_back(pooled)
 
     def _give_back(self, pooled: PooledConnection) -> None:
-        """A connection just released: to the longest waiter for its route, else idle.
-
-        Or its capacity (it is closed) to a waiter of the other route ahead of that one,
-        when no connection of the other route is open, being opened or promised, or when
-        that waiter is `impatient`, the other route got no trade in the last TRADE_AFTER
-        and this is not the last connection of its own route. Without trades, callers of
-        one route could keep every connection busy and the other's wait until their
-        timeout (writers after a failover, with none of theirs left); trading more often
-        would open a connection per checkout under mixed load, or trade back and forth.
-        One at a time, capacity moves to where callers wait."""
+        """A connection just released: to the longest waiter for its route, else idle; or
+        its capacity (it is closed) to a waiter of the other route (see route_trades)."""
         route = self._route_of(pooled)
         expired: list[PooledConnection] | None = None
         trade = False
@@ -307,17 +292,18 @@ class BoundedPool(Pool):
             if self._closed:
                 trade = True
             else:
-                waiter = self._first_served_locked(route) if self._waiters else None
+                waiter = (
+                    self._trades.first_served(self._waiters, route, self._route_count_locked)
+                    if self._waiters
+                    else None
+                )
                 if waiter is not None:
-                    self._waiters.remove(waiter)
                     if waiter.route != route:
-                        # First in line, so that the capacity this connection frees once
-                        # closed (see _after_retire) is granted to it.
-                        self._waiters.appendleft(waiter)
-                        waiter.promised = True
-                        self._last_trade[waiter.route] = time.monotonic()
+                        # Its capacity is granted once it is closed (see _after_retire).
+                        self._trades.trade(self._waiters, waiter)
                         trade = True
                     else:
+                        self._waiters.remove(waiter)
                         pooled.depth = 1  # in use by the waiter from here on (see close())
                         waiter.granted = pooled  # straight to the longest waiter
                         waiter.event.set()
@@ -334,27 +320,6 @@ class BoundedPool(Pool):
         pooled.depth = 0
         # Its capacity goes to that waiter.
         self._retire(pooled, "pool_closed" if self._closed else "route_traded")
-
-    def _first_served_locked(self, route: str) -> _Waiter | None:
-        """The waiter a released connection of `route` goes to, or its capacity (see
-        _give_back); None: nobody."""
-        other = _other(route)
-        other_exists: bool | None = None  # looked up at the first waiter that asks
-        for waiter in self._waiters:
-            if waiter.route == route:
-                return waiter
-            if waiter.promised:
-                other_exists = True  # its connection is on the way
-                continue
-            if other_exists is None:
-                other_exists = self._route_count_locked(other) > 0
-            if not other_exists or (
-                waiter.impatient
-                and time.monotonic() >= self._last_trade[other] + TRADE_AFTER
-                and self._route_count_locked(route) > 1  # its last: the two would trade back
-            ):
-                return waiter
-        return None
 
     def _route_count_locked(self, route: str) -> int:
         """Connections of `route` open or being opened."""
@@ -420,7 +385,3 @@ class BoundedPool(Pool):
             f"<BoundedPool {state} size={self._size} max_size={self._max_size} "
             f"factory={self._factory!r}>"
         )
-
-
-def _other(route: str) -> str:
-    return "ro" if route == "rw" else "rw"

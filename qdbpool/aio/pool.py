@@ -47,8 +47,8 @@ from qdbpool.aio.protocol import (
     as_factory,
     maybe_await,
 )
-from qdbpool.bounded import TRADE_AFTER
 from qdbpool.errors import ArgumentTypeError, ConfigurationError, PoolClosedError, PoolTimeoutError
+from qdbpool.route_trades import TRADE_AFTER, LineWaiter, RouteTrades
 from qdbpool.stats import PoolStats
 
 logger = logging.getLogger("qdbpool")
@@ -98,21 +98,20 @@ class _Conn:
         self.owner: asyncio.Task[Any] | None = None  # the task holding it; None while idle
 
 
-class _Waiter:
-    """A caller waiting in line for a connection of its route (`ro`), or capacity, until
-    `deadline` (the loop's clock)."""
+class _Waiter(LineWaiter[bool]):
+    """A caller waiting in line for a connection of its route (`route`: read-only or not),
+    or capacity, until `deadline` (the loop's clock)."""
 
-    __slots__ = ("deadline", "future", "impatient", "promised", "ro", "trade")
+    __slots__ = ("deadline", "future", "trade")
 
     def __init__(self, future: asyncio.Future[_Conn | _Grant], ro: bool, deadline: float) -> None:
+        super().__init__(ro)
         self.future = future
-        self.ro = ro
         self.deadline = deadline
         self.trade: asyncio.TimerHandle | None = None
-        # Waited TRADE_AFTER with no idle connection of the other route to trade (see
-        # _give_back); then promised the capacity of a connection being closed for it.
-        self.impatient = False
-        self.promised = False
+
+    def gone(self) -> bool:
+        return self.future.done()  # cancelled or timed out, and not removed yet
 
 
 class _Held:
@@ -240,7 +239,7 @@ class BoundedPool:
         # By route, capacity reserved for a connection not open yet: granted to a caller
         # that has still to open it, or being opened (see _reserve).
         self._opening = {False: 0, True: 0}
-        self._last_trade = {False: -TRADE_AFTER, True: -TRADE_AFTER}  # loop time, by route
+        self._trades: RouteTrades[bool] = RouteTrades(False, True)
         # One timer for the whole line, due at or before its earliest deadline (see _wait).
         self._expiry: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()  # the pool's own background work
@@ -409,7 +408,7 @@ class BoundedPool:
             if self._closed:
                 raise PoolClosedError("the pool is closed")
             waiters = self._waiters
-            if idle and not (waiters and any(w.ro is ro for w in waiters)):
+            if idle and not (waiters and any(w.route is ro for w in waiters)):
                 conn = idle.pop()  # the most recently used: the others may age out
                 self._in_use.add(conn)
             elif self._reserved < self._burst_limit and not waiters:
@@ -532,16 +531,13 @@ class BoundedPool:
         """A waiter not served within TRADE_AFTER while the other route has an idle
         connection: that one is closed, its capacity the waiter's to open its own (once
         closed: the waiter goes first in line, as for a trade of _give_back's)."""
-        other_idle = self._idle[not waiter.ro]
+        other_idle = self._idle[not waiter.route]
         if waiter.future.done() or waiter.promised or self._closed:
             return  # served, or a trade of _give_back's is on its way to it
         if not other_idle:
-            waiter.impatient = True  # see _give_back
+            waiter.impatient = True  # see route_trades
             return
-        with contextlib.suppress(ValueError):
-            self._waiters.remove(waiter)
-        self._waiters.appendleft(waiter)
-        waiter.promised = True
+        self._trades.promise(self._waiters, waiter)
         self._retire(other_idle.popleft(), "it was traded for a connection of the other route")
 
     def _unclaim(self, granted: _Conn | _Grant, ro: bool) -> None:
@@ -570,13 +566,13 @@ class BoundedPool:
                 del waiters[index]
                 continue
             granted: _Conn | _Grant
-            idle = self._idle[waiter.ro]
+            idle = self._idle[waiter.route]
             if idle:
                 granted = idle.pop()
                 self._in_use.add(granted)
             elif self._reserved < self._burst_limit and not self._closed:
-                self._reserve(waiter.ro)
-                self._make_room(waiter.ro)
+                self._reserve(waiter.route)
+                self._make_room(waiter.route)
                 granted = _CAPACITY
             else:
                 index += 1  # a later waiter of the other route may have an idle one
@@ -736,47 +732,24 @@ class BoundedPool:
     def _give_back(self, conn: _Conn) -> None:
         """A connection in use, fit for the next caller: to the longest waiter of its
         route, else idle (or closed, when it is beyond `size` or the pool is closed); or
-        its capacity to a waiter of the other route ahead of that one, by the threaded
-        BoundedPool's rule (`qdbpool.bounded.BoundedPool._give_back` says when, and why)."""
+        its capacity to a waiter of the other route ahead of that one (see route_trades)."""
         self._in_use.discard(conn)
         conn.owner = None
         if self._closed:
             self._retire(conn, "the pool closed")
             return
         waiters = self._waiters
-        index = 0
-        other = not conn.ro
-        other_exists: bool | None = None  # looked up at the first waiter that asks
-        while index < len(waiters):
-            waiter = waiters[index]
-            if waiter.future.done():
-                del waiters[index]
-                continue
-            if waiter.ro is conn.ro:
-                del waiters[index]
+        waiter = self._trades.first_served(waiters, conn.ro, self._route_count) if waiters else None
+        if waiter is not None:
+            if waiter.route is conn.ro:
+                waiters.remove(waiter)
                 self._in_use.add(conn)
                 waiter.future.set_result(conn)
                 return
-            if waiter.promised:
-                other_exists = True  # its connection is on the way
-                index += 1
-                continue
-            if other_exists is None:
-                other_exists = self._route_count(other) > 0
-            if not other_exists or (
-                waiter.impatient
-                and self._check_loop().time() >= self._last_trade[other] + TRADE_AFTER
-                and self._route_count(conn.ro) > 1  # its last: the two would trade back
-            ):
-                # First in line, so that the capacity this connection frees once closed
-                # (see _close_and_free) is granted to it.
-                del waiters[index]
-                waiters.appendleft(waiter)
-                waiter.promised = True
-                self._last_trade[other] = self._check_loop().time()
-                self._retire(conn, "it was traded for a connection of the other route")
-                return
-            index += 1
+            # Its capacity is granted once it is closed (see _close_and_free).
+            self._trades.trade(waiters, waiter)
+            self._retire(conn, "it was traded for a connection of the other route")
+            return
         if len(self._live) > self._size:
             self._retire(conn, "a burst connection came back with nobody waiting")
             return
