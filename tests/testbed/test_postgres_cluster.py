@@ -201,8 +201,21 @@ def test_failover_repoints_the_other_standby_to_the_new_primary(
 
 
 def test_promote_and_repoint_by_hand(cluster: PostgresCluster) -> None:
-    a, b = cluster.standbys
     cluster.primary.kill()
+    # Promote the standby that received the most: the other can follow only that one (a
+    # record the primary wrote in its last moment may have reached one standby only).
+    received: dict[Node, int] = {}
+
+    def both_at_the_end() -> bool:
+        for node in cluster.standbys:
+            position = node.received_from_dead_upstream()
+            if position is not None:
+                received[node] = position
+        return len(received) == 2
+
+    wait_until(both_at_the_end, timeout=10, interval=0.01, what="standbys at the end of the stream")
+    a = max(cluster.standbys, key=received.__getitem__)
+    b = next(node for node in cluster.standbys if node is not a)
     a.promote()
     assert cluster.primary is a and not a.is_in_recovery()
     b.repoint(a)  # waits until b streams from a
