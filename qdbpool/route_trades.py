@@ -55,12 +55,9 @@ Waiter = TypeVar("Waiter", bound="LineWaiter[Any]")
 class RouteTrades(Generic[Route]):
     """The trade rule, with the time of each route's last trade."""
 
-    def __init__(
-        self, first: Route, second: Route, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, first: Route, second: Route) -> None:
         self._other = {first: second, second: first}
-        self._clock = clock
-        self._last_trade = {first: clock() - TRADE_AFTER, second: clock() - TRADE_AFTER}
+        self._last_trade = {first: -TRADE_AFTER, second: -TRADE_AFTER}  # time.monotonic()
 
     def other(self, route: Route) -> Route:
         return self._other[route]
@@ -85,7 +82,7 @@ class RouteTrades(Generic[Route]):
                 other_exists = route_count(other) > 0
             if not other_exists or (
                 waiter.impatient
-                and self._clock() >= self._last_trade[other] + TRADE_AFTER
+                and time.monotonic() >= self._last_trade[other] + TRADE_AFTER
                 and route_count(route) > 1
             ):
                 return waiter
@@ -94,7 +91,7 @@ class RouteTrades(Generic[Route]):
     def trade(self, line: deque[Waiter], waiter: Waiter) -> None:
         """`waiter` gets the capacity of a released connection about to be closed."""
         self.promise(line, waiter)
-        self._last_trade[waiter.route] = self._clock()
+        self._last_trade[waiter.route] = time.monotonic()
 
     @staticmethod
     def promise(line: deque[Waiter], waiter: Waiter) -> None:

@@ -25,6 +25,7 @@ import pytest
 import qdbpool
 import qdbpool.bounded
 import qdbpool.pool
+import qdbpool.route_trades
 from qdbpool import _global
 from qdbpool.factories import SQLite
 
@@ -250,13 +251,15 @@ class Clock:
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    """Replaces the clock the pools read (the stdlib `time` module as qdbpool.pool and
-    qdbpool.bounded see it): lifetime, idleness, pre-ping, and BoundedPool's burst_idle and
-    waits (which then last their whole timeout: leave waiting to the tests without it)."""
+    """Replaces the clock the pools read (the stdlib `time` module as qdbpool.pool,
+    qdbpool.bounded and qdbpool.route_trades see it): lifetime, idleness, pre-ping,
+    BoundedPool's burst_idle and waits (which then last their whole timeout: leave waiting
+    to the tests without it), and the time between route trades."""
     c = Clock()
     fake = types.SimpleNamespace(monotonic=c.monotonic)
     monkeypatch.setattr(qdbpool.pool, "time", fake)
     monkeypatch.setattr(qdbpool.bounded, "time", fake)
+    monkeypatch.setattr(qdbpool.route_trades, "time", fake)
     return c
 
 

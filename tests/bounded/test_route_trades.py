@@ -1,4 +1,4 @@
-"""The route-trade rule both BoundedPools follow, on plain waiters and a hand-moved clock.
+"""The route-trade rule both BoundedPools follow, on plain waiters (and the `clock` fixture).
 
 The pools' own tests (test_bounded_routing.py, tests/aio/test_pool.py) show what the rule
 does for callers; these pin the rule itself, case by case and for any line.
@@ -7,19 +7,12 @@ does for callers; these pin the rule itself, case by case and for any line.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from qdbpool.route_trades import TRADE_AFTER, LineWaiter, RouteTrades
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Gone(LineWaiter[str]):
@@ -36,7 +29,7 @@ def counts(rw: int, ro: int) -> dict[str, int]:
 
 
 def test_a_released_connection_goes_to_the_first_waiter_of_its_route() -> None:
-    trades: RouteTrades[str] = RouteTrades("rw", "ro", Clock())
+    trades: RouteTrades[str] = RouteTrades("rw", "ro")
     first, second = LineWaiter("rw"), LineWaiter("rw")
     line = deque([first, second])
     assert trades.first_served(line, "rw", counts(2, 1).__getitem__) is first
@@ -44,7 +37,7 @@ def test_a_released_connection_goes_to_the_first_waiter_of_its_route() -> None:
 
 
 def test_a_waiter_whose_route_has_no_connection_gets_the_capacity() -> None:
-    trades: RouteTrades[str] = RouteTrades("rw", "ro", Clock())
+    trades: RouteTrades[str] = RouteTrades("rw", "ro")
     writer, reader = LineWaiter("rw"), LineWaiter("ro")
     line = deque([writer, reader])
     # No writer connection exists: the writer ahead is served by the reader's release.
@@ -55,9 +48,8 @@ def test_a_waiter_whose_route_has_no_connection_gets_the_capacity() -> None:
     assert trades.first_served(line, "ro", counts(0, 3).__getitem__) is reader
 
 
-def test_an_impatient_waiter_gets_one_trade_per_route_every_trade_after() -> None:
-    clock = Clock()
-    trades: RouteTrades[str] = RouteTrades("rw", "ro", clock)
+def test_an_impatient_waiter_gets_one_trade_per_route_every_trade_after(clock: Any) -> None:
+    trades: RouteTrades[str] = RouteTrades("rw", "ro")
     writers = [LineWaiter("rw") for _ in range(2)]
     for writer in writers:
         writer.impatient = True
@@ -67,12 +59,12 @@ def test_an_impatient_waiter_gets_one_trade_per_route_every_trade_after() -> Non
     trades.trade(line, writers[0])
     # The second impatient writer must wait out TRADE_AFTER since the last trade.
     assert trades.first_served(line, "ro", count) is None
-    clock.now += TRADE_AFTER
+    clock.advance(TRADE_AFTER)
     assert trades.first_served(line, "ro", count) is writers[1]
 
 
 def test_an_impatient_waiter_never_takes_the_last_connection_of_the_other_route() -> None:
-    trades: RouteTrades[str] = RouteTrades("rw", "ro", Clock())
+    trades: RouteTrades[str] = RouteTrades("rw", "ro")
     writer = LineWaiter("rw")
     writer.impatient = True
     line = deque([writer])
@@ -81,7 +73,7 @@ def test_an_impatient_waiter_never_takes_the_last_connection_of_the_other_route(
 
 
 def test_waiters_that_left_are_skipped() -> None:
-    trades: RouteTrades[str] = RouteTrades("rw", "ro", Clock())
+    trades: RouteTrades[str] = RouteTrades("rw", "ro")
     left, staying = Gone("rw"), LineWaiter("rw")
     line = deque([left, staying])
     assert trades.first_served(line, "rw", counts(1, 0).__getitem__) is staying
@@ -98,19 +90,16 @@ waiter_specs = st.lists(
     route=st.sampled_from(["rw", "ro"]),
     rw=st.integers(0, 4),
     ro=st.integers(0, 4),
-    since=st.floats(0, 2 * TRADE_AFTER),
 )
 def test_whoever_is_served_is_in_line_and_no_later_than_the_first_of_the_route(
-    specs: list[tuple[str, bool, bool, bool]], route: str, rw: int, ro: int, since: float
+    specs: list[tuple[str, bool, bool, bool]], route: str, rw: int, ro: int
 ) -> None:
-    clock = Clock()
-    trades: RouteTrades[str] = RouteTrades("rw", "ro", clock)
+    trades: RouteTrades[str] = RouteTrades("rw", "ro")
     line: deque[LineWaiter[str]] = deque()
     for waiter_route, impatient, promised, gone in specs:
         waiter = Gone(waiter_route) if gone else LineWaiter(waiter_route)
         waiter.impatient, waiter.promised = impatient, promised
         line.append(waiter)
-    clock.now += since
     served = trades.first_served(line, route, counts(rw, ro).__getitem__)
     present = [w for w in line if not w.gone()]
     own = next((w for w in present if w.route == route), None)
