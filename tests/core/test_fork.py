@@ -27,6 +27,11 @@ pytestmark = pytest.mark.skipif(
     not hasattr(os, "fork") or sys.platform == "win32", reason="needs the fork start method"
 )
 
+# Forking while other threads run is the point of these tests (Python 3.12+ warns of it).
+FORK_WHILE_THREADED = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded, use of fork:DeprecationWarning"
+)
+
 WAIT = 30.0
 
 
@@ -151,6 +156,7 @@ def run_child(target) -> tuple[str, object]:
     return outcome
 
 
+@FORK_WHILE_THREADED
 def test_a_forked_child_gets_a_fresh_connection_and_the_parents_keeps_working(
     server, make_global_pool
 ):
@@ -180,6 +186,7 @@ def test_a_forked_child_gets_a_fresh_connection_and_the_parents_keeps_working(
     assert opened == [parent_session]  # in this process: the child's list is its own
 
 
+@FORK_WHILE_THREADED
 def test_a_child_forked_while_the_parents_connection_is_in_use_gets_a_fresh_one(
     server, make_global_pool
 ):

@@ -124,6 +124,11 @@ def hammer(recorder: Any, send: Any) -> None:
     send.close()
 
 
+# The child is forked while the parent's threads run: the point of the test (Python 3.12+
+# warns of it).
+@pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded, use of fork:DeprecationWarning"
+)
 def test_hammering_the_global_pool_while_it_is_replaced_and_closed_leaks_nothing(recorder):
     ctx = multiprocessing.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
