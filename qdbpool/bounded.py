@@ -7,6 +7,10 @@ connection (or the capacity of a discarded one) is handed straight to the longes
 so nobody polls and nobody jumps the queue. A connection is never closed while in use,
 and one lost to an error gives its capacity back at once.
 
+`_checkout` and `_checkin` settle the usual case (an idle connection, nobody waiting, no
+burst, nothing timed to check) with one short hold of the lock each way; anything else goes
+to their slow twins, `_checkout_checked` and `_checkin_checked`.
+
 Validation, lifetime, pre-ping, hooks, stats, close and fork rules are Pool's.
 """
 
@@ -118,6 +122,30 @@ class BoundedPool(Pool):
     def _checkout(self, read_only: bool) -> PooledConnection:
         route = "ro" if read_only and self._routes else "rw"
         held: PooledConnection | None = getattr(self._local, route, None)
+        idle = self._idle[route]
+        # The usual case: no nested checkout, an idle connection, nobody waiting, no burst
+        # to age out, nothing timed to check. Looked at without the lock first (a hint),
+        # then taken under it, as _acquire takes one; anything else is its slow twin's.
+        if (held is None or not held.depth) and idle and not self._waiters and not self._timed:
+            pooled: PooledConnection | None = None
+            with self._lock:
+                if idle and not (self._waiters or self._closed) and self._reserved <= self._size:
+                    pooled = idle.pop()
+                    pooled.depth = 1  # in use from here on: close() must leave it to us
+            if pooled is not None:
+                if pooled.watched.value == pooled.generation:
+                    pooled.checkouts += 1
+                    pooled.owner = threading.get_ident()
+                    if held is not pooled:
+                        setattr(self._local, route, pooled)
+                    return pooled
+                self._retire(pooled, "stale")
+        return self._checkout_checked(route, read_only, held)
+
+    def _checkout_checked(
+        self, route: str, read_only: bool, held: PooledConnection | None
+    ) -> PooledConnection:
+        """_checkout's slow twin: a nested checkout, waiting, opening, a connection to check."""
         if (
             held is not None
             and held.depth > 0
@@ -264,6 +292,31 @@ class BoundedPool(Pool):
     # -- release -------------------------------------------------------------------------
 
     def _checkin(self, pooled: PooledConnection) -> None:
+        # The usual case: the outermost checkout, clean for certain by the factory's
+        # cheapest look, nobody waiting, no burst: idle again. Else its slow twin's.
+        if pooled.depth == 1 and not self._full_release and not self._waiters:
+            try:
+                dirty = self._after_use_hint(pooled.raw)
+            except Exception:
+                dirty = True
+            if not dirty:
+                pooled.last_used = time.monotonic()  # burst connections age by it
+                pooled.owner = 0  # no thread's: a slot still pointing here is no nested checkout
+                with self._lock:
+                    if (
+                        not (self._waiters or self._closed or pooled.closed)
+                        and self._reserved <= self._size
+                    ):
+                        pooled.depth = 0  # idle, under the lock that _acquire takes it with
+                        self._idle["ro" if pooled.read_only and self._routes else "rw"].append(
+                            pooled
+                        )
+                        return
+        self._checkin_checked(pooled)
+
+    def _checkin_checked(self, pooled: PooledConnection) -> None:
+        """_checkin's slow twin: a nested checkout, a connection to look at properly, a
+        waiter to hand it to, a burst, a closed pool."""
         if pooled.depth > 1:
             pooled.depth -= 1  # an outer call in this thread still uses it
             return

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import qdbpool
-from qdbpool import PoolClosedError, SingletonPool, with_conn
+from qdbpool import BoundedPool, Pool, PoolClosedError, with_conn
 
 JOIN = 60.0
 
@@ -30,8 +30,12 @@ def select_one(conn):
     return conn.execute("SELECT 1").fetchone()[0]
 
 
-def hammer(recorder: Any, send: Any) -> None:
+def hammer(recorder: Any, send: Any, pool_kind: str) -> None:
     """64 threads use the global pool while another replaces and closes it, for ~1.5 s.
+
+    `pool_kind` "bounded" makes the global pool a BoundedPool instead: one with a
+    connection for every thread (its fast paths, racing close), or with 8 to 16 (its
+    waiting line and burst, racing close).
 
     Runs in a forked child: a connection closed under a thread that is using it can crash
     the interpreter (sqlite3 then frees what the other thread is reading), and a crash
@@ -39,7 +43,7 @@ def hammer(recorder: Any, send: Any) -> None:
     """
     sys.setswitchinterval(2e-4)  # switch threads far more often than every 5 ms
     workers, max_calls, max_churns, seconds = 64, 20_000, 5_000, 1.5
-    pools: list[SingletonPool] = []
+    pools: list[Pool] = []
     errors: list[BaseException] = []
     calls = [0] * workers
     deadline = [0.0]
@@ -83,6 +87,14 @@ def hammer(recorder: Any, send: Any) -> None:
         except BaseException as exc:
             errors.append(exc)
 
+    def new_pool(i: int) -> Pool:
+        # Every other one has no fast path: the pool's own checkout and release.
+        hooks: dict[str, Any] = {"reset": reset} if i % 4 == 0 else {}
+        if pool_kind == "singleton":
+            return qdbpool.initialize(recorder, **hooks)
+        sizes = {"size": workers} if i % 8 < 4 else {"size": 8, "max_size": 16, "burst_idle": 1e-6}
+        return qdbpool.initialize(BoundedPool(recorder, timeout=JOIN, **sizes, **hooks))
+
     def churn() -> None:
         start.wait(JOIN)
         for i in range(max_churns):
@@ -91,16 +103,14 @@ def hammer(recorder: Any, send: Any) -> None:
             try:
                 if i % 3 == 2:
                     qdbpool.close()
-                elif i % 2:
-                    pools.append(qdbpool.initialize(recorder))
-                else:  # no fast path for @with_conn then: the pool's own checkout and release
-                    pools.append(qdbpool.initialize(recorder, reset=reset))
+                else:
+                    pools.append(new_pool(i))
             except BaseException as exc:
                 errors.append(exc)
                 return
             time.sleep(0)
 
-    pools.append(qdbpool.initialize(recorder))
+    pools.append(new_pool(1))
     threads = [threading.Thread(target=work, args=(n,), daemon=True) for n in range(workers)]
     threads.append(threading.Thread(target=churn, daemon=True))
     for t in threads:
@@ -129,10 +139,13 @@ def hammer(recorder: Any, send: Any) -> None:
 @pytest.mark.filterwarnings(
     "ignore:This process .* is multi-threaded, use of fork:DeprecationWarning"
 )
-def test_hammering_the_global_pool_while_it_is_replaced_and_closed_leaks_nothing(recorder):
+@pytest.mark.parametrize("pool_kind", ["singleton", "bounded"])
+def test_hammering_the_global_pool_while_it_is_replaced_and_closed_leaks_nothing(
+    recorder, pool_kind
+):
     ctx = multiprocessing.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=hammer, args=(recorder, send), daemon=True)
+    child = ctx.Process(target=hammer, args=(recorder, send, pool_kind), daemon=True)
     child.start()
     send.close()
     try:
