@@ -247,7 +247,9 @@ class Pool:
     def release(self, conn: Any) -> None:
         """Give back a connection from `connect()` (or the driver connection inside it).
 
-        Releasing one twice is harmless.
+        Releasing one twice is harmless. Given the driver connection, it ends this
+        thread's latest `connect()` of it that is still out, if any: a connection that
+        `@with_conn` injected is left to the call, which releases it when it returns.
 
         Raises:
             ConfigurationError: `conn` is not a connection this pool handed out (a
@@ -258,9 +260,13 @@ class Pool:
             return
         pooled = self._find_held(conn)
         if pooled is not None:
-            if pooled.last_checkout is not None:
-                pooled.last_checkout.end()  # its wrapper must stop reaching the connection
-            self._checkin(pooled)
+            checkout = pooled.last_checkout
+            # Only a checkout still out is checked in (and its wrapper stops reaching the
+            # connection). Checking in again what was released, or what @with_conn holds,
+            # would give the connection back while it is in use: a BoundedPool would then
+            # hand it to another thread, and list it idle twice.
+            if checkout is not None and checkout.end() is not None:
+                self._checkin(pooled)
             return
         with self._lock:
             known = any(p.raw is conn for p in self._live)

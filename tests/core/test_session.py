@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from qdbpool import SessionWrapper
+from qdbpool import SessionWrapper, SingletonPool, with_conn
 
 
 def test_connect_returns_a_session_wrapper_that_passes_for_the_driver_connection(
@@ -154,6 +154,63 @@ def test_pool_release_of_the_raw_driver_connection_releases_it(make_pool, pool_c
     assert conn.released  # its wrapper no longer reaches the connection
     pool.release(raw)  # a connection the pool handed out: releasing it again is harmless
     assert pool.stats().in_use == 0
+
+
+def connections_two_threads_hold_at_once(pool):
+    """What two threads get from pool.connect() while both hold their checkout."""
+    got = {}
+    both_hold = threading.Barrier(2, timeout=10)
+
+    def take(name):
+        with pool.connect() as conn:
+            got[name] = conn.__wrapped__
+            both_hold.wait()
+
+    threads = [threading.Thread(target=take, args=(name,)) for name in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    return got["a"], got["b"]
+
+
+def test_releasing_the_raw_connection_twice_in_nested_checkouts_ends_the_inner_only(
+    make_pool, pool_cls, recorder
+):
+    pool = make_pool(
+        recorder, pool_cls=pool_cls, **({"size": 2} if pool_cls is not SingletonPool else {})
+    )
+    with pool.connect() as outer:
+        with pool.connect() as inner:
+            raw = inner.__wrapped__
+            pool.release(raw)
+            pool.release(raw)  # harmless: it must not end the outer checkout too
+            assert inner.released
+        assert not outer.released
+        assert pool.stats().in_use == 1
+        assert outer.execute("SELECT 1").fetchone() == (1,)
+    assert pool.stats().in_use == 0
+    first, second = connections_two_threads_hold_at_once(pool)
+    assert first is not second  # it was given back once, so it is nobody else's too
+
+
+def test_releasing_a_connection_with_conn_injected_leaves_it_to_the_call(
+    make_pool, pool_cls, recorder
+):
+    pool = make_pool(
+        recorder, pool_cls=pool_cls, **({"size": 2} if pool_cls is not SingletonPool else {})
+    )
+
+    @with_conn(pool=pool)
+    def use(conn):
+        pool.release(conn)  # does nothing: the call holds it until it returns
+        assert pool.stats().in_use == 1
+        return conn.execute("SELECT 1").fetchone()
+
+    assert use() == (1,)
+    assert pool.stats().in_use == 0
+    first, second = connections_two_threads_hold_at_once(pool)
+    assert first is not second
 
 
 def test_read_only_connect_on_a_non_routing_factory_returns_the_same_connection(
