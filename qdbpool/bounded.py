@@ -293,8 +293,10 @@ class BoundedPool(Pool):
 
     def _checkin(self, pooled: PooledConnection) -> None:
         # The usual case: the outermost checkout, clean for certain by the factory's
-        # cheapest look, nobody waiting, no burst: idle again. Else its slow twin's.
-        if pooled.depth == 1 and not self._full_release and not self._waiters:
+        # cheapest look, nobody waiting, no burst: idle again. Else its slow twin's, which
+        # also takes a closed connection (the pool's, or one closed under a fork or close
+        # (timeout)): that one is not looked at at all.
+        if pooled.depth == 1 and not (self._full_release or self._waiters or pooled.closed):
             try:
                 dirty = self._after_use_hint(pooled.raw)
             except Exception:
