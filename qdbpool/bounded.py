@@ -146,15 +146,14 @@ class BoundedPool(Pool):
         self, route: str, read_only: bool, held: PooledConnection | None
     ) -> PooledConnection:
         """_checkout's slow twin: a nested checkout, waiting, opening, a connection to check."""
-        if (
-            held is not None
-            and held.depth > 0
-            and not held.closed
-            and held.owner == threading.get_ident()
-        ):
-            held.depth += 1  # a nested call in this thread: share what it already holds
-            held.checkouts += 1
-            return held
+        if held is not None and held.depth > 0:
+            # Decided under the lock: a wrapper of it that this thread leaked may be released
+            # by the garbage collector in another thread right now (_release_dropped).
+            with self._lock:
+                if held.depth > 0 and not held.closed and held.owner == threading.get_ident():
+                    held.depth += 1  # a nested call in this thread: share what it holds
+                    held.checkouts += 1
+                    return held
         deadline = time.monotonic() + self._timeout  # read once: it bounds the retries too
         while True:
             pooled, fresh = self._acquire(route, read_only, deadline)
@@ -320,8 +319,10 @@ class BoundedPool(Pool):
         """_checkin's slow twin: a nested checkout, a connection to look at properly, a
         waiter to hand it to, a burst, a closed pool."""
         if pooled.depth > 1:
-            pooled.depth -= 1  # an outer call in this thread still uses it
-            return
+            with self._lock:  # see _release_dropped
+                if pooled.depth > 1:
+                    pooled.depth -= 1  # an outer call in this thread still uses it
+                    return
         # The thread's slot keeps pointing here (rewriting a thread-local costs more than
         # the rest of a release): `owner`, cleared by _give_back, tells a nested checkout.
         # It stays marked in use (depth 1) until _give_back decides, under the lock, whether
@@ -379,6 +380,17 @@ class BoundedPool(Pool):
     def _route_count_locked(self, route: str) -> int:
         """Connections of `route` open or being opened."""
         return self._opening[route] + sum(1 for p in self._live if self._route_of(p) == route)
+
+    def _release_dropped(self, pooled: PooledConnection) -> None:
+        # A leaked wrapper's checkout, ended by the garbage collector, maybe in another
+        # thread than the one that holds it. That thread may be nesting on the same
+        # connection at this moment: decided under the lock, as its nested checkouts are.
+        with self._lock:
+            if pooled.depth > 1:
+                pooled.depth -= 1  # its thread still uses it: its own release ends it
+                return
+            pooled.owner = 0  # from here on, that thread cannot nest on it
+        self._checkin(pooled)
 
     def _route_of(self, pooled: PooledConnection) -> str:
         return "ro" if pooled.read_only and self._routes else "rw"

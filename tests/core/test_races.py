@@ -9,6 +9,7 @@ down, deterministically, interleavings that it hits only now and then.
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing
 import sys
 import threading
@@ -327,3 +328,69 @@ def test_a_release_racing_close_is_not_closed_under_the_reset_hook(
     assert closed_under_reset == [False]
     assert recorder.still_open() == []
     assert pool.stats().open == 0
+
+
+class PauseAtLine(PauseAt):
+    """Pauses a thread at a line of `function` (found by its text), before it runs."""
+
+    def __init__(self, function: Callable[..., Any], text: str) -> None:
+        super().__init__(function.__name__, "line")
+        lines, first = inspect.getsourcelines(function)
+        found = [first + i for i, line in enumerate(lines) if line.split("#")[0].strip() == text]
+        if len(found) != 1:
+            pytest.fail(f"{text!r} is not one line of {function.__name__}: update this test")
+        self.lineno = found[0]
+
+    def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "call" and frame.f_code.co_name == self.function:
+            return self._line
+        return None
+
+    def _line(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line" and frame.f_lineno == self.lineno and not self.paused.is_set():
+            self._pause()
+        return self._line
+
+
+def test_a_leaked_wrapper_collected_while_its_thread_nests_on_it_is_not_shared(recorder, make_pool):
+    """A thread leaks a connect() wrapper, then checks out again: it nests on the leaked
+    checkout. The leaked wrapper is collected in another thread just as the nested
+    checkout has decided to share the connection: the connection must not go back to the
+    pool while the thread uses it, nor be listed idle twice."""
+    pool = make_pool(recorder, pool_cls=BoundedPool, size=2)
+    pause = PauseAtLine(BoundedPool._checkout_checked, "held.depth += 1")
+    leaked: list[Any] = []
+    using, done_using = threading.Event(), threading.Event()
+    got: list[Any] = []
+
+    def owner() -> None:
+        leaked.append(pool.connect())  # never released by this thread
+
+        def nest() -> None:
+            with pool.connect() as conn:
+                got.append(conn.__wrapped__)
+                using.set()
+                done_using.wait(JOIN)
+
+        pause.run(nest)
+
+    owner_thread = threading.Thread(target=owner, daemon=True)
+    owner_thread.start()
+    pause.wait_paused()  # the nested checkout has decided to share the leaked one's
+    # The last reference goes in another thread: the wrapper's __del__ runs there. Where
+    # the pool makes that release wait for the nested checkout, it cannot end here; give
+    # it the time to (it ends at once where nothing holds it back).
+    collector = threading.Thread(target=leaked.clear, daemon=True)
+    collector.start()
+    collector.join(0.5)
+    pause.resume.set()
+    assert using.wait(JOIN)
+    try:
+        with pool.connect() as other:  # in this thread: a connection of its own
+            assert other.__wrapped__ is not got[0]
+    finally:
+        done_using.set()
+    owner_thread.join(JOIN)
+    collector.join(JOIN)
+    assert pool.stats().in_use == 0
+    assert pool.stats().idle == pool.stats().open  # each open connection listed idle once
