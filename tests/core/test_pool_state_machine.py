@@ -298,6 +298,9 @@ class CallPlan:
     write_at: int | None  # the level that starts a transaction and leaves it open
     inner_connect: bool  # the innermost level also does `with pool.connect() as c:`
     read_only: bool
+    # The level that hands its injected connection to pool.release(), which leaves it to
+    # the call (it must stay this call's, and be given back once, when the call returns).
+    release_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -316,6 +319,9 @@ def handed(conn: FakeConnection) -> Handout:
 def _body(conn: FakeConnection, plan: CallPlan, level: int, seen: list[Handout]) -> None:
     seen.append(handed(conn))
     conn.execute("SELECT 1")
+    if plan.release_at == level:
+        qdbpool.instance().release(conn)
+        conn.execute("SELECT 1")  # still this call's
     if plan.write_at == level:
         conn.execute("INSERT INTO t VALUES (1)")
     if plan.error_at == level:
@@ -722,6 +728,7 @@ class PoolMachine(RuleBasedStateMachine):
         write_at=st.none() | st.integers(0, 2),
         inner_connect=st.booleans(),
         read_only=st.booleans(),
+        release_at=st.none() | st.integers(0, 2),
     )
     def call_nested(
         self,
@@ -732,12 +739,19 @@ class PoolMachine(RuleBasedStateMachine):
         write_at: int | None,
         inner_connect: bool,
         read_only: bool,
+        release_at: int | None,
     ) -> None:
         """Decorated functions calling each other, maybe raising, maybe with a
         `with pool.connect()` inside: every level gets the thread's one connection."""
         if error_at is not None and error_at >= depth:
             error_at = None
-        plan = CallPlan(depth, error_at, error, write_at, inner_connect, read_only)
+        if release_at is not None and (
+            release_at >= depth
+            # pool.release(raw) would end a connect() of it this worker holds: not this rule's
+            or any(h.worker == slot and not h.released for h in self.handles.values())
+        ):
+            release_at = None
+        plan = CallPlan(depth, error_at, error, write_at, inner_connect, read_only, release_at)
         before = record, mine = self.before_checkout(slot, read_only)
         route = self.route_of(record, read_only)
         expected = self.expect_checkout(slot, read_only)
