@@ -385,10 +385,10 @@ class Pool:
         raise NotImplementedError
 
     def _release_dropped(self, pooled: PooledConnection) -> None:
-        """A checkout whose wrapper was garbage collected unreleased, maybe in another
-        thread (the cycle collector runs anywhere). BoundedPool's checkin is safe from any
-        thread; SingletonPool overrides this."""
-        self._checkin(pooled)
+        """The end of a checkout whose wrapper was garbage collected unreleased, maybe in
+        another thread than the one that made it (the cycle collector runs anywhere), which
+        may be using the connection in a nested checkout meanwhile."""
+        raise NotImplementedError
 
     def _find_held(self, raw: Connection) -> PooledConnection | None:
         """The calling thread's checked-out record for a raw driver connection, if any."""
