@@ -22,6 +22,7 @@ import pytest
 
 import qdbpool
 from qdbpool import BoundedPool, Pool, PoolClosedError, with_conn
+from qdbpool.testing._process import wait_until
 
 JOIN = 60.0
 
@@ -89,7 +90,8 @@ def hammer(recorder: Any, send: Any, pool_kind: str) -> None:
             errors.append(exc)
 
     def new_pool(i: int) -> Pool:
-        # Every other one has no fast path: the pool's own checkout and release.
+        # One in four has a reset hook, and so no fast path: the pool's own checkout and
+        # release. A BoundedPool has a connection for every worker, or 8 to 16.
         hooks: dict[str, Any] = {"reset": reset} if i % 4 == 0 else {}
         if pool_kind == "singleton":
             return qdbpool.initialize(recorder, **hooks)
@@ -330,16 +332,32 @@ def test_a_release_racing_close_is_not_closed_under_the_reset_hook(
     assert pool.stats().open == 0
 
 
+def line_of(function: Callable[..., Any], text: str) -> int:
+    """The number of the one line of `function` whose code (without comment) is `text`."""
+    lines, first = inspect.getsourcelines(function)
+    found = [first + i for i, line in enumerate(lines) if line.split("#")[0].strip() == text]
+    if len(found) != 1:
+        pytest.fail(f"{text!r} is not one line of {function.__name__}: update this test")
+    return found[0]
+
+
+def ended_or_at(thread: threading.Thread, function: Callable[..., Any], text: str) -> bool:
+    """Whether `thread` ended, or is at that line of `function` (waiting there, say)."""
+    lineno = line_of(function, text)
+    frame = sys._current_frames().get(thread.ident or 0)
+    while frame is not None:
+        if frame.f_code is function.__code__ and frame.f_lineno == lineno:
+            return True
+        frame = frame.f_back
+    return not thread.is_alive()
+
+
 class PauseAtLine(PauseAt):
     """Pauses a thread at a line of `function` (found by its text), before it runs."""
 
     def __init__(self, function: Callable[..., Any], text: str) -> None:
         super().__init__(function.__name__, "line")
-        lines, first = inspect.getsourcelines(function)
-        found = [first + i for i, line in enumerate(lines) if line.split("#")[0].strip() == text]
-        if len(found) != 1:
-            pytest.fail(f"{text!r} is not one line of {function.__name__}: update this test")
-        self.lineno = found[0]
+        self.lineno = line_of(function, text)
 
     def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
         if event == "call" and frame.f_code.co_name == self.function:
@@ -377,12 +395,16 @@ def test_a_leaked_wrapper_collected_while_its_thread_nests_on_it_is_not_shared(r
     owner_thread = threading.Thread(target=owner, daemon=True)
     owner_thread.start()
     pause.wait_paused()  # the nested checkout has decided to share the leaked one's
-    # The last reference goes in another thread: the wrapper's __del__ runs there. Where
-    # the pool makes that release wait for the nested checkout, it cannot end here; give
-    # it the time to (it ends at once where nothing holds it back).
+    # The last reference goes in another thread: the wrapper's __del__ runs there. Go on
+    # once that release is over, or waits for the lock the paused checkout holds.
     collector = threading.Thread(target=leaked.clear, daemon=True)
     collector.start()
-    collector.join(0.5)
+    wait_until(
+        lambda: ended_or_at(collector, BoundedPool._release_dropped, "with self._lock:"),
+        timeout=JOIN,
+        interval=0.001,
+        what="the leaked wrapper's release to end or wait for the lock",
+    )
     pause.resume.set()
     assert using.wait(JOIN)
     try:

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from qdbpool import SessionWrapper, SingletonPool, with_conn
+from qdbpool import SessionWrapper, with_conn
 
 
 def test_connect_returns_a_session_wrapper_that_passes_for_the_driver_connection(
@@ -177,9 +177,7 @@ def connections_two_threads_hold_at_once(pool):
 def test_releasing_the_raw_connection_twice_in_nested_checkouts_ends_the_inner_only(
     make_pool, pool_cls, recorder
 ):
-    pool = make_pool(
-        recorder, pool_cls=pool_cls, **({"size": 2} if pool_cls is not SingletonPool else {})
-    )
+    pool = make_pool(recorder, pool_cls=pool_cls)
     with pool.connect() as outer:
         with pool.connect() as inner:
             raw = inner.__wrapped__
@@ -197,9 +195,7 @@ def test_releasing_the_raw_connection_twice_in_nested_checkouts_ends_the_inner_o
 def test_releasing_a_connection_with_conn_injected_leaves_it_to_the_call(
     make_pool, pool_cls, recorder
 ):
-    pool = make_pool(
-        recorder, pool_cls=pool_cls, **({"size": 2} if pool_cls is not SingletonPool else {})
-    )
+    pool = make_pool(recorder, pool_cls=pool_cls)
 
     @with_conn(pool=pool)
     def use(conn):
