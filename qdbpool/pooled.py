@@ -31,6 +31,7 @@ class PooledConnection:
         "checkouts",
         "closed",
         "depth",
+        "dropped",
         "generation",
         "last_checkout",
         "last_used",
@@ -61,6 +62,9 @@ class PooledConnection:
         self.born = now
         self.last_used = now
         self.depth = 0  # nested checkouts in progress; 0 = idle
+        # SingletonPool: of those, how many were dropped unreleased and collected in another
+        # thread. Only the holder changes `depth`; those threads count here, under the lock.
+        self.dropped = 0
         self.checkouts = 0  # counted by the thread that holds it, without the lock
         self.closed = False
         # Counted closed by its pool: its driver connection closed, or left to its holder

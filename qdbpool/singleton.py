@@ -95,8 +95,13 @@ class SingletonPool(Pool):
     def _checkin_checked(self, pooled: PooledConnection) -> None:
         """_checkin's slow twin: a nested checkout, or a connection to look at properly."""
         if pooled.depth > 1:
-            pooled.depth -= 1  # an outer call in this thread still uses it
-            return
+            pooled.depth -= 1  # an outer call in this thread still uses it ...
+            if not pooled.dropped:
+                return
+            with self._lock:  # ... unless the outer ones were dropped in other threads
+                if pooled.depth > pooled.dropped:
+                    return
+                pooled.depth, pooled.dropped = 1, 0  # this was the last use: end it
         # Still marked in use while we look at it and reset it, so that close() leaves it
         # alone until we are done (it would otherwise close it under the reset hook).
         if not (pooled.closed or self._closed) and not self._after_use(pooled):
@@ -110,8 +115,13 @@ class SingletonPool(Pool):
         if pooled.owner == threading.get_ident():
             self._checkin(pooled)
             return
-        # Another thread's connection: it may be using it (nested) or about to, so never
-        # reset it from here; if this was its only checkout, close it the safe way.
-        pooled.depth -= 1
-        if self._claim_idle(pooled):
-            self._retire(pooled, "abandoned")
+        # Another thread's connection, which it may be using (nested on the dropped
+        # checkout) or about to. Its `depth` is its own to change: it does without a lock,
+        # so a `depth -= 1` from here could undo its `+= 1` and let us close the connection
+        # under it. Count the drop instead; if only dropped checkouts hold the connection,
+        # close it the safe way, else its thread's last release ends it.
+        with self._lock:
+            pooled.dropped += 1
+            if not self._claim_idle(pooled, held_by_nobody_but=pooled.dropped):
+                return
+        self._retire(pooled, "abandoned")

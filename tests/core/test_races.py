@@ -9,7 +9,9 @@ down, deterministically, interleavings that it hits only now and then.
 
 from __future__ import annotations
 
+import dis
 import inspect
+import linecache
 import multiprocessing
 import sys
 import threading
@@ -21,7 +23,7 @@ from typing import Any
 import pytest
 
 import qdbpool
-from qdbpool import BoundedPool, Pool, PoolClosedError, with_conn
+from qdbpool import BoundedPool, Pool, PoolClosedError, SingletonPool, with_conn
 from qdbpool.testing._process import wait_until
 
 JOIN = 60.0
@@ -416,3 +418,119 @@ def test_a_leaked_wrapper_collected_while_its_thread_nests_on_it_is_not_shared(r
     collector.join(JOIN)
     assert pool.stats().in_use == 0
     assert pool.stats().idle == pool.stats().open  # each open connection listed idle once
+
+
+class PauseAtInstruction(PauseAt):
+    """Pauses a thread before the bytecode instruction at `offset` of `function` runs: for
+    interleavings inside one line (between reading an attribute and storing it back)."""
+
+    def __init__(self, function: Callable[..., Any], offset: int) -> None:
+        super().__init__(function.__name__, "opcode")
+        self.code, self.offset = function.__code__, offset
+
+    def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "call" and frame.f_code is self.code and not self.paused.is_set():
+            frame.f_trace_opcodes = True
+            return self._opcode
+        return None
+
+    def _opcode(self, frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "opcode" and frame.f_lasti == self.offset and not self.paused.is_set():
+            self._pause()
+        return self._opcode
+
+
+def waiting_for_lock_or_ended(thread: threading.Thread) -> bool:
+    """Whether `thread` ended, or stands at a `with self._lock:` (waiting for the lock)."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    if frame is None:
+        return not thread.is_alive()
+    line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+    return line.strip() == "with self._lock:"
+
+
+# Where one of the two threads below may stand when the other one runs: every instruction
+# of the three functions that race when a thread's checkout is dropped in another thread.
+DROP_RACE = [
+    pytest.param(function, instruction.offset, id=f"{function.__name__}@{instruction.offset}")
+    for function in (
+        SingletonPool._release_dropped,  # the collecting thread
+        SingletonPool._checkout_checked,  # the owner, nesting on the dropped checkout
+        SingletonPool._checkin_checked,  # the owner, ending that nested checkout
+    )
+    for instruction in dis.get_instructions(function)
+]
+
+
+@pytest.mark.parametrize(("paused_in", "offset"), DROP_RACE)
+def test_a_singleton_checkout_dropped_in_another_thread_races_its_owner_safely(
+    recorder, make_pool, paused_in, offset
+):
+    """A thread leaks a connect() wrapper, then nests a checkout on it; the wrapper is
+    collected in another thread meanwhile. Whatever instruction either thread stands at
+    when the other runs, the owner's connection is never closed under it, and once both
+    are done nothing is counted in use."""
+    pool = make_pool(recorder)
+    pause = PauseAtInstruction(paused_in, offset)
+    owner_paused = paused_in is not SingletonPool._release_dropped
+    leaked: list[Any] = []
+    ready, nest, inside, leave = (threading.Event() for _ in range(4))
+    errors: list[BaseException] = []
+
+    def use_again() -> None:
+        with pool.connect() as conn:  # nests on the leaked checkout
+            conn.execute("SELECT 1")
+            inside.set()
+            assert leave.wait(JOIN)
+            conn.execute("SELECT 1")  # after the collector ran: still ours, still open
+        with pool.connect() as conn:
+            conn.execute("SELECT 1")
+
+    def owner() -> None:
+        try:
+            leaked.append(pool.connect())  # never released by this thread
+            ready.set()
+            assert nest.wait(JOIN)
+            if owner_paused:
+                pause.run(use_again)
+            else:
+                use_again()
+        except BaseException as exc:
+            errors.append(exc)
+            inside.set()
+
+    def start(fn: Callable[[], Any]) -> threading.Thread:
+        thread = threading.Thread(target=fn, daemon=True)
+        thread.start()
+        return thread
+
+    def paused_or_past(thread: threading.Thread, event: threading.Event) -> bool:
+        return pause.paused.is_set() or event.is_set() or not thread.is_alive()
+
+    owner_thread = start(owner)
+    assert ready.wait(JOIN)
+    if owner_paused:
+        nest.set()
+        leave.set()
+        wait_until(lambda: paused_or_past(owner_thread, threading.Event()), timeout=JOIN,
+                   what="the owner to pause or end")  # fmt: skip
+        collector = start(leaked.clear)
+        wait_until(lambda: waiting_for_lock_or_ended(collector), timeout=JOIN, interval=0.001,
+                   what="the collector to end or wait for the lock")  # fmt: skip
+    else:
+        collector = start(lambda: pause.run(leaked.clear))
+        wait_until(lambda: paused_or_past(collector, threading.Event()), timeout=JOIN,
+                   what="the collector to pause or end")  # fmt: skip
+        nest.set()
+        wait_until(lambda: inside.is_set() or waiting_for_lock_or_ended(owner_thread),
+                   timeout=JOIN, interval=0.001, what="the owner to nest")  # fmt: skip
+    pause.resume.set()
+    collector.join(JOIN)
+    leave.set()
+    owner_thread.join(JOIN)
+
+    assert not owner_thread.is_alive() and not collector.is_alive()
+    assert errors == []
+    assert pool.stats().in_use == 0
+    pool.close()
+    assert recorder.still_open() == []
