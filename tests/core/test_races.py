@@ -10,7 +10,6 @@ down, deterministically, interleavings that it hits only now and then.
 from __future__ import annotations
 
 import dis
-import inspect
 import linecache
 import multiprocessing
 import sys
@@ -334,92 +333,6 @@ def test_a_release_racing_close_is_not_closed_under_the_reset_hook(
     assert pool.stats().open == 0
 
 
-def line_of(function: Callable[..., Any], text: str) -> int:
-    """The number of the one line of `function` whose code (without comment) is `text`."""
-    lines, first = inspect.getsourcelines(function)
-    found = [first + i for i, line in enumerate(lines) if line.split("#")[0].strip() == text]
-    if len(found) != 1:
-        pytest.fail(f"{text!r} is not one line of {function.__name__}: update this test")
-    return found[0]
-
-
-def ended_or_at(thread: threading.Thread, function: Callable[..., Any], text: str) -> bool:
-    """Whether `thread` ended, or is at that line of `function` (waiting there, say)."""
-    lineno = line_of(function, text)
-    frame = sys._current_frames().get(thread.ident or 0)
-    while frame is not None:
-        if frame.f_code is function.__code__ and frame.f_lineno == lineno:
-            return True
-        frame = frame.f_back
-    return not thread.is_alive()
-
-
-class PauseAtLine(PauseAt):
-    """Pauses a thread at a line of `function` (found by its text), before it runs."""
-
-    def __init__(self, function: Callable[..., Any], text: str) -> None:
-        super().__init__(function.__name__, "line")
-        self.lineno = line_of(function, text)
-
-    def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
-        if event == "call" and frame.f_code.co_name == self.function:
-            return self._line
-        return None
-
-    def _line(self, frame: FrameType, event: str, arg: Any) -> Any:
-        if event == "line" and frame.f_lineno == self.lineno and not self.paused.is_set():
-            self._pause()
-        return self._line
-
-
-def test_a_leaked_wrapper_collected_while_its_thread_nests_on_it_is_not_shared(recorder, make_pool):
-    """A thread leaks a connect() wrapper, then checks out again: it nests on the leaked
-    checkout. The leaked wrapper is collected in another thread just as the nested
-    checkout has decided to share the connection: the connection must not go back to the
-    pool while the thread uses it, nor be listed idle twice."""
-    pool = make_pool(recorder, pool_cls=BoundedPool, size=2)
-    pause = PauseAtLine(BoundedPool._checkout_checked, "held.depth += 1")
-    leaked: list[Any] = []
-    using, done_using = threading.Event(), threading.Event()
-    got: list[Any] = []
-
-    def owner() -> None:
-        leaked.append(pool.connect())  # never released by this thread
-
-        def nest() -> None:
-            with pool.connect() as conn:
-                got.append(conn.__wrapped__)
-                using.set()
-                done_using.wait(JOIN)
-
-        pause.run(nest)
-
-    owner_thread = threading.Thread(target=owner, daemon=True)
-    owner_thread.start()
-    pause.wait_paused()  # the nested checkout has decided to share the leaked one's
-    # The last reference goes in another thread: the wrapper's __del__ runs there. Go on
-    # once that release is over, or waits for the lock the paused checkout holds.
-    collector = threading.Thread(target=leaked.clear, daemon=True)
-    collector.start()
-    wait_until(
-        lambda: ended_or_at(collector, BoundedPool._release_dropped, "with self._lock:"),
-        timeout=JOIN,
-        interval=0.001,
-        what="the leaked wrapper's release to end or wait for the lock",
-    )
-    pause.resume.set()
-    assert using.wait(JOIN)
-    try:
-        with pool.connect() as other:  # in this thread: a connection of its own
-            assert other.__wrapped__ is not got[0]
-    finally:
-        done_using.set()
-    owner_thread.join(JOIN)
-    collector.join(JOIN)
-    assert pool.stats().in_use == 0
-    assert pool.stats().idle == pool.stats().open  # each open connection listed idle once
-
-
 class PauseAtInstruction(PauseAt):
     """Pauses a thread before the bytecode instruction at `offset` of `function` runs: for
     interleavings inside one line (between reading an attribute and storing it back)."""
@@ -450,36 +363,48 @@ def waiting_for_lock_or_ended(thread: threading.Thread) -> bool:
 
 
 # Where one of the two threads below may stand when the other one runs: every instruction
-# of the three functions that race when a thread's checkout is dropped in another thread.
+# of the functions that race when a thread's checkout is dropped in another thread.
 DROP_RACE = [
-    pytest.param(function, instruction.offset, id=f"{function.__name__}@{instruction.offset}")
-    for function in (
-        SingletonPool._release_dropped,  # the collecting thread
-        SingletonPool._checkout_checked,  # the owner, nesting on the dropped checkout
-        SingletonPool._checkin_checked,  # the owner, ending that nested checkout
+    pytest.param(
+        pool_cls,
+        getattr(pool_cls, name),
+        instruction.offset,
+        id=f"{pool_cls.__name__}.{name}@{instruction.offset}",
     )
-    for instruction in dis.get_instructions(function)
+    for pool_cls in (SingletonPool, BoundedPool)
+    for name in (
+        "_release_dropped",  # the collecting thread
+        "_checkout",  # the owner, nesting on the dropped checkout
+        "_checkout_checked",
+        "_checkin",  # the owner, ending that nested checkout
+        "_checkin_checked",
+    )
+    for instruction in dis.get_instructions(getattr(pool_cls, name))
 ]
 
 
-@pytest.mark.parametrize(("paused_in", "offset"), DROP_RACE)
-def test_a_singleton_checkout_dropped_in_another_thread_races_its_owner_safely(
-    recorder, make_pool, paused_in, offset
+@pytest.mark.parametrize(("pool_cls", "paused_in", "offset"), DROP_RACE)
+def test_a_checkout_dropped_in_another_thread_races_its_owner_safely(
+    recorder, make_pool, pool_cls, paused_in, offset
 ):
     """A thread leaks a connect() wrapper, then nests a checkout on it; the wrapper is
     collected in another thread meanwhile. Whatever instruction either thread stands at
-    when the other runs, the owner's connection is never closed under it, and once both
-    are done nothing is counted in use."""
-    pool = make_pool(recorder)
+    when the other runs, the owner's connection is never closed under it, nor handed to
+    another thread, and once both are done nothing is counted in use."""
+    sizes = {"size": 2} if pool_cls is BoundedPool else {}  # the owner's and one more
+    pool = make_pool(recorder, pool_cls=pool_cls, **sizes)
     pause = PauseAtInstruction(paused_in, offset)
-    owner_paused = paused_in is not SingletonPool._release_dropped
+    owner_paused = paused_in.__name__ != "_release_dropped"
+    releasing = paused_in.__name__.startswith("_checkin")  # else it pauses while nesting
     leaked: list[Any] = []
     ready, nest, inside, leave = (threading.Event() for _ in range(4))
     errors: list[BaseException] = []
+    mine: list[Any] = []
 
     def use_again() -> None:
         with pool.connect() as conn:  # nests on the leaked checkout
             conn.execute("SELECT 1")
+            mine.append(conn.__wrapped__)
             inside.set()
             assert leave.wait(JOIN)
             conn.execute("SELECT 1")  # after the collector ran: still ours, still open
@@ -504,28 +429,30 @@ def test_a_singleton_checkout_dropped_in_another_thread_races_its_owner_safely(
         thread.start()
         return thread
 
-    def paused_or_past(thread: threading.Thread, event: threading.Event) -> bool:
-        return pause.paused.is_set() or event.is_set() or not thread.is_alive()
-
     owner_thread = start(owner)
     assert ready.wait(JOIN)
     if owner_paused:
         nest.set()
-        leave.set()
-        wait_until(lambda: paused_or_past(owner_thread, threading.Event()), timeout=JOIN,
-                   what="the owner to pause or end")  # fmt: skip
+        if releasing:
+            leave.set()
+        wait_until(lambda: pause.paused.is_set() or inside.is_set() or not owner_thread.is_alive(),
+                   timeout=JOIN, interval=0.001, what="the owner to pause")  # fmt: skip
         collector = start(leaked.clear)
         wait_until(lambda: waiting_for_lock_or_ended(collector), timeout=JOIN, interval=0.001,
                    what="the collector to end or wait for the lock")  # fmt: skip
     else:
         collector = start(lambda: pause.run(leaked.clear))
-        wait_until(lambda: paused_or_past(collector, threading.Event()), timeout=JOIN,
-                   what="the collector to pause or end")  # fmt: skip
+        wait_until(lambda: pause.paused.is_set() or not collector.is_alive(), timeout=JOIN,
+                   interval=0.001, what="the collector to pause")  # fmt: skip
         nest.set()
         wait_until(lambda: inside.is_set() or waiting_for_lock_or_ended(owner_thread),
                    timeout=JOIN, interval=0.001, what="the owner to nest")  # fmt: skip
     pause.resume.set()
     collector.join(JOIN)
+    if not releasing:  # the owner is inside its nested checkout, which is nobody else's
+        assert inside.wait(JOIN)
+        with pool.connect() as other:
+            assert mine == [] or other.__wrapped__ is not mine[0]
     leave.set()
     owner_thread.join(JOIN)
 
