@@ -362,25 +362,26 @@ def waiting_for_lock_or_ended(thread: threading.Thread) -> bool:
     return line.strip() == "with self._lock:"
 
 
-# Where one of the two threads below may stand when the other one runs: every instruction
-# of the functions that race when a thread's checkout is dropped in another thread.
-DROP_RACE = [
-    pytest.param(
-        pool_cls,
-        getattr(pool_cls, name),
-        instruction.offset,
-        id=f"{pool_cls.__name__}.{name}@{instruction.offset}",
-    )
-    for pool_cls in (SingletonPool, BoundedPool)
-    for name in (
-        "_release_dropped",  # the collecting thread
-        "_checkout",  # the owner, nesting on the dropped checkout
-        "_checkout_checked",
-        "_checkin",  # the owner, ending that nested checkout
-        "_checkin_checked",
-    )
-    for instruction in dis.get_instructions(getattr(pool_cls, name))
-]
+def every_instruction(*names: str) -> list[Any]:
+    """(pool class, function, offset) for every bytecode instruction of the functions named,
+    in both pool classes: where one thread may stand when another runs."""
+    return [
+        pytest.param(
+            pool_cls,
+            getattr(pool_cls, name),
+            instruction.offset,
+            id=f"{pool_cls.__name__}.{name}@{instruction.offset}",
+        )
+        for pool_cls in (SingletonPool, BoundedPool)
+        for name in names
+        for instruction in dis.get_instructions(getattr(pool_cls, name))
+    ]
+
+
+# The collecting thread's part, and the owner's: nesting on the dropped checkout, ending it.
+DROP_RACE = every_instruction(
+    "_release_dropped", "_checkout", "_checkout_checked", "_checkin", "_checkin_checked"
+)
 
 
 @pytest.mark.parametrize(("pool_cls", "paused_in", "offset"), DROP_RACE)
@@ -461,3 +462,85 @@ def test_a_checkout_dropped_in_another_thread_races_its_owner_safely(
     assert pool.stats().in_use == 0
     pool.close()
     assert recorder.still_open() == []
+
+
+def blocked_or_ended(thread: threading.Thread) -> bool:
+    """Whether `thread` ended, or waits: for a lock at `with self._lock:`, or in threading
+    (a Condition, an Event)."""
+    frame = sys._current_frames().get(thread.ident or 0)
+    if frame is None:
+        return not thread.is_alive()
+    return frame.f_code.co_filename == threading.__file__ or waiting_for_lock_or_ended(thread)
+
+
+# close()'s part, and the user's: checking out its idle connection, releasing it.
+CLOSE_RACE = every_instruction(
+    "close", "_claim_idle", "_checkout", "_checkout_checked", "_checkin", "_checkin_checked"
+)
+
+
+@pytest.mark.parametrize(("pool_cls", "paused_in", "offset"), CLOSE_RACE)
+def test_close_racing_a_checkout_never_closes_a_connection_under_its_user(
+    recorder, make_pool, pool_cls, paused_in, offset
+):
+    """A thread checks out its idle connection, uses it and releases it while another
+    thread closes the pool; either one stands at any instruction of its path when the
+    other runs. The user gets PoolClosedError or a connection that stays open while it
+    uses it; afterwards every connection is closed and none is counted open."""
+    pool = make_pool(recorder, pool_cls=pool_cls)
+    pause = PauseAtInstruction(paused_in, offset)
+    user_paused = paused_in.__name__ not in ("close", "_claim_idle")
+    outcome: list[object] = []
+    warmed, go = threading.Event(), threading.Event()
+
+    def use() -> None:
+        try:
+            with pool.connect() as conn:
+                conn.execute("SELECT 1")
+                conn.execute("SELECT 2")
+            outcome.append("used")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    def user() -> None:
+        use()  # the thread's connection exists, idle: the race is with its usual checkout
+        warmed.set()
+        assert go.wait(JOIN)
+        if user_paused:
+            pause.run(use)
+        else:
+            use()
+
+    def closing() -> None:
+        pool.close(JOIN)
+
+    def start(fn: Callable[[], Any]) -> threading.Thread:
+        thread = threading.Thread(target=fn, daemon=True)
+        thread.start()
+        return thread
+
+    user_thread = start(user)
+    assert warmed.wait(JOIN)
+    if user_paused:
+        go.set()
+        wait_until(lambda: pause.paused.is_set() or not user_thread.is_alive(), timeout=JOIN,
+                   interval=0.001, what="the user to pause")  # fmt: skip
+        closer = start(closing)
+        wait_until(lambda: blocked_or_ended(closer), timeout=JOIN, interval=0.001,
+                   what="close() to end or wait")  # fmt: skip
+    else:
+        closer = start(lambda: pause.run(closing))
+        wait_until(lambda: pause.paused.is_set() or not closer.is_alive(), timeout=JOIN,
+                   interval=0.001, what="close() to pause")  # fmt: skip
+        go.set()
+        wait_until(lambda: len(outcome) == 2 or waiting_for_lock_or_ended(user_thread),
+                   timeout=JOIN, interval=0.001, what="the user to end or wait")  # fmt: skip
+    pause.resume.set()
+    user_thread.join(JOIN)
+    closer.join(JOIN)
+
+    assert not user_thread.is_alive() and not closer.is_alive()
+    assert outcome[0] == "used"
+    assert outcome[1] == "used" or isinstance(outcome[1], PoolClosedError), outcome
+    assert recorder.still_open() == []
+    assert pool.stats().open == 0
