@@ -10,6 +10,7 @@ down, deterministically, interleavings that it hits only now and then.
 from __future__ import annotations
 
 import dis
+import gc
 import linecache
 import multiprocessing
 import sys
@@ -362,9 +363,23 @@ def waiting_for_lock_or_ended(thread: threading.Thread) -> bool:
     return line.strip() == "with self._lock:"
 
 
-def every_instruction(*names: str) -> list[Any]:
+@pytest.fixture
+def no_collector_in_this_thread() -> Any:
+    """The cycle collector off while a test pauses threads inside the pool: in the test's
+    own thread it could run a finalizer that takes the lock a paused thread holds, and
+    wait for it forever (the paused thread waits for this one)."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def every_instruction(
+    *names: str, pool_classes: tuple[type[Pool], ...] = (SingletonPool, BoundedPool)
+) -> list[Any]:
     """(pool class, function, offset) for every bytecode instruction of the functions named,
-    in both pool classes: where one thread may stand when another runs."""
+    in each pool class: where one thread may stand when another runs."""
     return [
         pytest.param(
             pool_cls,
@@ -372,7 +387,7 @@ def every_instruction(*names: str) -> list[Any]:
             instruction.offset,
             id=f"{pool_cls.__name__}.{name}@{instruction.offset}",
         )
-        for pool_cls in (SingletonPool, BoundedPool)
+        for pool_cls in pool_classes
         for name in names
         for instruction in dis.get_instructions(getattr(pool_cls, name))
     ]
@@ -384,6 +399,7 @@ DROP_RACE = every_instruction(
 )
 
 
+@pytest.mark.usefixtures("no_collector_in_this_thread")
 @pytest.mark.parametrize(("pool_cls", "paused_in", "offset"), DROP_RACE)
 def test_a_checkout_dropped_in_another_thread_races_its_owner_safely(
     recorder, make_pool, pool_cls, paused_in, offset
@@ -479,6 +495,7 @@ CLOSE_RACE = every_instruction(
 )
 
 
+@pytest.mark.usefixtures("no_collector_in_this_thread")
 @pytest.mark.parametrize(("pool_cls", "paused_in", "offset"), CLOSE_RACE)
 def test_close_racing_a_checkout_never_closes_a_connection_under_its_user(
     recorder, make_pool, pool_cls, paused_in, offset
@@ -544,3 +561,65 @@ def test_close_racing_a_checkout_never_closes_a_connection_under_its_user(
     assert outcome[1] == "used" or isinstance(outcome[1], PoolClosedError), outcome
     assert recorder.still_open() == []
     assert pool.stats().open == 0
+
+
+# A release's part, and the part of a checkout that arrives meanwhile and has to wait.
+HANDOFF_RACE = every_instruction(
+    *("_checkin", "_checkin_checked", "_give_back"),
+    *("_checkout", "_checkout_checked", "_acquire", "_wait", "_wait_in_line"),
+    pool_classes=(BoundedPool,),
+)
+
+
+@pytest.mark.usefixtures("no_collector_in_this_thread")
+@pytest.mark.parametrize(("pool_cls", "paused_in", "offset"), HANDOFF_RACE)
+def test_a_connection_released_while_another_thread_arrives_for_it_is_handed_over(
+    recorder, make_pool, pool_cls, paused_in, offset
+):
+    """A BoundedPool of one: a thread releases the connection just as another one asks for
+    it, and either stands at any instruction of its path when the other runs. The second
+    gets the connection (no lost wakeup: it would wait out the timeout), once."""
+    pool = make_pool(recorder, pool_cls=BoundedPool, size=1, timeout=JOIN)
+    pause = PauseAtInstruction(paused_in, offset)
+    releasing = paused_in.__name__ in ("_checkin", "_checkin_checked", "_give_back")
+    held = pool.connect()  # the holder's: this thread's
+    outcome: list[object] = []
+
+    def release() -> None:
+        held.close()
+
+    def arrive() -> None:
+        try:
+            with pool.connect() as conn:
+                conn.execute("SELECT 1")
+            outcome.append("used")
+        except BaseException as exc:
+            outcome.append(exc)
+
+    def start(fn: Callable[[], Any]) -> threading.Thread:
+        thread = threading.Thread(target=fn, daemon=True)
+        thread.start()
+        return thread
+
+    if releasing:
+        releaser = start(lambda: pause.run(release))
+        wait_until(lambda: pause.paused.is_set() or not releaser.is_alive(), timeout=JOIN,
+                   interval=0.001, what="the release to pause")  # fmt: skip
+        arriver = start(arrive)
+        wait_until(lambda: blocked_or_ended(arriver), timeout=JOIN, interval=0.001,
+                   what="the arriving checkout to end or wait")  # fmt: skip
+    else:
+        arriver = start(lambda: pause.run(arrive))
+        wait_until(lambda: pause.paused.is_set() or blocked_or_ended(arriver), timeout=JOIN,
+                   interval=0.001, what="the arriving checkout to pause or wait")  # fmt: skip
+        releaser = start(release)
+        wait_until(lambda: blocked_or_ended(releaser), timeout=JOIN, interval=0.001,
+                   what="the release to end or wait")  # fmt: skip
+    pause.resume.set()
+    releaser.join(JOIN)
+    arriver.join(JOIN)
+
+    assert not releaser.is_alive() and not arriver.is_alive()
+    assert outcome == ["used"]
+    stats = pool.stats()
+    assert (stats.open, stats.in_use, stats.idle, stats.waiting) == (1, 0, 1, 0)
