@@ -191,7 +191,6 @@ class BoundedPool(Pool):
         with self._lock:
             if self._closed:
                 raise PoolClosedError("the pool is closed")
-            expired = self._take_expired_burst_locked() if self._reserved > self._size else None
             idle, other_idle = self._idle[route], self._idle[self._trades.other(route)]
             if self._waiters and any(w.route == route for w in self._waiters):
                 waiter = self._enqueue_locked(route)  # others were first: no overtaking
@@ -208,6 +207,9 @@ class BoundedPool(Pool):
                 self._reserve_locked(route)
             else:
                 waiter = self._enqueue_locked(route)
+            # Burst connections idle too long are closed only after ours is taken: this
+            # checkout is the demand that one of them would otherwise be opened again for.
+            expired = self._take_expired_burst_locked() if self._reserved > self._size else None
         if expired:
             self._retire_burst(expired)  # may hand their capacity to our waiter
         if surplus is not None:

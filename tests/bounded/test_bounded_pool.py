@@ -262,6 +262,23 @@ def test_burst_connections_stay_while_idle_less_than_burst_idle(
     assert pool.stats().open == 4
 
 
+def test_a_checkout_takes_an_idle_burst_connection_rather_than_close_and_open_one(
+    sqlite_factory: Any, make_pool: Callable[..., qdbpool.BoundedPool], hold: Any, clock: Any
+) -> None:
+    """The pool's `size` connections are busy and a burst one has been idle past
+    burst_idle: the next checkout is the demand it would be opened again for, so it takes
+    that one instead of closing it and opening (and, meanwhile, waiting for) another."""
+    pool = make_pool(sqlite_factory, size=1, max_size=2, burst_idle=5, timeout=WAIT)
+    hold(pool, 1)  # the one connection of `size`, busy throughout
+    with pool.connect() as conn:
+        burst = conn.__wrapped__
+    clock.advance(10)
+    with pool.connect() as conn:
+        assert conn.__wrapped__ is burst
+    stats = pool.stats()
+    assert (stats.created, stats.closed, stats.open) == (2, 0, 2)
+
+
 def test_shrink_never_closes_a_connection_in_use(
     sqlite_factory: Any,
     make_pool: Callable[..., qdbpool.BoundedPool],
@@ -273,14 +290,15 @@ def test_shrink_never_closes_a_connection_in_use(
     for holder in hold(pool, 2):
         holder.release()
 
-    def extras_closed() -> bool:
-        _checkout_once(pool)
-        return pool.stats().closed >= 2
+    def extra_closed() -> bool:
+        _checkout_once(pool)  # takes one of the extras each time: that one stays open
+        return pool.stats().closed >= 1
 
-    wait_until(extras_closed, timeout=WAIT, interval=0.05, what="the idle extras closed")
+    wait_until(extra_closed, timeout=WAIT, interval=0.05, what="the idle extra closed")
     assert busy.conn is not None and not closed_check(busy.conn)
     assert busy.conn.execute("SELECT 1").fetchone() == (1,)
-    assert pool.stats().in_use == 1
+    stats = pool.stats()
+    assert (stats.in_use, stats.open, stats.closed) == (1, 2, 1)
 
 
 def test_max_lifetime_never_closes_a_connection_in_use(
