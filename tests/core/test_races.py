@@ -363,6 +363,30 @@ def waiting_for_lock_or_ended(thread: threading.Thread) -> bool:
     return line.strip() == "with self._lock:"
 
 
+def started(fn: Callable[[], Any]) -> threading.Thread:
+    thread = threading.Thread(target=fn, daemon=True)
+    thread.start()
+    return thread
+
+
+def while_paused(
+    pause: PauseAtInstruction,
+    reached: Callable[[], bool],
+    other: Callable[[], threading.Thread],
+    other_stopped: Callable[[threading.Thread], bool],
+) -> threading.Thread:
+    """Once `reached()` (the paused thread stands at its instruction, or went past it
+    without stopping there), start the other thread's part (`other()`); once that one
+    `other_stopped` (ended, or waits: for the paused one perhaps), let the first go on.
+    Returns the other thread."""
+    wait_until(reached, timeout=JOIN, interval=0.001, what="the first thread to pause")
+    thread = other()
+    wait_until(lambda: other_stopped(thread), timeout=JOIN, interval=0.001,
+               what="the other thread to end or wait")  # fmt: skip
+    pause.resume.set()
+    return thread
+
+
 @pytest.fixture
 def no_collector_in_this_thread() -> Any:
     """The cycle collector off while a test pauses threads inside the pool: in the test's
@@ -441,30 +465,31 @@ def test_a_checkout_dropped_in_another_thread_races_its_owner_safely(
             errors.append(exc)
             inside.set()
 
-    def start(fn: Callable[[], Any]) -> threading.Thread:
-        thread = threading.Thread(target=fn, daemon=True)
-        thread.start()
-        return thread
-
-    owner_thread = start(owner)
+    owner_thread = started(owner)
     assert ready.wait(JOIN)
+
+    def nest_now() -> threading.Thread:
+        nest.set()
+        return owner_thread
+
     if owner_paused:
         nest.set()
         if releasing:
             leave.set()
-        wait_until(lambda: pause.paused.is_set() or inside.is_set() or not owner_thread.is_alive(),
-                   timeout=JOIN, interval=0.001, what="the owner to pause")  # fmt: skip
-        collector = start(leaked.clear)
-        wait_until(lambda: waiting_for_lock_or_ended(collector), timeout=JOIN, interval=0.001,
-                   what="the collector to end or wait for the lock")  # fmt: skip
+        collector = while_paused(
+            pause,
+            lambda: pause.paused.is_set() or inside.is_set() or not owner_thread.is_alive(),
+            lambda: started(leaked.clear),
+            waiting_for_lock_or_ended,
+        )
     else:
-        collector = start(lambda: pause.run(leaked.clear))
-        wait_until(lambda: pause.paused.is_set() or not collector.is_alive(), timeout=JOIN,
-                   interval=0.001, what="the collector to pause")  # fmt: skip
-        nest.set()
-        wait_until(lambda: inside.is_set() or waiting_for_lock_or_ended(owner_thread),
-                   timeout=JOIN, interval=0.001, what="the owner to nest")  # fmt: skip
-    pause.resume.set()
+        collector = started(lambda: pause.run(leaked.clear))
+        while_paused(
+            pause,
+            lambda: pause.paused.is_set() or not collector.is_alive(),
+            nest_now,
+            lambda owner: inside.is_set() or waiting_for_lock_or_ended(owner),
+        )
     collector.join(JOIN)
     if not releasing:  # the owner is inside its nested checkout, which is nobody else's
         assert inside.wait(JOIN)
@@ -531,28 +556,29 @@ def test_close_racing_a_checkout_never_closes_a_connection_under_its_user(
     def closing() -> None:
         pool.close(JOIN)
 
-    def start(fn: Callable[[], Any]) -> threading.Thread:
-        thread = threading.Thread(target=fn, daemon=True)
-        thread.start()
-        return thread
-
-    user_thread = start(user)
+    user_thread = started(user)
     assert warmed.wait(JOIN)
+
+    def go_now() -> threading.Thread:
+        go.set()
+        return user_thread
+
     if user_paused:
         go.set()
-        wait_until(lambda: pause.paused.is_set() or not user_thread.is_alive(), timeout=JOIN,
-                   interval=0.001, what="the user to pause")  # fmt: skip
-        closer = start(closing)
-        wait_until(lambda: blocked_or_ended(closer), timeout=JOIN, interval=0.001,
-                   what="close() to end or wait")  # fmt: skip
+        closer = while_paused(
+            pause,
+            lambda: pause.paused.is_set() or not user_thread.is_alive(),
+            lambda: started(closing),
+            blocked_or_ended,
+        )
     else:
-        closer = start(lambda: pause.run(closing))
-        wait_until(lambda: pause.paused.is_set() or not closer.is_alive(), timeout=JOIN,
-                   interval=0.001, what="close() to pause")  # fmt: skip
-        go.set()
-        wait_until(lambda: len(outcome) == 2 or waiting_for_lock_or_ended(user_thread),
-                   timeout=JOIN, interval=0.001, what="the user to end or wait")  # fmt: skip
-    pause.resume.set()
+        closer = started(lambda: pause.run(closing))
+        while_paused(
+            pause,
+            lambda: pause.paused.is_set() or not closer.is_alive(),
+            go_now,
+            lambda user: len(outcome) == 2 or waiting_for_lock_or_ended(user),
+        )
     user_thread.join(JOIN)
     closer.join(JOIN)
 
@@ -596,26 +622,22 @@ def test_a_connection_released_while_another_thread_arrives_for_it_is_handed_ove
         except BaseException as exc:
             outcome.append(exc)
 
-    def start(fn: Callable[[], Any]) -> threading.Thread:
-        thread = threading.Thread(target=fn, daemon=True)
-        thread.start()
-        return thread
-
     if releasing:
-        releaser = start(lambda: pause.run(release))
-        wait_until(lambda: pause.paused.is_set() or not releaser.is_alive(), timeout=JOIN,
-                   interval=0.001, what="the release to pause")  # fmt: skip
-        arriver = start(arrive)
-        wait_until(lambda: blocked_or_ended(arriver), timeout=JOIN, interval=0.001,
-                   what="the arriving checkout to end or wait")  # fmt: skip
+        releaser = started(lambda: pause.run(release))
+        arriver = while_paused(
+            pause,
+            lambda: pause.paused.is_set() or not releaser.is_alive(),
+            lambda: started(arrive),
+            blocked_or_ended,
+        )
     else:
-        arriver = start(lambda: pause.run(arrive))
-        wait_until(lambda: pause.paused.is_set() or blocked_or_ended(arriver), timeout=JOIN,
-                   interval=0.001, what="the arriving checkout to pause or wait")  # fmt: skip
-        releaser = start(release)
-        wait_until(lambda: blocked_or_ended(releaser), timeout=JOIN, interval=0.001,
-                   what="the release to end or wait")  # fmt: skip
-    pause.resume.set()
+        arriver = started(lambda: pause.run(arrive))
+        releaser = while_paused(
+            pause,
+            lambda: pause.paused.is_set() or blocked_or_ended(arriver),
+            lambda: started(release),
+            blocked_or_ended,
+        )
     releaser.join(JOIN)
     arriver.join(JOIN)
 
