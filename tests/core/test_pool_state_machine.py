@@ -863,6 +863,31 @@ class PoolMachine(RuleBasedStateMachine):
                 time.sleep(0.001)
             assert not left, f"{left} still open after their thread ended"
 
+    @rule(pick=st.integers(0, 7), by=st.integers(1, WORKERS - 1))
+    @precondition(lambda self: self.unreleased())
+    def drop_unreleased_in_another_thread(self, pick: int, by: int) -> None:
+        """A worker lets go of a wrapper it never released, and the garbage collector
+        releases it in another worker's thread: the checkout ends; the connection stays
+        its holder's while that holds another checkout of it, else it is closed
+        (SingletonPool) or back in the pool, reset (BoundedPool)."""
+        handle = self.pick(pick, self.unreleased())
+        collector = (handle.worker + by) % WORKERS
+        handed_over: list[Any] = []
+        hid = handle.hid
+
+        outcome = self.run(handle.worker, lambda held: handed_over.append(held.pop(hid)))
+        assert outcome.raised is None, outcome
+        # Not the holder's any more: the collector may reset it, unless the holder nests.
+        del self.handles[hid]
+        outcome = self.run(collector, lambda held: (handed_over.clear(), gc.collect()))
+        assert outcome.raised is None, outcome
+        raw = handle.raw
+        if self.held_by(handle.worker, handle.record, handle.route):
+            return  # nested: the holder's own release ends it
+        if handle.record.kind == "singleton" and not handle.record.closed:
+            assert raw.close_calls, f"{raw}: another thread's, left open by its collector"
+        assert raw.close_calls or not raw.in_transaction, f"{raw} back in a transaction"
+
     @rule(pick=st.integers(0, 7))
     @precondition(lambda self: any(h.released for h in self.handles.values()))
     def drop_released_wrappers(self, pick: int) -> None:
