@@ -329,18 +329,18 @@ class Pool:
             self._factory.close()
 
     @staticmethod
-    def _claim_idle(pooled: PooledConnection, held_by_nobody_but: int = 0) -> bool:
+    def _claim_idle(pooled: PooledConnection) -> bool:
         """Claim an idle connection for closing, against a checkout racing us without a
         lock. Both sides write their own flag, then read the other's (Dekker's way): a
         checkout sets `depth` then reads `closed` (or the generation, which `mark_closed`
         sets too); we mark it closed then read `depth`. So either the checkout sees it
-        closed and backs off, or we see `depth` and let go. Idle means `depth` is 0, or
-        `held_by_nobody_but`: checkouts that were dropped, still counted in `depth`."""
-        if pooled.depth != held_by_nobody_but:
+        closed and backs off, or we see `depth` and let go. Idle means that `depth` counts
+        nothing but checkouts `dropped` in other threads (SingletonPool; else 0)."""
+        if pooled.depth != pooled.dropped:
             return False
         generation = pooled.generation
         pooled.mark_closed()
-        if pooled.depth != held_by_nobody_but:  # in use after all: closed when released
+        if pooled.depth != pooled.dropped:  # in use after all: closed when released
             pooled.closed, pooled.generation = False, generation
             return False
         return True

@@ -63,7 +63,8 @@ class PooledConnection:
         self.last_used = now
         self.depth = 0  # nested checkouts in progress; 0 = idle
         # SingletonPool: of those, how many were dropped unreleased and collected in another
-        # thread. Only the holder changes `depth`; those threads count here, under the lock.
+        # thread. Only the holder changes `depth`; those threads count here, under the lock
+        # (Pool._claim_idle reads both: depth == dropped is idle).
         self.dropped = 0
         self.checkouts = 0  # counted by the thread that holds it, without the lock
         self.closed = False

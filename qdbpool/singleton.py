@@ -122,6 +122,6 @@ class SingletonPool(Pool):
         # close it the safe way, else its thread's last release ends it.
         with self._lock:
             pooled.dropped += 1
-            if not self._claim_idle(pooled, held_by_nobody_but=pooled.dropped):
+            if not self._claim_idle(pooled):
                 return
         self._retire(pooled, "abandoned")
