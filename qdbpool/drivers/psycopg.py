@@ -43,6 +43,9 @@ _CANCEL_TIMEOUT = 5.0  # bounds the thread that sends a cancel request
 _PSYCOPG_CONNECT_KWARGS = frozenset(
     {"autocommit", "prepare_threshold", "context", "row_factory", "cursor_factory"}
 )
+# Given to app connections only: they change what rows look like (a dict_row, a loader of
+# the user's), and the monitor's probe must read the role query as plain tuples.
+_APP_ONLY_KWARGS = frozenset({"row_factory", "cursor_factory", "context"})
 
 _IDLE = int(pq.TransactionStatus.IDLE)
 _INTRANS = int(pq.TransactionStatus.INTRANS)
@@ -71,7 +74,7 @@ class PsycopgDriver(HostDriver):
         return kwargs if read_only else for_writes(kwargs)
 
     def open_probe(self, address: HostPort, timeout: float) -> Any:
-        kwargs = self._kwargs(address)
+        kwargs = {k: v for k, v in self._kwargs(address).items() if k not in _APP_ONLY_KWARGS}
         kwargs["autocommit"] = True
         kwargs["application_name"] = "qdbpool-monitor"
         return psycopg.connect(**kwargs)

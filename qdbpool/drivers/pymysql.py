@@ -55,6 +55,10 @@ PYMYSQL_CONNECT_KWARGS = frozenset(
     inspect.signature(pymysql.connections.Connection.__init__).parameters
 ) - {"self"}
 
+# Given to app connections only: they change what rows look like (dicts, bytes, the user's
+# converters), and the monitor's probe must read the role query as plain text tuples.
+_APP_ONLY_KWARGS = frozenset({"cursorclass", "conv", "use_unicode"})
+
 _ROLE_QUERY = "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('read_only', 'super_read_only')"
 
 # DSN query parameters arrive as text; PyMySQL wants these typed.
@@ -125,7 +129,9 @@ class PyMySQLDriver(HostDriver):
         return pymysql.connect(**self.connect_kwargs(address))
 
     def open_probe(self, address: HostPort, timeout: float) -> Any:
-        kwargs = self.connect_kwargs(address)
+        kwargs = {
+            k: v for k, v in self.connect_kwargs(address).items() if k not in _APP_ONLY_KWARGS
+        }
         kwargs.update(
             autocommit=True,
             connect_timeout=timeout,

@@ -294,3 +294,31 @@ def test_reads_follow_the_switch_to_the_demoted_host(
 
     wait_until(monitor_saw_the_switch, timeout=10, what="the monitor to see the new roles")
     assert port_of_read() == old_primary.port
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [{"cursorclass": pymysql.cursors.DictCursor}, {"use_unicode": False}],
+    ids=["dict rows", "bytes"],
+)
+def test_the_applications_row_options_leave_the_role_checks_alone(
+    pair: MariaDBReplicaPair, closing: Callable[[Any], Any], rows: dict[str, Any]
+) -> None:
+    # The monitor reads its role query as text tuples whatever the application asked for:
+    # with dict rows or bytes it read no 'ON', took the replica for a primary and, the
+    # replica being listed first, sent writes there.
+    dsn = (
+        f"mysql://{APP_USER}:{quote(APP_PASSWORD, safe='')}@"
+        f"127.0.0.1:{pair.replica.port},127.0.0.1:{pair.primary.port}/{APP_DB}"
+    )
+    factory = closing(MySQL(dsn, acquire_timeout=5, **rows))
+    factory.ready(timeout=10)
+    assert [status.role for status in factory.hosts()] == [Role.REPLICA, Role.PRIMARY]
+    conn = factory.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT @@port AS port")
+            row = cur.fetchone()
+    finally:
+        factory.close_connection(conn)
+    assert row == ({"port": pair.primary.port} if "cursorclass" in rows else (pair.primary.port,))

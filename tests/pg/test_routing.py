@@ -209,3 +209,33 @@ def test_bounded_pool_routes_writes_and_reads(
     holders = [hold(pool, read_only=True, start=barrier) for _ in range(4)]
     assert {h.wait_opened() for h in holders} <= replica_ports(shared_cluster)
     assert pool.stats().open <= 4
+
+
+def _dict_rows(pg: Any) -> dict[str, Any]:
+    """The driver's option for rows as dicts, as an application may give the factory."""
+    if pg.name == "psycopg":
+        from psycopg.rows import dict_row
+
+        return {"row_factory": dict_row}
+    import psycopg2.extras
+
+    return {"cursor_factory": psycopg2.extras.RealDictCursor}
+
+
+def test_rows_as_dicts_for_the_application_leave_the_role_checks_alone(
+    shared_cluster: Any, make_pool: Any, pg: Any
+) -> None:
+    # The monitor reads its role query as tuples whatever the application asked for: with
+    # the user's row factory, psycopg's probes read column names and found no primary.
+    pool = make_pool(shared_cluster.multi_host_dsn(), acquire_timeout=5, **_dict_rows(pg))
+    pool.factory.ready(masters_count=1, replicas_count=2, timeout=10)
+    query = "SELECT inet_server_port() AS port, pg_is_in_recovery() AS standby"
+    with pool.connect() as conn:
+        assert conn.execute(query).fetchone() == {
+            "port": shared_cluster.primary.port,
+            "standby": False,
+        }
+    with pool.connect(read_only=True) as conn:
+        row = conn.execute(query).fetchone()
+    assert row["port"] in replica_ports(shared_cluster)
+    assert row["standby"] is True
