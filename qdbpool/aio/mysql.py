@@ -24,7 +24,9 @@ from qdbpool.cluster.options import RoutingOptions
 from qdbpool.drivers.base import shutdown_socket
 from qdbpool.drivers.pymysql import (
     PYMYSQL_CONNECT_KWARGS,
+    WRITABLE_QUERY,
     PyMySQLDriver,
+    check_writable,
     is_lost_error,
     typed_params,
 )
@@ -34,7 +36,8 @@ from qdbpool.factories import mysql as threaded
 
 try:
     import aiomysql
-    from pymysql.constants import SERVER_STATUS
+    import pymysql
+    from pymysql.constants import CR, SERVER_STATUS
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError(
         "the asyncio MySQL factory needs aiomysql: pip install 'qdbpool[aiomysql]'"
@@ -158,7 +161,34 @@ class MySQL(RoutedAioFactory):
         return kwargs
 
     async def _open(self, address: HostPort, *, read_only: bool) -> Any:
-        return await aiomysql.connect(**self._connect_kwargs(address))
+        kwargs = self._connect_kwargs(address)
+        # aiomysql bounds only the TCP connect by connect_timeout: the server's greeting and
+        # the login wait with no limit, so a host that accepts and then says nothing would
+        # hold the caller until the pool's own timeout. The whole opening runs under it
+        # here. The Connection is made first (aiomysql.connect makes it, then awaits its
+        # _connect), so that one cut short is closed now rather than left with its socket.
+        conn = aiomysql.Connection(**kwargs)
+        timeout = kwargs["connect_timeout"]
+        try:
+            await asyncio.wait_for(self._handshake(conn, read_only), timeout)
+        except asyncio.TimeoutError:  # not yet the built-in TimeoutError on Python 3.10
+            conn.close()
+            raise pymysql.err.OperationalError(
+                CR.CR_CONN_HOST_ERROR, f"no answer from the server within {timeout:g}s"
+            ) from None
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    async def _handshake(conn: Any, read_only: bool) -> None:
+        await conn._connect()
+        if not read_only:  # as the threaded driver does: see check_writable
+            async with conn.cursor(aiomysql.Cursor) as cur:
+                await cur.execute(WRITABLE_QUERY)
+                (flag,) = await cur.fetchone()
+            check_writable(flag)
 
     async def close_connection(self, conn: Any) -> None:
         self._routing.forget(conn)

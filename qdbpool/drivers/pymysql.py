@@ -59,6 +59,9 @@ PYMYSQL_CONNECT_KWARGS = frozenset(
 # converters), and the monitor's probe must read the role query as plain text tuples.
 _APP_ONLY_KWARGS = frozenset({"cursorclass", "conv", "use_unicode"})
 
+# MySQL's super_read_only implies read_only: one flag tells both servers' replicas.
+WRITABLE_QUERY = "SELECT @@global.read_only"
+
 _ROLE_QUERY = "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('read_only', 'super_read_only')"
 
 # DSN query parameters arrive as text; PyMySQL wants these typed.
@@ -98,6 +101,28 @@ def is_lost_error(exc: BaseException) -> bool:
     return False
 
 
+def refuse_if_read_only(conn: Any) -> None:
+    """For a new connection about to be handed out for writes: raise if its server is
+    read-only now (see `check_writable`)."""
+    with conn.cursor(pymysql.cursors.Cursor) as cur:
+        cur.execute(WRITABLE_QUERY)
+        (flag,) = cur.fetchone()
+    check_writable(flag)
+
+
+def check_writable(read_only_flag: Any) -> None:
+    """Raise a read-only error (1290, as for a refused write) if `read_only_flag`, the
+    answer to WRITABLE_QUERY on a new connection for writes, says the server is read-only.
+    A primary demoted since its last check would otherwise take new write connections until
+    the next check (up to `refresh_delay`), each failing at its first write; PostgreSQL's
+    libpq refuses such a session at connect (target_session_attrs), MySQL has no such
+    option. One round trip per new connection, none per checkout."""
+    if int(read_only_flag):
+        raise pymysql.err.OperationalError(
+            ER.OPTION_PREVENTS_STATEMENT, "the server is read-only: not a primary (any more)"
+        )
+
+
 def check_options(options: dict[str, Any], where: str) -> None:
     """Fail once, at construction, for what pymysql.connect() would refuse at every connect:
     an option it does not take, or a DSN parameter that is not a number where one is due."""
@@ -126,7 +151,24 @@ class PyMySQLDriver(HostDriver):
         return kwargs
 
     def open(self, address: HostPort, *, read_only: bool) -> Any:
-        return pymysql.connect(**self.connect_kwargs(address))
+        kwargs = self.connect_kwargs(address)
+        # PyMySQL's connect_timeout bounds the TCP connect alone: the server's greeting and
+        # the login are read with read_timeout, by default with no limit, so a host that
+        # accepts and then says nothing (stalled, or behind a dead proxy) would hold the
+        # caller for good. Opening runs under connect_timeout; the application's own read
+        # and write timeouts apply from the first statement on (PyMySQL reads them anew
+        # at each read and write).
+        timeout = kwargs["connect_timeout"]
+        conn = pymysql.connect(**{**kwargs, "read_timeout": timeout, "write_timeout": timeout})
+        try:
+            if not read_only:
+                refuse_if_read_only(conn)
+        except BaseException:
+            conn.close()
+            raise
+        conn._read_timeout = kwargs.get("read_timeout")
+        conn._write_timeout = kwargs.get("write_timeout")
+        return conn
 
     def open_probe(self, address: HostPort, timeout: float) -> Any:
         kwargs = {

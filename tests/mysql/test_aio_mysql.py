@@ -15,7 +15,8 @@ import pytest
 
 import qdbpool.aio as aio
 from qdbpool.aio.factories import MySQL
-from qdbpool.errors import ConfigurationError
+from qdbpool.errors import ConfigurationError, NoHostAvailableError
+from qdbpool.testing.proxy import FaultProxy
 
 APP_PASSWORD = "Pw/@:%s3cr3t-7xq"  # the suite's app user's (tests/mysql/conftest.py)
 
@@ -156,6 +157,57 @@ def test_the_password_appears_in_no_repr_or_message(server: Any, app_dsn: Any, r
             assert APP_PASSWORD not in str(raised.value)
             assert "no_such_db" in str(raised.value) or "1044" in str(raised.value)
         finally:
+            await factory.close()
+
+    run(main)
+
+
+def test_opening_to_a_server_that_accepts_and_says_nothing_ends_within_connect_timeout(
+    server: Any, app_dsn: Any, run: Any, closing: Any
+) -> None:
+    # aiomysql bounds only the TCP connect by connect_timeout: through a stalled proxy the
+    # caller waited for the server's greeting until the pool's own timeout (30 s here).
+    proxy = closing(FaultProxy(server.host, server.port))
+    dsn = app_dsn(server).replace(f":{server.port}/", f":{proxy.port}/")
+
+    async def main() -> None:
+        factory = MySQL(dsn, connect_timeout=1, acquire_timeout=1, refresh_delay=60)
+        pool = aio.BoundedPool(factory, size=1, timeout=30)
+        try:
+            await factory.ready(masters_count=1, timeout=10)
+            proxy.stall()
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(NoHostAvailableError):
+                async with pool.connect():
+                    pass
+            assert asyncio.get_running_loop().time() - started < 10
+            assert pool.stats().open == 0
+        finally:
+            proxy.pass_through()
+            await pool.close()
+            await factory.close()
+
+    run(main)
+
+
+def test_no_write_connection_is_opened_to_a_server_made_read_only_since_its_check(
+    own_server: Any, app_dsn: Any, run: Any
+) -> None:
+    # As the threaded factory: a primary made read-only since its check is refused for
+    # writes at connect, rather than failing the first write of the task that gets it.
+    async def main() -> None:
+        factory = MySQL(app_dsn(own_server), acquire_timeout=1, refresh_delay=60)
+        pool = aio.BoundedPool(factory, size=1, timeout=30)
+        try:
+            await factory.ready(masters_count=1, timeout=10)
+            await asyncio.to_thread(own_server.sql, "SET GLOBAL read_only = ON")
+            with pytest.raises(NoHostAvailableError, match="no primary"):
+                async with pool.connect():
+                    pass
+            async with pool.connect(read_only=True) as conn:
+                assert await scalar(conn, "SELECT @@global.read_only") == 1
+        finally:
+            await pool.close()
             await factory.close()
 
     run(main)

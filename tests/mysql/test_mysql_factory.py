@@ -4,6 +4,7 @@ checks, resets and pings connections."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from qdbpool.factories.mysql import MySQL
 from qdbpool.protocol import CLEAN, LOST
 from qdbpool.testing._process import wait_until
 from qdbpool.testing.mariadb import MariaDBServer
+from qdbpool.testing.proxy import FaultProxy
 
 pytestmark = [pytest.mark.mariadb, pytest.mark.timeout(60)]
 
@@ -400,5 +402,76 @@ def test_ping_of_a_live_connection_keeps_its_session(
             cur.execute("SET @marker = 42")
         factory.ping(conn)
         assert scalar(conn, "SELECT @marker") == 42
+    finally:
+        factory.close_connection(conn)
+
+
+# ------------------------------------------------------------------ opening a connection
+
+
+def test_opening_to_a_server_that_accepts_and_says_nothing_ends_within_connect_timeout(
+    server: MariaDBServer, closing: Callable[[Any], Any], app_dsn: Callable[[Any], str]
+) -> None:
+    # PyMySQL bounds only the TCP connect by connect_timeout and reads the server's greeting
+    # with read_timeout, by default forever: through a stalled proxy the connect succeeds,
+    # and the caller waited for the greeting until the proxy was healed.
+    proxy = closing(FaultProxy(server.host, server.port))
+    dsn = app_dsn(server).replace(f":{server.port}/", f":{proxy.port}/")
+    factory = closing(MySQL(dsn, connect_timeout=1, acquire_timeout=1, refresh_delay=60))
+    factory.ready(masters_count=1, timeout=10)
+    proxy.stall()
+    outcome: list[BaseException | None] = []
+
+    def open_one() -> None:
+        try:
+            factory.close_connection(factory.connect())
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    opener = threading.Thread(target=open_one, daemon=True)
+    opener.start()
+    opener.join(timeout=20)
+    hung = opener.is_alive()
+    proxy.pass_through()  # lets a hung opener end
+    opener.join(timeout=10)
+    assert not hung, "connect() still waited for the server's greeting after 20 s"
+    assert len(outcome) == 1 and isinstance(outcome[0], NoHostAvailableError)
+
+
+def test_a_connection_keeps_no_connect_timeout_on_its_statements(
+    server: MariaDBServer, make_factory: Callable[..., MySQL], scalar: Callable[..., Any]
+) -> None:
+    # Opening runs under connect_timeout; the statements after it under the application's
+    # read_timeout (none here), not under connect_timeout.
+    factory = make_factory(server, connect_timeout=1)
+    conn = factory.connect()
+    try:
+        assert scalar(conn, "SELECT SLEEP(1.5)") == 0
+    finally:
+        factory.close_connection(conn)
+
+
+def test_no_write_connection_is_opened_to_a_server_made_read_only_since_its_check(
+    own_server: MariaDBServer, make_factory: Callable[..., MySQL], scalar: Callable[..., Any]
+) -> None:
+    # PostgreSQL refuses such a session at connect (target_session_attrs); a MySQL primary
+    # made read-only kept getting write connections until its next check, each failing at
+    # its first write (error 1290).
+    factory = make_factory(own_server, acquire_timeout=1, refresh_delay=60)
+    factory.ready(masters_count=1, timeout=10)
+    own_server.sql("SET GLOBAL read_only = ON")
+    with pytest.raises(NoHostAvailableError, match="no primary"):
+        factory.connect()
+    conn = factory.connect(read_only=True)  # the refusal had it checked again: a replica
+    try:
+        assert scalar(conn, "SELECT @@global.read_only") == 1
+    finally:
+        factory.close_connection(conn)
+    own_server.sql("SET GLOBAL read_only = OFF")
+    factory.ready(masters_count=1, timeout=10)
+    conn = factory.connect()
+    try:
+        assert scalar(conn, "SELECT @@global.read_only") == 0
     finally:
         factory.close_connection(conn)
