@@ -186,8 +186,12 @@ def _parse_url_parts(
             )
         hosts = _hosts_from_lists(query_host, query_port, default)
     else:
-        # Without a user name ('@'), 'user:password' reads as 'host:port': show no port.
-        hosts = _hosts_from_url(hostlist, default, show_ports=userinfo is not None)
+        # Without a user name ('@'), 'user:password' reads as 'host:port' (or, with a ','
+        # in the password, as several hosts): the first entry tells, unless it is an IPv6
+        # address in brackets.
+        first = hostlist.split(",", 1)[0].strip()
+        may_hold_password = userinfo is None and ":" in first and not first.startswith("[")
+        hosts = _hosts_from_url(hostlist, default, show=not may_hold_password)
     return ParsedDSN(scheme, hosts, user, password, database, params)
 
 
@@ -237,49 +241,58 @@ def _parse_port(text: str, host: str, *, show: bool = True) -> int:
     return int(digits or "0")  # HostPort checks the range
 
 
-def _split_url_host(entry: str) -> tuple[str, str | None]:
-    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` -> (decoded host, port text)."""
+def _split_url_host(entry: str, name: str, show: bool) -> tuple[str, str | None]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` -> (decoded host, port text).
+    `name` is how error messages call the entry; they quote none of it unless `show`."""
     if entry.startswith("["):
         close = entry.find("]")
         if close < 0:
-            raise ConfigurationError(f"unbalanced brackets in host {quoted(entry)}")
+            raise ConfigurationError(f"unbalanced brackets in {name}")
         inside, after = entry[1:close], entry[close + 1 :]
         if "[" in inside:
-            raise ConfigurationError(f"unbalanced brackets in host {quoted(entry)}")
+            raise ConfigurationError(f"unbalanced brackets in {name}")
         if after and not after.startswith(":"):
-            raise ConfigurationError(
-                f"unexpected {quoted(after)} after ']' in host {quoted(entry)}"
-            )
-        host = _decode(inside, f"host {quoted(entry)}")
+            what = quoted(after) if show else "text"
+            raise ConfigurationError(f"unexpected {what} after ']' in {name}")
+        host = _decode(inside, name)
         if not host:
-            raise ConfigurationError(f"empty IPv6 address in host {quoted(entry)}")
+            raise ConfigurationError(f"empty IPv6 address in {name}")
         if not is_ipv6(host):
-            raise ConfigurationError(f"{quoted(host)} in brackets is not an IPv6 address")
+            what = quoted(host) if show else f"what {name} holds"
+            raise ConfigurationError(f"{what} in brackets is not an IPv6 address")
         return host, (after[1:] if after else None)
     if "[" in entry or "]" in entry:
-        raise ConfigurationError(f"unbalanced brackets in host {quoted(entry)}")
+        raise ConfigurationError(f"unbalanced brackets in {name}")
     if entry.count(":") > 1:
         raise ConfigurationError(
-            f"host {quoted(entry)} has more than one ':'; "
-            "write IPv6 addresses in brackets, e.g. [::1]:5432"
+            f"{name} has more than one ':'; write IPv6 addresses in brackets, e.g. [::1]:5432"
         )
     raw_host, colon, port_text = entry.partition(":")
-    host = _decode(raw_host, f"host {quoted(entry)}")
+    host = _decode(raw_host, name)
     return host, (port_text if colon else None)
 
 
-def _hosts_from_url(hostlist: str, default: int, *, show_ports: bool) -> tuple[HostPort, ...]:
+def _hosts_from_url(hostlist: str, default: int, *, show: bool) -> tuple[HostPort, ...]:
+    """The hosts of a URL. `show=False` when the host list may hold a password (a URL with
+    no '@', where 'user:password' reads as 'host:port'): no error quotes any of it."""
     entries = hostlist.split(",")
     split: list[tuple[str, int | None]] = []
     for index, entry in enumerate(entries):
-        host, port_text = _split_url_host(entry.strip())
+        entry = entry.strip()
+        name = (
+            f"host {quoted(entry)}"
+            if show
+            else f"host entry {index + 1} (not quoted: with no '@' in the URL it may be "
+            "user:password; if so, add '@' and the host after it)"
+        )
+        host, port_text = _split_url_host(entry, name, show)
         if not host:
             if len(entries) > 1:
                 raise ConfigurationError(
                     f"empty host in host list (entry {index + 1} of {len(entries)})"
                 )
             host = "localhost"
-        port = None if port_text is None else _parse_port(port_text, host, show=show_ports)
+        port = None if port_text is None else _parse_port(port_text, host, show=show)
         split.append((host, port))
     # hasql's rule: when the last host carries the only port given, it applies to all hosts.
     given = sum(1 for _, port in split if port is not None)

@@ -341,6 +341,27 @@ def test_a_url_port_is_not_quoted_when_it_may_be_a_password(
     assert "port" in message and "of host 'app'" in message
 
 
+@given(
+    scheme=st.sampled_from(["postgresql://", "mysql://", "mariadb://"]),
+    password=passwords.filter(lambda p: len(runs(p)) > 0 and not set(p) & set("@/?#")),
+    tail=st.sampled_from(["", "/db", "/db?sslmode=require"]),
+)
+@example(scheme="postgresql://", password="QX:ZJ", tail="/db")
+@example(scheme="postgresql://", password="QXZ]J", tail="/db")
+@example(scheme="mysql://", password="[QXZJ", tail="/db")
+@example(scheme="postgresql://", password="1,[QXZJ", tail="/db")
+def test_no_error_quotes_a_password_whose_at_host_was_forgotten(
+    scheme: str, password: str, tail: str
+) -> None:
+    # 'user:password' with no '@' reads as hosts and ports: whichever of them is malformed,
+    # the message quotes none of it (it did, for a password holding ':', '[' or ']').
+    try:
+        parse_dsn(f"{scheme}app:{password}{tail}")
+    except ConfigurationError as exc:
+        for run in runs(password):
+            assert run not in str(exc), (run, str(exc))
+
+
 def test_a_url_port_is_quoted_after_a_user_name(config_error: Callable[[str], str]) -> None:
     assert "port '5x' of host 'h'" in config_error("postgresql://u:pw@h:5x/db")
 
