@@ -67,6 +67,11 @@ class HostState:
         # leader: no new connection for writes goes there, whatever its checks say.
         self.held_back = False
         self.opening = 0  # connections being opened right now (greedy counts them too)
+        # New connections that failed in a row since the last one that opened, and the
+        # time.monotonic() before which no other is tried: a server can answer every check
+        # on the monitor's session and still refuse new ones (at its connection limit).
+        self.open_failures = 0
+        self.open_retry_at = 0.0
         self.refused_us = False  # down because of our configuration (e.g. a wrong password)
         self.probe: Any = None  # the driver connection the checks use
         self.connections: weakref.WeakSet[Any] = weakref.WeakSet()  # app connections

@@ -10,7 +10,10 @@ that is what makes a failover quick without polling the cluster hard the rest of
 A host whose checks fail is checked again only after a delay that doubles with each failure
 (from 50 ms up to 1 s, with jitter), however urgent the rounds: a server that accepts
 connections but fails every check must not get a new connection every 5 ms. One answer
-ends the back-off.
+ends the back-off. New connections back off the same way on their own: a server that answers
+its checks but refuses new sessions (at its connection limit) gets a new one only when the
+delay after the last failure has passed; one that opens, or a change of the host's role,
+ends it.
 """
 
 from __future__ import annotations
@@ -124,8 +127,8 @@ class Topology:
         self._thread = self._workers = None
         for host in self.hosts:
             self._set_role(host, Role.UNKNOWN, None)
-            host.checks = host.failures = 0
-            host.next_check = 0.0
+            host.checks = host.failures = host.open_failures = 0
+            host.next_check = host.open_retry_at = 0.0
             host.replica_lag = None
         self.roles_changed.value += 1  # even if every host was unknown already
 
@@ -249,15 +252,26 @@ class Topology:
         self, host: HostState, conn: object | None, sever: Callable[[Any], None] | None = None
     ) -> None:
         """The end of an open that `choose` counted: `conn` joins the host's connections
-        (None: the open failed). `sever(conn)` shuts its socket down when the host stops
-        answering, for a connection of a library the host driver does not know (asyncpg's):
-        by default, the driver's `sever`."""
+        (None: the open was abandoned, or failed for our settings). `sever(conn)` shuts its
+        socket down when the host stops answering, for a connection of a library the host
+        driver does not know (asyncpg's): by default, the driver's `sever`."""
         with self._changed:
             host.opening -= 1
             if conn is not None:
+                host.open_failures, host.open_retry_at = 0, 0.0
                 host.connections.add(conn)
                 if sever is not None:
                     self._severers[conn] = sever
+
+    def open_failed(self, host: HostState, why: str, *, role_changed: bool = False) -> None:
+        """The end of an open that `choose` counted, failed for the host's state: `host` is
+        suspect (see `suspect`), and takes no new connection before a back-off has passed,
+        whatever its checks answer meanwhile (see `_record`)."""
+        with self._changed:
+            host.opening -= 1
+            host.open_failures += 1
+            host.open_retry_at = time.monotonic() + self._backoff(host.open_failures)
+        self.suspect(host, why, role_changed=role_changed)
 
     def forget(self, host: HostState, conn: object) -> None:
         with self._changed:
@@ -358,6 +372,11 @@ class Topology:
                 self._pending.append(FailoverObserved(last, host.address))
             self._last_primary = host.address
         return True
+
+    def _backoff(self, failures: int) -> float:
+        """Seconds to wait after `failures` failures in a row (under the lock)."""
+        delay: float = min(MAX_BACKOFF, FIRST_BACKOFF * 2.0 ** min(failures - 1, 32))
+        return delay * self._jitter.uniform(0.5, 1.0)
 
     def _emit_pending(self) -> None:
         """After the lock is let go: deliver what _set_role queued."""
@@ -462,8 +481,13 @@ class Topology:
             host.replica_lag = found.replica_lag
             host.checks += 1
             host.failures, host.next_check = 0, 0.0  # it answers: checked as often as any
+            error = host.error
             if self._set_role(host, found.role, None):  # clears `suspect` too
                 logger.info("host %s is now %s", host.address, found.role.value)
+                host.open_failures, host.open_retry_at = 0, 0.0  # new role, new chances
+            elif host.open_retry_at > time.monotonic():
+                # It answers, but refused the last new connection: wait the back-off out.
+                host.suspect, host.error = True, error
             self._notify_locked()
         self._emit_pending()
 
@@ -473,8 +497,7 @@ class Topology:
         with self._changed:
             host.checks += 1
             host.failures += 1
-            backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** min(host.failures - 1, 32))
-            host.next_check = time.monotonic() + backoff * self._jitter.uniform(0.5, 1.0)
+            host.next_check = time.monotonic() + self._backoff(host.failures)
             changed = self._set_role(host, Role.DOWN, why)  # also ends a suspect's connections
             host.refused_us = refused_us
             self._notify_locked()

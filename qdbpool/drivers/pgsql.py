@@ -9,14 +9,17 @@ from typing import Any
 
 from qdbpool.dsn import HostPort, ParsedDSN
 
-# One round trip answers everything a check needs. A replica's lag is 0 while it has
-# replayed all it received, else the age of the last transaction it replayed (NULL, i.e.
-# unknown, when it has replayed none since it started).
+# One round trip answers everything a check needs. A replica's lag is 0 while it streams
+# from its upstream (a WAL receiver runs) and has replayed all it received; else the age of
+# the last transaction it replayed (NULL, i.e. unknown, when it has replayed none since it
+# started). Without the receiver, "replayed all it received" holds for good while the
+# primary moves on: a standby cut off from it would count as fresh however far behind.
 ROLE_QUERY = """
 SELECT pg_is_in_recovery(),
        current_setting('transaction_read_only') = 'on',
        CASE WHEN NOT pg_is_in_recovery() THEN NULL
-            WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
+            WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()
+                 AND (SELECT pid FROM pg_stat_wal_receiver) IS NOT NULL THEN 0
             ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())
        END
 """

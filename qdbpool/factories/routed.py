@@ -157,15 +157,15 @@ class RoutedFactory(ConnectionFactory):
         connection's library apart (by default, the host driver)."""
         judge = judge or self._driver
         topology = self._topology
-        topology.opened(host, None)
         if judge.is_configuration_error(exc):
+            topology.opened(host, None)
             raise exc  # a wrong password or option: the driver's own error says which
-        # It was fine at the last check but not now: distrust it and pick again. A primary
-        # whose new session cannot write has changed role: its connections are unfit at
-        # once, as after a write refused as read-only.
+        # It was fine at the last check but not now: distrust it, back off from it and pick
+        # again. A primary whose new session cannot write has changed role: its connections
+        # are unfit at once, as after a write refused as read-only.
         why = judge.describe_error(exc)
         demoted = not read_only and judge.is_read_only_violation(exc)
-        topology.suspect(host, why, role_changed=demoted)
+        topology.open_failed(host, why, role_changed=demoted)
         if time.monotonic() >= deadline:
             what, _ = self._route(read_only)
             raise NoHostAvailableError(

@@ -78,6 +78,34 @@ def test_a_replica_lagging_beyond_max_replica_lag_gets_no_reads(
     assert ports == {fresh.port}
 
 
+def test_a_replica_cut_off_from_the_primary_gets_no_reads_once_behind(
+    cluster: Any, make_pool: Any, status_of: Any, poll: Any, read_port_in_new_thread: Any
+) -> None:
+    # Replication to one standby breaks: it has replayed all it received, which it did
+    # count as lag 0 for good while the primary moved on.
+    cut, fresh = cluster.standbys
+    pool = make_pool(cluster.multi_host_dsn(), max_replica_lag=0.5, refresh_delay=0.1)
+    pool.factory.ready(1, 2, timeout=10)
+    cut.admin_sql("ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port=1'")
+    cut.admin_sql("SELECT pg_reload_conf()")
+    poll(
+        lambda: not cut.admin_sql("SELECT count(*) FROM pg_stat_wal_receiver")[0][0],
+        what="the cut-off standby's WAL receiver gone",
+    )
+    cluster.primary.sql("CREATE TABLE cut_probe AS SELECT 1 AS x")  # WAL it will not get
+    status = poll(
+        lambda: (
+            (s := status_of(pool, cut.port)).replica_lag is not None
+            and s.replica_lag > 0.5
+            and s
+        ),
+        what="the cut-off standby reported lagging",
+    )
+    assert status.role is Role.REPLICA
+    ports = {read_port_in_new_thread(pool) for _ in range(8)}
+    assert ports == {fresh.port}
+
+
 def test_a_stalled_replica_blocks_no_read_for_long_and_comes_back(
     cluster: Any, make_pool: Any, url_for: Any, status_of: Any, poll: Any
 ) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from qdbpool.cluster import Role
 from qdbpool.errors import NoHostAvailableError
+from qdbpool.testing.proxy import FaultProxy
 
 # The role query calls pg_is_in_recovery() unqualified: with `sick` before pg_catalog on
 # the role's search_path, the check runs this one and fails, while logins still succeed.
@@ -63,3 +64,32 @@ def test_a_host_failing_every_check_gets_few_connections_and_is_used_once_healed
         factory.close_connection(box["conn"])
     finally:
         factory.close()
+
+
+def test_a_host_answering_its_checks_but_refusing_new_sessions_gets_few_attempts(
+    make_cluster: Callable[..., Any], password: str, closing: Callable[[Any], Any], pg: Any
+) -> None:
+    # The monitor's own session answers every check, so only the failed opens tell that the
+    # server refuses new sessions (its connection limit reached). Each failed open made the
+    # host suspect, a check cleared it at once, and the caller tried again: 370 attempts in
+    # 3 s from one caller. Now opens back off as failed checks do.
+    cluster = make_cluster(standbys=0, user="app", password=password, dbname="app")
+    primary = cluster.primary
+    proxy = closing(FaultProxy(primary.host, primary.port))
+    dsn = primary.dsn().replace(f":{primary.port}/", f":{proxy.port}/")
+    assert str(proxy.port) in dsn
+    factory = closing(pg.factory(dsn, acquire_timeout=3.0))
+    factory.ready(masters_count=1, timeout=10)  # the monitor's session is open
+    primary.sql("ALTER ROLE app CONNECTION LIMIT 1")  # ... and holds the only slot
+    before = proxy.accepted
+    with pytest.raises(NoHostAvailableError, match="too many connections"):
+        factory.connect()
+    attempts = proxy.accepted - before
+    # Back-off from 50 ms doubling to 1 s: about 8 attempts in 3 s.
+    assert attempts <= 15, f"{attempts} connection attempts in 3 s"
+    assert factory.hosts()[0].role is Role.PRIMARY  # its checks still pass
+
+    primary.sql("ALTER ROLE app CONNECTION LIMIT -1")
+    lifted = time.monotonic()
+    factory.close_connection(factory.connect())  # at most one back-off step (1 s) later
+    assert time.monotonic() - lifted < 2.5
