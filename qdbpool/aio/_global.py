@@ -31,13 +31,22 @@ async def initialize(*args: Any, **kwargs: Any) -> BoundedPool:
     `await initialize(BoundedPool(factory, size=4))`. A previous pool that serves another
     event loop (say, that of an earlier `asyncio.run`) cannot be closed from this one: it
     is dropped, with a warning, and its connections are left to the garbage collector.
+
+    If opening fails, its error is raised and the global pool stays as it was; a pool made
+    here from the arguments is closed first (its factory too), one passed in is left open.
     """
     global current
-    if len(args) == 1 and not kwargs and isinstance(args[0], BoundedPool):
-        new = args[0]
-    else:
-        new = BoundedPool(*args, **kwargs)
-    await new.open()
+    made_here = not (len(args) == 1 and not kwargs and isinstance(args[0], BoundedPool))
+    new = BoundedPool(*args, **kwargs) if made_here else args[0]
+    try:
+        await new.open()
+    except BaseException:
+        if made_here:
+            # Nobody else can close it: what it opened (and its factory's monitor) must not
+            # outlive the failure, e.g. in a retry loop at start-up. A pool of the caller's
+            # is the caller's to close, or to pass again.
+            await new.close(timeout=0)
+        raise
     previous, current = current, new
     if previous is not None and previous is not new:
         try:

@@ -84,11 +84,45 @@ _FIT, _UNFIT, _PING = 0, 1, 2
 # cancels the body, then raises TimeoutError; asyncio's own class is another before 3.11).
 _TIMEOUTS = (TimeoutError, asyncio.TimeoutError)
 
+_CHAIN_LIMIT = 64  # exceptions looked at, at most, in one use's chain (see _interrupted)
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a use that raised `exc` was cut short in the middle of who knows what, so
+    that an operation may still be running on the connection: cancelled (asyncio.timeout
+    raises TimeoutError after it cancels; a TaskGroup raises an ExceptionGroup holding the
+    CancelledError; a body may catch it and raise something else), or stopped by
+    KeyboardInterrupt and the like, or GeneratorExit (an async generator closed at a
+    `yield` inside a result it streams). The exceptions it holds, caused or was raised
+    while handling are looked at too."""
+    seen: set[int] = set()
+    pending = [exc]
+    while pending and len(seen) < _CHAIN_LIMIT:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, _TIMEOUTS) or not isinstance(current, Exception):
+            return True
+        pending.extend(getattr(current, "exceptions", ()))  # an exception group's
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return False
+
 
 class _Conn:
     """The pool's record of one open connection; `ro`: opened for reads (a replica's)."""
 
-    __slots__ = ("born", "generation", "last_used", "owner", "raw", "ro", "watched")
+    __slots__ = (
+        "born",
+        "ended",
+        "generation",
+        "last_used",
+        "nested",
+        "owner",
+        "raw",
+        "ro",
+        "watched",
+    )
 
     def __init__(self, raw: Connection, born: float, generation: tuple[Any, int], ro: bool) -> None:
         self.raw = raw
@@ -96,6 +130,20 @@ class _Conn:
         self.born = self.last_used = born
         self.watched, self.generation = generation
         self.owner: asyncio.Task[Any] | None = None  # the task holding it; None while idle
+        # Checkouts nested in the one that took it from the pool, not ended yet; and, when
+        # that one ended first (see _Checkout.__aexit__), how it ended.
+        self.nested = 0
+        self.ended: _Ending | None = None
+
+
+class _Ending:
+    """How an outermost checkout ended while checkouts nested in it were still in use:
+    the last of them gives the connection back, as it would have (`exc`)."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException | None) -> None:
+        self.exc = exc
 
 
 class _Waiter(LineWaiter[bool]):
@@ -228,6 +276,7 @@ class BoundedPool:
         self._routes = self._factory.routes_reads
         self._closed = False
         self._closer: asyncio.Task[Any] | None = None
+        self._factory_closing: asyncio.Task[Any] | None = None  # started by close()
         self._drained: asyncio.Future[None] | None = None  # set by close(), resolved when drained
         self._idle: dict[bool, deque[_Conn]] = {False: deque(), True: deque()}  # by route
         self._in_use: set[_Conn] = set()
@@ -302,8 +351,14 @@ class BoundedPool:
         for the connections being closed. Idempotent; a second call does not wait again."""
         timeout = validation.seconds("timeout", timeout, zero_ok=True)
         loop = self._check_loop()
-        if self._closed:
-            return
+        if not self._closed:
+            await self._close_once(loop, timeout)
+        # Also after a first close() cancelled while it waited: the factory is closed all
+        # the same (its monitor thread and sessions must not outlive the pool).
+        assert self._factory_closing is not None
+        await asyncio.shield(self._factory_closing)
+
+    async def _close_once(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
         self._closed = True
         logger.debug("closing pool %r", self)
         while self._waiters:
@@ -319,14 +374,16 @@ class BoundedPool:
         self._closer = asyncio.current_task()
         self._drained = loop.create_future()
         self._check_drained()
-        if not self._drained.done():
-            await asyncio.wait((self._drained,), timeout=timeout)
+        try:
+            if not self._drained.done():
+                await asyncio.wait((self._drained,), timeout=timeout)
+        finally:
+            self._factory_closing = self._spawn(self._factory.close(), "closing the factory")
         if self._in_use:
             logger.warning(
                 "pool closed with %d connection(s) still in use; each is closed when released",
                 len(self._in_use),
             )
-        await self._factory.close()
 
     def stats(self) -> PoolStats:
         """A snapshot of the pool's counters (the threaded pools' `PoolStats`)."""
@@ -343,7 +400,11 @@ class BoundedPool:
         )
 
     async def __aenter__(self) -> BoundedPool:
-        await self.open()
+        try:
+            await self.open()
+        except BaseException:
+            await self.close(timeout=0)  # __aexit__ does not run: nothing may be left open
+            raise
         return self
 
     async def __aexit__(
@@ -404,6 +465,7 @@ class BoundedPool:
         loop = self._check_loop()
         deadline: float | None = None
         idle = self._idle[ro]
+        handed_unfit = False  # a connection handed to us failed its look: first in line again
         while True:
             if self._closed:
                 raise PoolClosedError("the pool is closed")
@@ -420,7 +482,7 @@ class BoundedPool:
             else:
                 if deadline is None:
                     deadline = loop.time() + self._timeout
-                granted = await self._wait(loop, deadline, ro)
+                granted = await self._wait(loop, deadline, ro, first=handed_unfit)
                 if granted is None:  # capacity to open one of our own
                     return self._hand_out(await self._open(loop, deadline, ro), task)
                 conn = granted
@@ -434,6 +496,7 @@ class BoundedPool:
                     return self._hand_out(conn, task)
             else:
                 self._retire(conn, "it failed validation at checkout", discarded=True)
+            handed_unfit = True
 
     def _hand_out(self, conn: _Conn, task: asyncio.Task[Any] | None) -> _Conn:
         conn.owner = task
@@ -457,13 +520,17 @@ class BoundedPool:
         return _FIT
 
     async def _wait(
-        self, loop: asyncio.AbstractEventLoop, deadline: float, ro: bool
+        self, loop: asyncio.AbstractEventLoop, deadline: float, ro: bool, first: bool = False
     ) -> _Conn | None:
-        """Wait in line: a connection of route `ro` handed over (in use), or None for
-        capacity reserved for us to open one."""
+        """Wait in line (at its head if `first`: a caller whose turn came, but with a
+        connection unfit for use): a connection of route `ro` handed over (in use), or None
+        for capacity reserved for us to open one."""
         future: asyncio.Future[_Conn | _Grant] = loop.create_future()
         waiter = _Waiter(future, ro, deadline)
-        self._waiters.append(waiter)
+        if first:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
         self._dispatch()
         if not future.done():
             # Not a timer per wait (arming and cancelling one cost as much as the rest of a
@@ -696,10 +763,7 @@ class BoundedPool:
         try:
             if exc is not None:
                 why = f"its use raised {type(exc).__name__}"
-                # Cancelled, or timed out (asyncio.timeout cancels, then raises this), in
-                # the middle of who knows what: an operation may still be running.
-                interrupted = not isinstance(exc, Exception) or isinstance(exc, _TIMEOUTS)
-                if interrupted and not self._factory.cancel_safe:
+                if not self._factory.cancel_safe and _interrupted(exc):
                     self._retire(conn, why, discarded=True, interrupted=True)
                     return
                 if isinstance(exc, Exception) and self._factory.is_disconnect(raw, exc):
@@ -744,6 +808,8 @@ class BoundedPool:
             if waiter.route is conn.ro:
                 waiters.remove(waiter)
                 self._in_use.add(conn)
+                if self._timed:  # used just now: max_idle and pre_ping count from here
+                    conn.last_used = time.monotonic()
                 waiter.future.set_result(conn)
                 return
             # Its capacity is granted once it is closed (see _close_and_free).
@@ -829,26 +895,37 @@ async def _run(work: Awaitable[Any]) -> Any:
 class _Checkout:
     """What `BoundedPool.connect()` returns: `async with` it for a connection."""
 
-    __slots__ = ("_conn", "_pool", "_previous", "_ro", "_shared")
+    __slots__ = ("_conn", "_entered", "_pool", "_previous", "_ro", "_shared")
 
     def __init__(self, pool: BoundedPool, ro: bool) -> None:
         self._pool = pool
         self._ro = ro
-        self._conn: _Conn | None = None
+        self._entered = False
+        self._conn: _Conn | None = None  # taken from the pool by this checkout
+        self._shared: _Conn | None = None  # or the task's, nested in its own checkout
         self._previous: _Held | None = None
-        self._shared = False
 
     async def __aenter__(self) -> Connection:
-        if self._conn is not None or self._shared:
+        if self._entered:
             raise RuntimeError("a pool.connect() checkout is entered once; call connect() again")
+        self._entered = True
         pool = self._pool
         held_var = pool._held[self._ro]
         held = held_var.get()
-        task = asyncio.current_task()
-        if held is not None and held.task is task and task is not None:
-            self._shared = True  # nested in this task's own checkout: the same connection
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no event loop runs here: _acquire says so (WrongEventLoopError)
+            task = None
+        # Nested in this task's own checkout: the same connection, if that checkout still
+        # holds it. An async generator's checkout writes into the context of the task that
+        # iterates it, and may end in another (closed there, or by the garbage collector):
+        # then this task's context still names a connection it no longer holds.
+        if held is not None and task is not None and held.task is task and held.conn.owner is task:
+            conn = held.conn
+            conn.nested += 1
+            self._shared = conn
             pool._checkouts += 1
-            return held.conn.raw
+            return conn.raw
         # A coroutine call costs as much as the rest of a checkout: only when it may wait.
         conn = pool._take_idle(task, self._ro) or await pool._acquire(task, self._ro)
         self._conn = conn
@@ -862,12 +939,28 @@ class _Checkout:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        conn = self._conn
-        if conn is None:  # nested: the outermost checkout gives it back
-            return
         pool = self._pool
-        self._conn = None
-        pool._held[self._ro].set(self._previous)
-        self._previous = None
+        shared = self._shared
+        if shared is not None:  # nested: the outermost checkout gives it back ...
+            self._shared = None
+            shared.nested -= 1
+            ending = shared.ended
+            if shared.nested or ending is None:
+                return
+            # ... unless it ended first (in another task, see __aenter__): the last nested
+            # one then ends it, as it ended, or as this one did.
+            shared.ended = None
+            conn, exc = shared, ending.exc or exc
+        else:
+            conn_or_none = self._conn
+            if conn_or_none is None:
+                return
+            conn = conn_or_none
+            self._conn = None
+            pool._held[self._ro].set(self._previous)
+            self._previous = None
+            if conn.nested:  # checkouts nested in this one still use it: the last ends it
+                conn.ended = _Ending(exc)
+                return
         if not pool._release(conn, exc):
             await pool._settle(conn, exc)

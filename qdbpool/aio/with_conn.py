@@ -144,8 +144,8 @@ def with_conn(
     task created inside one (`asyncio.create_task`, `gather`) gets its own.
 
     `pool` takes the connection from that pool rather than the global one (looked up at
-    each call, so it may be initialized after decoration). `read_only` is accepted for code
-    shared with the threaded pools; the asyncio pool does not route yet.
+    each call, so it may be initialized after decoration). `read_only=True` asks a factory
+    that routes reads for a replica, as `connect(read_only=True)` does.
 
     Raises:
         ArgumentTypeError: The function is not an `async def` (a TypeError), or `arg` does

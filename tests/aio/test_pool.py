@@ -227,20 +227,30 @@ def test_every_waiter_in_line_times_out_at_its_own_deadline(
     run(main)
 
 
-def test_a_waiter_whose_ping_failed_keeps_its_first_deadline(
-    run: Run, fake_factory_cls: Any, holder: Any, until: Any
+class _SlowPing:
+    """A mix-in for the fake factory: each ping waits for the event `answer` holds when
+    it starts (none: no wait)."""
+
+    answer: asyncio.Event | None = None
+
+    async def ping(self, conn: Any) -> None:
+        if self.answer is not None:
+            await self.answer.wait()
+        await super().ping(conn)  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("replacement", ["opens", "hangs"])
+def test_a_waiter_whose_ping_failed_keeps_its_place_and_its_first_deadline(
+    run: Run, fake_factory_cls: Any, holder: Any, until: Any, replacement: str
 ) -> None:
-    # Its checkout began before the waiter now ahead of it in line: it comes back to the
-    # line with an earlier deadline than the line's timer is set for.
+    # Its checkout began before the waiter now behind it in line: it goes back to the head
+    # of the line (FIFO; it went to the tail, and the capacity of the connection that
+    # failed went to the later caller), and keeps its deadline, earlier than the one the
+    # line's timer is set for.
     timeout = 0.5
 
-    class SlowPing(fake_factory_cls):  # type: ignore[misc]
-        answer: asyncio.Event | None = None
-
-        async def ping(self, conn: Any) -> None:
-            if self.answer is not None:
-                await self.answer.wait()
-            await super().ping(conn)
+    class SlowPing(_SlowPing, fake_factory_cls):  # type: ignore[misc, valid-type]
+        pass
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -248,19 +258,29 @@ def test_a_waiter_whose_ping_failed_keeps_its_first_deadline(
         pool = BoundedPool(factory, size=1, timeout=timeout, pre_ping=True)
         async with pool.connect() as conn:
             conn.ping_fails = True
-        factory.answer = asyncio.Event()
+        first_ping = factory.answer = asyncio.Event()
         started = loop.time()
-        pinging = asyncio.create_task(pool.connect().__aenter__())
+        checkout = pool.connect()
+        pinging = asyncio.create_task(checkout.__aenter__())
         await until(lambda: pool.stats().in_use == 1, what="a ping under way")
         await asyncio.sleep(timeout * 0.8)
         later = holder(pool)  # waits, for the connection being pinged, with a later deadline
         await until(lambda: pool.stats().waiting == 1, what="a second caller waiting")
-        factory.answer.set()  # the ping fails: the first caller is back in line
-        await later.got.wait()  # the failed connection's capacity went to the one ahead
-        with pytest.raises(PoolTimeoutError):
-            await asyncio.wait_for(pinging, 10)
-        waited = loop.time() - started
-        assert timeout - 0.005 <= waited < timeout * 1.6, waited  # not at the later deadline
+        # The ping fails; the new connection's first ping answers at once, or hangs.
+        factory.answer = None if replacement == "opens" else asyncio.Event()
+        first_ping.set()
+        if replacement == "opens":
+            await asyncio.wait_for(pinging, 10)  # served before the later caller
+            assert not later.got.is_set()
+            await checkout.__aexit__(None, None, None)
+        else:
+            with pytest.raises(PoolTimeoutError):
+                await asyncio.wait_for(pinging, 10)
+            waited = loop.time() - started
+            assert timeout - 0.005 <= waited < timeout * 1.6, waited  # not the later deadline
+            assert factory.answer is not None
+            factory.answer.set()
+        await later.got.wait()
         await later.release()
         await pool.close()
 

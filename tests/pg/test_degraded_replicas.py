@@ -95,9 +95,7 @@ def test_a_replica_cut_off_from_the_primary_gets_no_reads_once_behind(
     cluster.primary.sql("CREATE TABLE cut_probe AS SELECT 1 AS x")  # WAL it will not get
     status = poll(
         lambda: (
-            (s := status_of(pool, cut.port)).replica_lag is not None
-            and s.replica_lag > 0.5
-            and s
+            (s := status_of(pool, cut.port)).replica_lag is not None and s.replica_lag > 0.5 and s
         ),
         what="the cut-off standby reported lagging",
     )
