@@ -35,6 +35,18 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 _CLOSE_TIMEOUT = 5.0  # a polite close() that takes longer ends in terminate()
 
+# asyncpg.connect keywords that the monitor's (psycopg) probes need too, by libpq's name:
+# without them, a password given as a keyword reached asyncpg alone, and every host looked
+# down to the monitor ("no password supplied"). `ssl` counts only as a mode's name
+# ('require', ...); an SSLContext has no libpq equivalent (then the DSN's sslmode serves).
+_SHARED_WITH_THE_MONITOR = {
+    "user": "user",
+    "password": "password",
+    "database": "dbname",
+    "passfile": "passfile",
+    "ssl": "sslmode",
+}
+
 # SQLSTATE classes and codes that say the server refused what we asked for rather than its
 # state: invalid authorization (28), an unknown database (3D000).
 _REFUSED_US_CLASSES = ("28",)
@@ -99,7 +111,9 @@ class AsyncPG(RoutedAioFactory):
         **options: The routing options (`refresh_delay`, `refresh_timeout`,
             `acquire_timeout`, `fallback_master`, `master_as_replica_weight`, `balancer`,
             `max_replica_lag`); every other keyword goes to each `asyncpg.connect`
-            (`command_timeout`, `statement_cache_size`, `server_settings`, ...).
+            (`command_timeout`, `statement_cache_size`, `server_settings`, ...). Of these,
+            `user`, `password`, `database`, `passfile` and `ssl` (a mode's name, e.g.
+            `"require"`) reach the monitor's probes too, which psycopg makes.
 
     Raises:
         ConfigurationError: A malformed DSN or a routing option out of range; also
@@ -115,7 +129,12 @@ class AsyncPG(RoutedAioFactory):
         self._connect_kwargs = options
         # The threaded factory validates the DSN and the routing options and keeps the
         # cluster's state; it never opens an application connection here.
-        routing = threaded.Postgres(dsn, **vars(routing_options))
+        for_the_monitor = {
+            libpq_name: options[name]
+            for name, libpq_name in _SHARED_WITH_THE_MONITOR.items()
+            if isinstance(options.get(name), str)
+        }
+        routing = threaded.Postgres(dsn, **for_the_monitor, **vars(routing_options))
         super().__init__(routing, AsyncpgErrors(routing.host_driver.secrets), _sever_asyncpg)
         parsed = routing.dsn
         params = {k: v for k, v in parsed.params.items() if k not in HOST_SELECTION_PARAMS}

@@ -436,6 +436,31 @@ def test_a_wrong_password_fails_at_once_without_the_password(
     run(main)
 
 
+@pytest.mark.parametrize("password", ["right", "wrong"])
+def test_credentials_given_as_keywords_reach_the_monitor_too(
+    shared_cluster: Any, run: Any, client: Client, password: str
+) -> None:
+    # AsyncPG gave its keywords to asyncpg alone: the monitor's probes had no password,
+    # every host looked down ("no password supplied"), and no checkout ever succeeded.
+    given = shared_cluster.password if password == "right" else "not-the-password"
+    dsn = shared_cluster.multi_host_dsn(password="")
+    assert shared_cluster.password not in dsn
+
+    async def main() -> None:
+        factory = client.factory(dsn, password=given, acquire_timeout=10)
+        async with aio.BoundedPool(factory, timeout=30) as pool:
+            if password == "right":
+                async with pool.connect() as conn:
+                    await client.execute(conn, "SELECT 1")
+                return
+            with pytest.raises(aio.QdbPoolError, match="refused the connection settings") as e:
+                async with pool.connect():
+                    pass
+            assert given not in str(e.value)
+
+    run(main)
+
+
 def test_a_stalled_replica_blocks_no_read_for_long(
     cluster: Any, run: Any, client: Client, url_for: Any, until: Any
 ) -> None:
