@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Callable
 from typing import Any, Protocol
 
 
@@ -20,11 +21,19 @@ class _ForkAware(Protocol):
 
 _watched: weakref.WeakSet[Any] = weakref.WeakSet()
 _inherited: list[Any] = []  # parent's connections, kept alive (never closed) in the child
+_renewers: list[Callable[[], None]] = []
 
 
 def watch(obj: _ForkAware) -> None:
     """Call `obj._after_fork_in_child()` in every child process forked from now on."""
     _watched.add(obj)
+
+
+def renew_in_child(renew: Callable[[], None]) -> None:
+    """Call `renew()` in every child process forked from now on: for a module's lock, which
+    another thread may have held at the fork (that thread does not exist in the child, so
+    the child would wait for it for good)."""
+    _renewers.append(renew)
 
 
 def keep_inherited(conn: Any) -> None:
@@ -33,6 +42,8 @@ def keep_inherited(conn: Any) -> None:
 
 
 def _after_fork_in_child() -> None:
+    for renew in _renewers:
+        renew()
     for obj in list(_watched):
         obj._after_fork_in_child()
 

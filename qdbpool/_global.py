@@ -54,6 +54,7 @@ def initialize(*args: Any, name: str | None = None, **kwargs: Any) -> Pool:
 def instance(name: str | None = None) -> Pool:
     """The global pool (or the pool called `name`); `PoolNotInitializedError` if it was
     never initialized."""
+    _check_name(name)
     pool = current if name is None else named.get(name)
     if pool is None:
         raise PoolNotInitializedError(not_initialized(name))
@@ -91,11 +92,9 @@ def _close_at_exit() -> None:
             pool.close(timeout=0)
 
 
-class _ForkHook:
-    def _after_fork_in_child(self) -> None:
-        global _lock
-        _lock = threading.Lock()  # another thread may have held it at the fork
+def _new_lock() -> None:
+    global _lock
+    _lock = threading.Lock()
 
 
-_fork_hook = _ForkHook()
-_fork.watch(_fork_hook)
+_fork.renew_in_child(_new_lock)

@@ -89,12 +89,18 @@ class BoundedPool(Pool):
         self._burst_idle = validation.seconds("burst_idle", burst_idle)
         self._timeout = validation.seconds("timeout", timeout)
         super().__init__(get_conn, **pool_kwargs)
-        for _ in range(pre_create):
-            with self._lock:
-                self._reserve_locked("rw")
-            pooled = self._open_reserved(read_only=False)
-            pooled.depth = 0
-            self._give_back(pooled)
+        try:
+            for _ in range(pre_create):
+                with self._lock:
+                    self._reserve_locked("rw")
+                pooled = self._open_reserved(read_only=False)
+                pooled.depth = 0
+                self._give_back(pooled)
+        except BaseException:
+            # Nobody gets this pool to close: what it opened must not outlive it, nor may it
+            # keep counting as a user of its factory (which would then never be closed).
+            self.close(timeout=0)
+            raise
 
     def _init_state(self) -> None:
         super()._init_state()
@@ -207,6 +213,11 @@ class BoundedPool(Pool):
                 self._reserve_locked(route)
             else:
                 waiter = self._enqueue_locked(route)
+            if waiter is not None:
+                # The lock is re-entrant: the cycle collector, run by any allocation above,
+                # may have released a leaked connection in this thread (its finalizer) after
+                # we found none, before our waiter was in line to be handed it.
+                self._serve_line_locked()
             # Burst connections idle too long are closed only after ours is taken: this
             # checkout is the demand that one of them would otherwise be opened again for.
             expired = self._take_expired_burst_locked() if self._reserved > self._size else None
@@ -228,6 +239,19 @@ class BoundedPool(Pool):
         self._waiters.append(waiter)
         return waiter
 
+    def _serve_line_locked(self) -> None:
+        """Hand what is free to the line, first come first served: an idle connection of
+        a waiter's route, then capacity."""
+        for waiter in list(self._waiters):
+            idle = self._idle[waiter.route]
+            if idle:
+                self._waiters.remove(waiter)
+                pooled = idle.pop()
+                pooled.depth = 1  # in use by the waiter from here on (see close())
+                waiter.granted = pooled
+                waiter.event.set()
+        self._grant_capacity_locked()
+
     def _wait(self, waiter: _Waiter, deadline: float) -> PooledConnection | str:
         started = time.monotonic()
         try:
@@ -241,13 +265,17 @@ class BoundedPool(Pool):
         return granted
 
     def _wait_in_line(self, waiter: _Waiter, deadline: float) -> PooledConnection | str:
-        patience = min(deadline, time.monotonic() + TRADE_AFTER)
-        if not waiter.event.wait(max(patience - time.monotonic(), 0.0)):
-            traded = self._trade_for(waiter)
-            if traded is not None:
-                self._retire(traded, "route_traded")
-                return _CAPACITY
-            waiter.event.wait(max(deadline - time.monotonic(), 0.0))
+        try:
+            patience = min(deadline, time.monotonic() + TRADE_AFTER)
+            if not waiter.event.wait(max(patience - time.monotonic(), 0.0)):
+                traded = self._trade_for(waiter)
+                if traded is not None:
+                    self._retire(traded, "route_traded")
+                    return _CAPACITY
+                waiter.event.wait(max(deadline - time.monotonic(), 0.0))
+        except BaseException:
+            self._leave_line(waiter)  # e.g. KeyboardInterrupt, or a signal handler raising
+            raise
         with self._lock:
             granted = waiter.granted
             if granted is None:  # timed out, and nobody served us in the meantime
@@ -263,6 +291,20 @@ class BoundedPool(Pool):
         if granted == _CLOSED:
             raise PoolClosedError("the pool closed while waiting for a connection")
         return granted
+
+    def _leave_line(self, waiter: _Waiter) -> None:
+        """A waiter interrupted by an exception: out of the line, and what it was handed
+        meanwhile back to the pool, for the next in line."""
+        with self._lock:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            granted, waiter.granted = waiter.granted, _CLOSED
+            if granted == _CAPACITY:
+                self._reserved -= 1
+                self._opening[waiter.route] -= 1
+                self._grant_capacity_locked()
+        if isinstance(granted, PooledConnection):
+            self._give_back(granted)
 
     def _trade_for(self, waiter: _Waiter) -> PooledConnection | None:
         """A waiter not served within TRADE_AFTER: an idle connection of the other route,

@@ -28,6 +28,7 @@ except ImportError as exc:  # pragma: no cover - tested in a subprocess without 
         "qdbpool.metrics needs the OpenTelemetry API: pip install 'qdbpool[otel]'"
     ) from exc
 
+from qdbpool import _fork
 from qdbpool._version import version
 from qdbpool.bounded import BoundedPool
 from qdbpool.cluster.hosts import HostStatus
@@ -319,6 +320,14 @@ def _known(value: float | None) -> Observed:
 # meter made before `set_meter_provider` follows it once it is set).
 _publishers: dict[object, _Publisher] = {}
 _publishers_lock = threading.Lock()
+
+
+def _new_publishers_lock() -> None:
+    global _publishers_lock
+    _publishers_lock = threading.Lock()
+
+
+_fork.renew_in_child(_new_publishers_lock)
 
 
 def instrument(

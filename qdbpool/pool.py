@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 import weakref
@@ -54,6 +55,14 @@ Hook = Callable[[Connection], object]
 # closes it.
 _factory_users: weakref.WeakKeyDictionary[ConnectionFactory, int] = weakref.WeakKeyDictionary()
 _factory_users_lock = threading.Lock()
+
+
+def _new_factory_users_lock() -> None:
+    global _factory_users_lock
+    _factory_users_lock = threading.Lock()
+
+
+_fork.renew_in_child(_new_factory_users_lock)
 
 
 def _use_factory(factory: ConnectionFactory) -> None:
@@ -97,6 +106,7 @@ class _ThreadSlots(threading.local):
 
     rw: PooledConnection | None = None
     ro: PooledConnection | None = None
+    opening = False  # this thread is opening a connection (see Pool._open)
 
 
 class Pool:
@@ -241,7 +251,12 @@ class Pool:
         wrapper raises `ConnectionReleasedError` on any use. Checkouts nested in one thread
         share its connection (the thread's connection in a SingletonPool, the one it has
         checked out in a BoundedPool); for a separate one, see `factory`.
+
+        Raises:
+            ArgumentTypeError: `read_only` is not a bool.
         """
+        if read_only is not False and read_only is not True:
+            raise ArgumentTypeError(f"connect(read_only=...) takes a bool, not {read_only!r}")
         return checkout_wrapper(self, self._checkout(read_only))
 
     def release(self, conn: Any) -> None:
@@ -419,17 +434,31 @@ class Pool:
         started = time.monotonic()
         if deadline is None:
             deadline = started + self._timeout
-        while True:
-            if self._closed:
-                raise PoolClosedError("the pool is closed")
-            self._backoff.wait_turn(deadline)
-            raw = self._connect_raw(read_only)
-            problem = self._first_use_problem(raw)
-            if problem is None:
-                break
-            self._backoff.failed(problem)
-            logger.debug("new connection %#x failed its first check: %r", id(raw), type(problem))
-            self._close_raw(raw)
+        local = self._local
+        if local.opening:
+            # Each new connection would open another for its own configure hook, until
+            # the server ran out of connections (or the pool of capacity).
+            raise ConfigurationError(
+                "the configure hook (or the factory) used this pool while it opened a "
+                "connection; configure gets the new connection as its argument"
+            )
+        local.opening = True
+        try:
+            while True:
+                if self._closed:
+                    raise PoolClosedError("the pool is closed")
+                self._backoff.wait_turn(deadline)
+                raw = self._connect_raw(read_only)
+                problem = self._first_use_problem(raw)
+                if problem is None:
+                    break
+                self._backoff.failed(problem)
+                logger.debug(
+                    "new connection %#x failed its first check: %r", id(raw), type(problem)
+                )
+                self._close_raw(raw)
+        finally:
+            local.opening = False
         self._backoff.succeeded()
         pooled = PooledConnection(
             self, raw, read_only, time.monotonic(), self._factory.generation_of(raw)
@@ -523,11 +552,16 @@ class Pool:
                     self._user_reset(raw)
                     if self._look_after_use(raw) != CLEAN:
                         raise RuntimeError("the reset hook left the connection unclean")
-            except Exception as exc:
+            except BaseException as exc:
+                # KeyboardInterrupt in the middle of a rollback, too: the connection's state
+                # is unknown, and it must not stay marked in use for good.
                 logger.warning(
                     "reset failed, discarding the connection: %s", exc.__class__.__name__
                 )
                 self._retire(pooled, "reset_failed")
+                if not isinstance(exc, Exception):
+                    pooled.depth = 0  # retired: nobody's any more
+                    raise
                 return False
             if self._timed:
                 pooled.last_used = time.monotonic()
@@ -555,6 +589,13 @@ class Pool:
     ) -> None:
         """Close a connection for good, for `reason` (see qdbpool.events: some reasons
         count as discards). Idempotent; safe from any thread."""
+        if pooled.pid != os.getpid():
+            # A parent's connection that the child's fork hook did not see (close() had
+            # taken it off `_live`, left to its holder): ending it would end the parent's
+            # session.
+            pooled.mark_closed()
+            _fork.keep_inherited(pooled.raw)
+            return
         counted = False  # by this call (not earlier, by close() orphaning it)
         with self._lock:
             # Not `pooled in self._live`: the cycle collector clears weak references before

@@ -240,7 +240,26 @@ def _defined_in_class_body(fn: Callable[..., Any]) -> bool:
     return bool(parent) and not parent.endswith("<locals>")
 
 
+def _refuse_deferred_bodies(fn: Any) -> None:
+    """The connection is given back when the call returns: for a generator, a coroutine or
+    an async generator function that is before its body runs, which would then use a
+    connection that is back in the pool (maybe another thread's by then)."""
+    name = getattr(fn, "__qualname__", fn)
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise ArgumentTypeError(
+            f"@with_conn on {name!r}: an async function runs after the call returns, when "
+            "the connection is back in the pool; use qdbpool.aio.with_conn"
+        )
+    if inspect.isgeneratorfunction(fn):
+        raise ArgumentTypeError(
+            f"@with_conn on {name!r}: a generator's body runs after the call returns, when "
+            "the connection is back in the pool; decorate a function that returns a list, "
+            "or iterate inside a decorated function"
+        )
+
+
 def _decorate(fn: Any, arg: int | str, read_only: bool, source: _Source) -> Any:
+    _refuse_deferred_bodies(getattr(fn, "__func__", fn))
     if isinstance(fn, (staticmethod, classmethod)):
         # We sit under the descriptor, so we know exactly what the call's args hold.
         bound_first = isinstance(fn, classmethod)

@@ -369,3 +369,20 @@ def test_nested_with_conn_does_not_wait_for_its_own_connection(
 
     assert outer() == 2
     assert pool.stats().timeouts == 0
+
+
+def test_a_pool_whose_pre_create_fails_closes_what_it_opened_and_its_factory(sqlite_factory):
+    # The failed constructor kept counting as a user of its factory, which was then never
+    # closed (a routing factory's monitor thread and sessions ran on); what it had opened
+    # stayed open.
+    closes: list[None] = []
+    sqlite_factory.close = lambda: closes.append(None)  # type: ignore[method-assign]
+
+    def configure(conn: sqlite3.Connection) -> None:
+        if len(sqlite_factory.created) == 2:
+            raise RuntimeError("the second new connection is refused")
+
+    with pytest.raises(RuntimeError):
+        qdbpool.BoundedPool(sqlite_factory, size=2, pre_create=2, configure=configure)
+    assert sqlite_factory.still_open() == []
+    assert closes == [None]

@@ -140,14 +140,18 @@ def child_main(send) -> None:
         send.close()
 
 
-def run_child(target) -> tuple[str, object]:
+def run_child(target, wait: float = WAIT) -> tuple[str, object]:
+    """Run `target(send)` in a forked child: what it sent, or ("hung", None) when it sent
+    nothing within `wait` seconds (then it is killed)."""
     ctx = multiprocessing.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=target, args=(send,))
     child.start()
     send.close()
     try:
-        assert recv.poll(WAIT), "the child sent nothing"
+        if not recv.poll(wait):
+            child.kill()
+            return ("hung", None)
         outcome = recv.recv()
     finally:
         child.join(WAIT)
@@ -208,3 +212,66 @@ def test_a_child_forked_while_the_parents_connection_is_in_use_gets_a_fresh_one(
     wait_until(lambda: server.said_bye(child_session), timeout=WAIT, what="the child's goodbye")
     assert not server.said_bye(before)
     assert ask()[0] == before
+
+
+@FORK_WHILE_THREADED
+def test_a_child_leaving_a_checkout_that_close_gave_up_on_leaves_the_parents_session(
+    server, make_pool, pool_cls
+):
+    # close(timeout) gave up on the connection this thread holds (counted closed, left to
+    # its holder, off the pool's list), then the thread forked. The child's release of that
+    # checkout closed the parent's session: the fork hook had not seen the connection.
+    pool = make_pool(lambda: SessionConnection(server.address), pool_cls=pool_cls)
+
+    def leave_the_checkout(send) -> None:
+        try:
+            held.close()  # the child's copy of the wrapper: released in the child
+            gc.collect()
+            send.send(("ok", None))
+        except BaseException as exc:
+            send.send(("error", repr(exc)))
+        finally:
+            send.close()
+
+    with pool.connect() as held:
+        session = held.request()
+        pool.close(timeout=0)  # gives up on it at once
+        status, result = run_child(leave_the_checkout)
+        assert status == "ok", result
+        assert held.request() == session  # the parent's session still answers
+        assert not server.said_bye(session)
+    # Released in the parent, its holder: closed now, with the goodbye.
+    wait_until(lambda: server.said_bye(session), timeout=WAIT, what="the parent's goodbye")
+
+
+@FORK_WHILE_THREADED
+def test_a_child_forked_while_another_thread_makes_and_closes_pools_can_make_its_own(
+    server,
+):
+    # A module lock that every Pool() and close() takes was not renewed in the child: one
+    # forked while another thread held it waited for that thread (absent there) for good.
+    stop = threading.Event()
+
+    def churn() -> None:
+        for _ in range(1_000_000):
+            if stop.is_set():
+                return
+            qdbpool.SingletonPool(lambda: SessionConnection(server.address)).close()
+
+    def make_and_close(send) -> None:
+        try:
+            qdbpool.SingletonPool(lambda: SessionConnection(server.address)).close()
+            send.send(("ok", None))
+        except BaseException as exc:
+            send.send(("error", repr(exc)))
+        finally:
+            send.close()
+
+    churner = threading.Thread(target=churn, daemon=True)
+    churner.start()
+    try:
+        outcomes = [run_child(make_and_close, wait=5.0) for _ in range(60)]
+    finally:
+        stop.set()
+        churner.join(WAIT)
+    assert outcomes == [("ok", None)] * 60

@@ -389,3 +389,34 @@ def test_the_factory_gives_a_second_separate_connection_in_one_thread(make):
             assert second is not conn.__wrapped__
         finally:
             second.close()
+
+
+def test_a_configure_hook_that_uses_its_own_pool_is_refused_at_once(recorder, pool_cls):
+    # Each new connection opened another for its own hook: a RecursionError after 142
+    # SQLite connections; on a server, every free session slot taken at once.
+    pool: qdbpool.Pool
+
+    def configure(conn: sqlite3.Connection) -> None:
+        with pool.connect() as other:
+            other.execute("SELECT 1")
+
+    pool = pool_cls(recorder, configure=configure)
+    try:
+        with pytest.raises(qdbpool.ConfigurationError, match="configure"), pool.connect():
+            pass
+        assert len(recorder.created) == 1
+        assert recorder.still_open() == []
+    finally:
+        pool.close(timeout=0)
+
+
+@pytest.mark.parametrize("read_only", ["yes", None, 1])
+def test_connect_takes_a_bool_for_read_only(recorder, make_pool, pool_cls, read_only):
+    pool = make_pool(recorder, pool_cls=pool_cls)
+    with pytest.raises(qdbpool.ArgumentTypeError, match="read_only"):
+        pool.connect(read_only=read_only)
+
+
+def test_instance_takes_a_name_as_close_does():
+    with pytest.raises(qdbpool.ArgumentTypeError, match="name"):
+        qdbpool.instance(1)  # type: ignore[arg-type]

@@ -10,12 +10,14 @@ what this test is about.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import signal
 import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pytest
 
@@ -95,3 +97,83 @@ def test_an_exception_from_a_signal_handler_mid_checkout_never_blocks_other_thre
             pool.close(timeout=0)
     assert len(where) > 100, "too few interruptions landed in qdbpool's code to judge"
     assert blocked == [], f"another thread blocked after an interruption at {blocked}"
+
+
+def interrupt_once_waiting(pool: qdbpool.BoundedPool) -> threading.Thread:
+    """A thread that sends this one SIGALRM once a caller waits in `pool`'s line."""
+    target = threading.get_ident()
+
+    def interrupt() -> None:
+        deadline = time.monotonic() + JOIN
+        while pool.stats().waiting == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        signal.pthread_kill(target, signal.SIGALRM)
+
+    thread = threading.Thread(target=interrupt, daemon=True)
+    thread.start()
+    return thread
+
+
+def raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted
+
+
+@pytest.mark.parametrize("holder_ends", ["released", "discarded"])
+def test_a_checkout_interrupted_while_it_waits_in_line_leaves_nothing_behind(
+    recorder, make_pool, holder_ends
+):
+    # Interrupted in line (Ctrl-C), the caller stayed in it: the next connection released
+    # was handed to it and never came back, or the capacity of a discarded one was granted
+    # to it for good. Every later checkout then timed out, nobody holding anything.
+    pool = make_pool(recorder, pool_cls=qdbpool.BoundedPool, size=1, timeout=JOIN)
+    got, let_go = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with contextlib.suppress(ConnectionError), pool.connect():
+            got.set()
+            let_go.wait(JOIN)
+            if holder_ends == "discarded":
+                raise ConnectionError("lost")  # the connection is discarded at release
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert got.wait(JOIN)
+    previous = signal.signal(signal.SIGALRM, raise_interrupted)
+    try:
+        interrupter = interrupt_once_waiting(pool)
+        with pytest.raises(Interrupted):
+            pool.connect()  # waits in line for the held connection
+        interrupter.join(JOIN)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert pool.stats().waiting == 0
+    let_go.set()
+    holder.join(JOIN)
+    assert another_thread_can_check_out(pool)
+    stats = pool.stats()
+    assert (stats.in_use, stats.waiting) == (0, 0)
+
+
+def test_an_interruption_in_the_release_reset_discards_the_connection(
+    recorder, make_pool, pool_cls
+):
+    # Ctrl-C in the reset hook (or the factory's rollback) left the connection marked in use
+    # for good: another thread of a BoundedPool of one timed out; a SingletonPool's thread
+    # nested on the stuck checkout, whose transactions were never rolled back again.
+    interrupt = [True]
+
+    def reset(conn: Any) -> None:
+        if interrupt[0]:
+            interrupt[0] = False
+            raise KeyboardInterrupt
+
+    kwargs = {"size": 1, "timeout": 5.0} if pool_cls is qdbpool.BoundedPool else {}
+    pool = make_pool(recorder, pool_cls=pool_cls, reset=reset, **kwargs)
+    with pytest.raises(KeyboardInterrupt), pool.connect() as conn:
+        first = conn.__wrapped__
+    stats = pool.stats()
+    assert (stats.in_use, stats.open, stats.discarded) == (0, 0, 1)
+    assert recorder.still_open() == []
+    assert another_thread_can_check_out(pool)
+    with pool.connect() as conn:
+        assert conn.__wrapped__ is not first

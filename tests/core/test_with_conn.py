@@ -589,3 +589,28 @@ def test_a_caller_passing_its_own_connection_needs_no_initialized_pool():
             first(9)  # an injection does need the pool
     finally:
         own.close()
+
+
+def _rows(conn, n):
+    yield from range(n)
+
+
+async def _coroutine(conn):
+    return conn
+
+
+async def _async_rows(conn):
+    yield conn
+
+
+@pytest.mark.parametrize(
+    ("fn", "says"),
+    [(_rows, "generator"), (_coroutine, "qdbpool.aio"), (_async_rows, "qdbpool.aio")],
+    ids=["generator", "coroutine", "async generator"],
+)
+@pytest.mark.parametrize("wrap", [None, staticmethod, classmethod])
+def test_a_function_whose_body_runs_after_the_call_returns_is_refused(fn, says, wrap):
+    # The connection is given back when the call returns: these bodies ran on it after
+    # that, while the pool could hand it to another thread.
+    with pytest.raises(qdbpool.ArgumentTypeError, match=says):
+        with_conn(fn if wrap is None else wrap(fn))
