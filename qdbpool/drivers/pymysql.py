@@ -64,10 +64,29 @@ WRITABLE_QUERY = "SELECT @@global.read_only"
 
 _ROLE_QUERY = "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('read_only', 'super_read_only')"
 
-# DSN query parameters arrive as text; PyMySQL wants these typed.
+# DSN query parameters arrive as text; PyMySQL (and aiomysql) want these typed.
 _FLOAT_PARAMS = frozenset({"connect_timeout", "read_timeout", "write_timeout"})
-_BOOL_PARAMS = frozenset({"autocommit", "local_infile", "ssl_disabled", "compress"})
+_INT_PARAMS = frozenset({"client_flag", "max_allowed_packet"})
+_BOOL_PARAMS = frozenset(
+    {
+        "autocommit",
+        "binary_prefix",
+        "compress",
+        "echo",
+        "local_infile",
+        "named_pipe",
+        "ssl_disabled",
+        "ssl_verify_cert",
+        "ssl_verify_identity",
+        "use_unicode",
+    }
+)
 _TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+# Python objects, which no text stands for: keyword arguments of the factory only.
+_NOT_TEXT = frozenset({"conv", "cursorclass", "auth_plugin_map", "ssl", "loop"})
+# The pool opens its connections itself: one not connected would be handed out as it is.
+_REFUSED = frozenset({"defer_connect"})
 
 _DEFAULT_CONNECT_TIMEOUT = 5.0
 _CANCEL_TIMEOUT = 5.0  # bounds the thread that sends a KILL QUERY
@@ -76,17 +95,36 @@ logger = logging.getLogger("qdbpool")
 
 
 def typed_params(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` with the values given as text (DSN query parameters) typed as PyMySQL
+    wants them; raises ConfigurationError, naming the parameter, for text that is not a
+    number or a boolean where one is due, or that cannot stand for what is due."""
     typed: dict[str, Any] = {}
     for key, value in params.items():
-        if key in _FLOAT_PARAMS and isinstance(value, str):
+        if key in _REFUSED:
+            raise ConfigurationError(f"MySQL: {key} is the pool's to decide (it connects itself)")
+        if not isinstance(value, str):
+            typed[key] = value
+        elif key in _FLOAT_PARAMS:
             try:
                 number = float(value)
             except ValueError:
                 raise ConfigurationError(f"{key} must be a number, not {value!r}") from None
             # socket.settimeout(inf) raises OverflowError at every connect: refuse it here
             typed[key] = validation.seconds(key, number)
-        elif key in _BOOL_PARAMS and isinstance(value, str):
-            typed[key] = value.lower() in _TRUE
+        elif key in _INT_PARAMS:
+            if not value.isdigit():
+                raise ConfigurationError(f"{key} must be a whole number, not {value!r}")
+            typed[key] = int(value)
+        elif key in _BOOL_PARAMS:
+            flag = value.lower()
+            if flag not in _TRUE | _FALSE:
+                raise ConfigurationError(f"{key} must be true or false (1/0, yes/no, on/off)")
+            typed[key] = flag in _TRUE
+        elif key in _NOT_TEXT:
+            raise ConfigurationError(
+                f"MySQL: {key} cannot be given as text in the DSN: pass it as a keyword "
+                "argument of the factory"
+            )
         else:
             typed[key] = value
     return typed
@@ -144,10 +182,18 @@ class PyMySQLDriver(HostDriver):
         self.secrets = (*dsn.secrets, *(p for p in (connect_kwargs.get("password"),) if p))
 
     def connect_kwargs(self, address: HostPort) -> dict[str, Any]:
-        """The keywords of `pymysql.connect` for a connection to `address`."""
+        """The keywords of `pymysql.connect` (or `aiomysql.connect`) for a connection to
+        `address`."""
         kwargs = typed_params(dict(self._dsn.host_kwargs(address)))
         kwargs.update(self._connect_kwargs)
         kwargs.setdefault("connect_timeout", _DEFAULT_CONNECT_TIMEOUT)
+        password = kwargs.get("password")
+        if isinstance(password, str) and not password.isascii():
+            # PyMySQL and aiomysql send a str password as its Latin-1 bytes: one with a
+            # character beyond Latin-1 ('€') failed inside them, and one within it ('é')
+            # did not match what servers hash, the UTF-8 bytes the mysql client and
+            # modern drivers send. So both get the str whose Latin-1 bytes are those.
+            kwargs["password"] = password.encode("utf-8").decode("latin-1")
         return kwargs
 
     def open(self, address: HostPort, *, read_only: bool) -> Any:

@@ -192,6 +192,7 @@ def _parse_url_parts(
         first = hostlist.split(",", 1)[0].strip()
         may_hold_password = userinfo is None and ":" in first and not first.startswith("[")
         hosts = _hosts_from_url(hostlist, default, show=not may_hold_password)
+    _check_hostaddr(hosts, params)
     return ParsedDSN(scheme, hosts, user, password, database, params)
 
 
@@ -413,7 +414,21 @@ def _parse_keyword_value(text: str, default_port: int | None, secrets: list[str]
     user = params.pop("user", None)
     password = params.pop("password", None)
     database = _pop_database(params)
+    _check_hostaddr((), params)  # before the hosts: their count may be the list's
     hosts = _hosts_from_lists(
         params.pop("host", None), params.pop("port", None), _family_default(scheme, default_port)
     )
+    _check_hostaddr(hosts, params)
     return ParsedDSN(scheme, hosts, user, password, database, params)
+
+
+def _check_hostaddr(hosts: tuple[HostPort, ...], params: dict[str, str]) -> None:
+    """libpq's `hostaddr` holds one address per host; the factory connects to one host at a
+    time, each with the DSN's parameters, so a list of them would reach every host whole
+    (and libpq refuse it there: every host would look down)."""
+    hostaddr = params.get("hostaddr")
+    if hostaddr is not None and (len(hosts) > 1 or "," in hostaddr):
+        raise ConfigurationError(
+            "hostaddr with several hosts is not supported: give the addresses as the hosts "
+            "(host=10.0.0.1,10.0.0.2)"
+        )

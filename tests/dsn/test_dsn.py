@@ -382,6 +382,9 @@ def test_keyword_value_unknown_keys_are_params_in_order() -> None:
         ("host=a =x", "missing key before '='"),
         ("host=a dbname='x", "unterminated quoted value of 'dbname'"),
         ("host=a dbname=x database=y", "both 'dbname' and 'database'"),
+        ("host=a,b hostaddr=10.0.0.1,10.0.0.2", "hostaddr with several hosts"),
+        ("hostaddr=10.0.0.1,10.0.0.2 port=1,2", "hostaddr with several hosts"),
+        ("postgresql://a,b/db?hostaddr=10.0.0.1", "hostaddr with several hosts"),
     ],
 )
 def test_malformed_dsn_error_names_the_bad_part(

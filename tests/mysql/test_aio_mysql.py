@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -206,6 +207,24 @@ def test_no_write_connection_is_opened_to_a_server_made_read_only_since_its_chec
                     pass
             async with pool.connect(read_only=True) as conn:
                 assert await scalar(conn, "SELECT @@global.read_only") == 1
+        finally:
+            await pool.close()
+            await factory.close()
+
+    run(main)
+
+
+def test_a_password_beyond_latin1_connects(server: Any, run: Any) -> None:
+    # aiomysql, too, sends a str password as Latin-1 (and '€' has none).
+    server.create_user("aio_euro", "s3cr€t-pw", "appdb")
+    dsn = f"mysql://aio_euro:{quote('s3cr€t-pw', safe='')}@{server.host}:{server.port}/appdb"
+
+    async def main() -> None:
+        factory = MySQL(dsn, acquire_timeout=3)
+        pool = aio.BoundedPool(factory, size=1, timeout=10)
+        try:
+            async with pool.connect() as conn:
+                assert await scalar(conn, "SELECT CURRENT_USER()") == "aio_euro@%"
         finally:
             await pool.close()
             await factory.close()

@@ -9,6 +9,7 @@ import time
 import traceback
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import pymysql
 import pytest
@@ -79,6 +80,20 @@ def test_dsn_query_parameters_reach_pymysql_typed(
         assert conn.get_autocommit() is True
         assert conn.connect_timeout == 3.0
         assert conn.charset == "utf8mb4"
+    finally:
+        factory.close_connection(conn)
+
+
+def test_dsn_booleans_reach_pymysql_as_booleans(
+    server: MariaDBServer, closing: Callable[[Any], Any], app_dsn: Callable[[Any], str]
+) -> None:
+    # use_unicode=false reached PyMySQL as the text 'false', which is true.
+    factory = closing(MySQL(app_dsn(server) + "?use_unicode=false&binary_prefix=0"))
+    conn = factory.connect()
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 'x'")
+            assert cur.fetchone() == (b"x",)
     finally:
         factory.close_connection(conn)
 
@@ -155,8 +170,15 @@ def test_bad_routing_option_is_refused(kwargs: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     ("query", "named"),
-    [("bogus_option=1", "bogus_option"), ("connect_timeout=soon", "connect_timeout")],
-    ids=["unknown", "not-a-number"],
+    [
+        ("bogus_option=1", "bogus_option"),
+        ("connect_timeout=soon", "connect_timeout"),
+        ("client_flag=some", "client_flag"),
+        ("use_unicode=maybe", "use_unicode"),
+        ("cursorclass=DictCursor", "cursorclass"),
+        ("defer_connect=false", "defer_connect"),
+    ],
+    ids=["unknown", "not-a-number", "not-an-int", "not-a-bool", "not-text", "the-pools-own"],
 )
 def test_a_bad_dsn_parameter_is_refused_at_construction_naming_it(query: str, named: str) -> None:
     # As for keywords: refused once, not at every connect until acquire_timeout.
@@ -473,5 +495,27 @@ def test_no_write_connection_is_opened_to_a_server_made_read_only_since_its_chec
     conn = factory.connect()
     try:
         assert scalar(conn, "SELECT @@global.read_only") == 0
+    finally:
+        factory.close_connection(conn)
+
+
+@pytest.mark.parametrize(
+    ("user", "password"), [("latin", "s3cré-pw"), ("euro", "s3cr€t-pw")], ids=["é", "€"]
+)
+def test_a_password_beyond_ascii_connects_as_the_mysql_client_sends_it(
+    server: MariaDBServer,
+    closing: Callable[[Any], Any],
+    scalar: Callable[..., Any],
+    user: str,
+    password: str,
+) -> None:
+    # PyMySQL sends a str password as Latin-1: '€' failed inside it (reported as every
+    # host down), 'é' was refused by a server that had it from a UTF-8 client.
+    server.create_user(user, password, APP_DB)
+    dsn = f"mysql://{user}:{quote(password, safe='')}@{server.host}:{server.port}/{APP_DB}"
+    factory = closing(MySQL(dsn, acquire_timeout=3))
+    conn = factory.connect()
+    try:
+        assert scalar(conn, "SELECT CURRENT_USER()") == f"{user}@%"
     finally:
         factory.close_connection(conn)
