@@ -23,6 +23,13 @@ Run = Callable[..., Any]
 # -- a checkout in an async generator ---------------------------------------------------------
 
 
+async def holding_a_checkout(pool: BoundedPool) -> AsyncGenerator[Any, None]:
+    """An async generator that yields, twice, the connection of its checkout."""
+    async with pool.connect() as conn:
+        yield conn
+        yield conn
+
+
 def test_a_generators_checkout_ended_in_another_task_is_not_shared_by_the_first(
     run: Run, factory: Any, holder: Any
 ) -> None:
@@ -32,12 +39,7 @@ def test_a_generators_checkout_ended_in_another_task_is_not_shared_by_the_first(
     async def main() -> None:
         pool = BoundedPool(factory, size=1, timeout=0.3)
 
-        async def rows() -> AsyncGenerator[Any, None]:
-            async with pool.connect() as conn:
-                yield conn
-                yield conn
-
-        generator = rows()
+        generator = holding_a_checkout(pool)
         await generator.__anext__()
         await asyncio.create_task(generator.aclose())  # its checkout ends there
         other = holder(pool)
@@ -60,12 +62,7 @@ def test_a_connection_in_nested_use_outlives_its_outer_checkout_ended_in_another
     async def main() -> None:
         pool = BoundedPool(factory, size=1, timeout=5)
 
-        async def rows() -> AsyncGenerator[Any, None]:
-            async with pool.connect() as conn:
-                yield conn
-                yield conn
-
-        generator = rows()
+        generator = holding_a_checkout(pool)
         outer = await generator.__anext__()
         async with pool.connect() as conn:
             assert conn is outer  # nested: the task's own connection
@@ -154,20 +151,26 @@ def test_a_use_cancelled_but_ending_with_another_error_counts_as_interrupted(
     run(main)
 
 
-# -- close() and open() cut short -----------------------------------------------------------------
+def counting_closes(fake_factory_cls: Any) -> Any:
+    """A fake factory that counts the calls of its close()."""
 
-
-def test_a_close_cancelled_while_it_waits_still_closes_the_factory(
-    run: Run, fake_factory_cls: Any, holder: Any, until: Any
-) -> None:
     class CountsCloses(fake_factory_cls):  # type: ignore[misc]
         closes = 0
 
         async def close(self) -> None:
             self.closes += 1
 
+    return CountsCloses()
+
+
+# -- close() and open() cut short -----------------------------------------------------------------
+
+
+def test_a_close_cancelled_while_it_waits_still_closes_the_factory(
+    run: Run, fake_factory_cls: Any, holder: Any, until: Any
+) -> None:
     async def main() -> None:
-        factory = CountsCloses()
+        factory = counting_closes(fake_factory_cls)
         pool = BoundedPool(factory, size=1)
         busy = holder(pool)
         await busy.got.wait()
@@ -184,14 +187,8 @@ def test_a_close_cancelled_while_it_waits_still_closes_the_factory(
 def test_an_initialize_whose_open_fails_leaves_nothing_open(
     run: Run, fake_factory_cls: Any
 ) -> None:
-    class CountsCloses(fake_factory_cls):  # type: ignore[misc]
-        closes = 0
-
-        async def close(self) -> None:
-            self.closes += 1
-
     async def main() -> None:
-        factory = CountsCloses()
+        factory = counting_closes(fake_factory_cls)
         failed = 0
 
         async def configure(conn: Any) -> None:  # the second new connection is refused

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 import qdbpool
 from qdbpool.cluster import Role
+from qdbpool.testing._process import wait_until
 from qdbpool.testing.proxy import FaultProxy
 
 
@@ -54,14 +56,36 @@ def test_reads_without_fallback_master_raise_no_host_available_after_acquire_tim
         conn.execute("SELECT 1")
 
 
+def _pause_replay(standby: Any) -> None:
+    standby.sql("SELECT pg_wal_replay_pause()")
+
+
+def _cut_off(standby: Any) -> None:
+    # Its WAL receiver stops: the standby has replayed all it received, which counted as
+    # lag 0 for good while the primary moved on.
+    standby.admin_sql("ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port=1'")
+    standby.admin_sql("SELECT pg_reload_conf()")
+    wait_until(
+        lambda: not standby.admin_sql("SELECT count(*) FROM pg_stat_wal_receiver")[0][0],
+        timeout=10,
+        what="the cut-off standby's WAL receiver gone",
+    )
+
+
+@pytest.mark.parametrize("behind", [_pause_replay, _cut_off], ids=["replay paused", "cut off"])
 def test_a_replica_lagging_beyond_max_replica_lag_gets_no_reads(
-    cluster: Any, make_pool: Any, status_of: Any, poll: Any, read_port_in_new_thread: Any
+    cluster: Any,
+    make_pool: Any,
+    status_of: Any,
+    poll: Any,
+    read_port_in_new_thread: Any,
+    behind: Callable[[Any], None],
 ) -> None:
     lagging, fresh = cluster.standbys
     pool = make_pool(cluster.multi_host_dsn(), max_replica_lag=0.5, refresh_delay=0.1)
     pool.factory.ready(1, 2, timeout=10)
 
-    lagging.sql("SELECT pg_wal_replay_pause()")
+    behind(lagging)
     cluster.primary.sql("CREATE TABLE lag_probe AS SELECT 1 AS x")  # WAL it will not replay
     status = poll(
         lambda: (
@@ -69,37 +93,11 @@ def test_a_replica_lagging_beyond_max_replica_lag_gets_no_reads(
             and s.replica_lag > 0.5
             and s
         ),
-        what="the paused standby reported lagging",
+        what="the lagging standby reported lagging",
     )
     assert status.role is Role.REPLICA
     assert status_of(pool, fresh.port).replica_lag <= 0.5
 
-    ports = {read_port_in_new_thread(pool) for _ in range(8)}
-    assert ports == {fresh.port}
-
-
-def test_a_replica_cut_off_from_the_primary_gets_no_reads_once_behind(
-    cluster: Any, make_pool: Any, status_of: Any, poll: Any, read_port_in_new_thread: Any
-) -> None:
-    # Replication to one standby breaks: it has replayed all it received, which it did
-    # count as lag 0 for good while the primary moved on.
-    cut, fresh = cluster.standbys
-    pool = make_pool(cluster.multi_host_dsn(), max_replica_lag=0.5, refresh_delay=0.1)
-    pool.factory.ready(1, 2, timeout=10)
-    cut.admin_sql("ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port=1'")
-    cut.admin_sql("SELECT pg_reload_conf()")
-    poll(
-        lambda: not cut.admin_sql("SELECT count(*) FROM pg_stat_wal_receiver")[0][0],
-        what="the cut-off standby's WAL receiver gone",
-    )
-    cluster.primary.sql("CREATE TABLE cut_probe AS SELECT 1 AS x")  # WAL it will not get
-    status = poll(
-        lambda: (
-            (s := status_of(pool, cut.port)).replica_lag is not None and s.replica_lag > 0.5 and s
-        ),
-        what="the cut-off standby reported lagging",
-    )
-    assert status.role is Role.REPLICA
     ports = {read_port_in_new_thread(pool) for _ in range(8)}
     assert ports == {fresh.port}
 
