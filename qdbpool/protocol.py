@@ -224,6 +224,12 @@ def as_factory(get_conn: Any) -> ConnectionFactory:
     """The factory behind a pool's `get_conn` argument; `TypeError` if it cannot be called."""
     if isinstance(get_conn, ConnectionFactory):
         return get_conn
+    if isinstance(get_conn, type) and issubclass(get_conn, ConnectionFactory):
+        # Callable, and would be taken for a function returning connections (factories).
+        name = get_conn.__name__
+        raise ArgumentTypeError(
+            f"get_conn is the factory class {name}: pass a factory made from it, {name}(...)"
+        )
     if not callable(get_conn):
         raise ArgumentTypeError(
             f"get_conn must be callable (a zero-argument function or a factory such as "

@@ -124,6 +124,12 @@ def as_factory(get_conn: Any) -> ConnectionFactory:
     if it is neither a factory nor callable."""
     if isinstance(get_conn, ConnectionFactory):
         return get_conn
+    if isinstance(get_conn, type) and issubclass(get_conn, ConnectionFactory):
+        # Callable, and would be taken for a function returning connections (factories).
+        name = get_conn.__name__
+        raise ArgumentTypeError(
+            f"get_conn is the factory class {name}: pass a factory made from it, {name}(...)"
+        )
     if not callable(get_conn):
         raise ArgumentTypeError(
             f"get_conn must be a qdbpool.aio factory or a zero-argument async function, "

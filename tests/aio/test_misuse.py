@@ -15,7 +15,7 @@ import pytest
 
 import qdbpool.aio as aio
 from qdbpool.aio import BoundedPool, WrongEventLoopError
-from qdbpool.errors import PoolTimeoutError
+from qdbpool.errors import ArgumentTypeError, PoolTimeoutError
 
 Run = Callable[..., Any]
 
@@ -284,3 +284,10 @@ def test_a_connection_handed_from_caller_to_caller_is_never_idle(
         await pool.close()
 
     run(main)
+
+
+def test_a_factory_class_instead_of_a_factory_is_refused_naming_it() -> None:
+    from qdbpool.aio.factories import SQLite
+
+    with pytest.raises(ArgumentTypeError, match=r"SQLite\(\.\.\.\)"):
+        BoundedPool(SQLite)  # type: ignore[arg-type]

@@ -10,7 +10,7 @@ import pytest
 import quasardb
 
 import qdbpool
-from qdbpool.factories import QuasarDB
+from qdbpool.factories import QuasarDB, SQLite
 
 QDB_KWARGS = {
     "uri": "qdb://10.0.0.1:2836",
@@ -155,3 +155,10 @@ def test_good_validation_settings_are_accepted(make_pool, pool_cls, recorder, kw
     pool = make_pool(recorder, pool_cls=pool_cls, **kwargs)
     with pool.connect() as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_factory_class_instead_of_a_factory_is_refused_naming_it(pool_cls):
+    # Callable, it was taken for a function returning connections: the first checkout
+    # then failed on the factory it returned, with a raw error.
+    with pytest.raises(qdbpool.ArgumentTypeError, match=r"SQLite\(\.\.\.\)"):
+        pool_cls(SQLite)
