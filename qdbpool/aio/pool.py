@@ -84,29 +84,20 @@ _FIT, _UNFIT, _PING = 0, 1, 2
 # cancels the body, then raises TimeoutError; asyncio's own class is another before 3.11).
 _TIMEOUTS = (TimeoutError, asyncio.TimeoutError)
 
-_CHAIN_LIMIT = 64  # exceptions looked at, at most, in one use's chain (see _interrupted)
-
-
 def _interrupted(exc: BaseException) -> bool:
     """Whether a use that raised `exc` was cut short in the middle of who knows what, so
-    that an operation may still be running on the connection: cancelled (asyncio.timeout
-    raises TimeoutError after it cancels; a TaskGroup raises an ExceptionGroup holding the
-    CancelledError; a body may catch it and raise something else), or stopped by
-    KeyboardInterrupt and the like, or GeneratorExit (an async generator closed at a
-    `yield` inside a result it streams). The exceptions it holds, caused or was raised
-    while handling are looked at too."""
-    seen: set[int] = set()
-    pending = [exc]
-    while pending and len(seen) < _CHAIN_LIMIT:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, _TIMEOUTS) or not isinstance(current, Exception):
-            return True
-        pending.extend(getattr(current, "exceptions", ()))  # an exception group's
-        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
-    return False
+    that an operation may still be running on the connection: cancelled, or stopped by
+    KeyboardInterrupt and the like; timed out (asyncio.timeout cancels, then raises
+    TimeoutError); or raising while it handled its cancellation (a TaskGroup whose sibling
+    failed cancels the body, then raises an ExceptionGroup; a body may catch
+    CancelledError and raise another error). An error raised while handling some other
+    error (a timeout of other work, say) says nothing of the connection."""
+    if isinstance(exc, _TIMEOUTS) or not isinstance(exc, Exception):
+        return True
+    if isinstance(exc.__context__, asyncio.CancelledError):
+        return True
+    members: tuple[BaseException, ...] = getattr(exc, "exceptions", ())  # an exception group's
+    return any(_interrupted(member) for member in members)
 
 
 class _Conn:
@@ -353,10 +344,12 @@ class BoundedPool:
         loop = self._check_loop()
         if not self._closed:
             await self._close_once(loop, timeout)
+        closing = self._factory_closing
+        if closing is None:
+            return  # another close() is still waiting for connections in use: it goes on
         # Also after a first close() cancelled while it waited: the factory is closed all
         # the same (its monitor thread and sessions must not outlive the pool).
-        assert self._factory_closing is not None
-        await asyncio.shield(self._factory_closing)
+        await asyncio.shield(closing)
 
     async def _close_once(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
         self._closed = True
@@ -893,21 +886,23 @@ async def _run(work: Awaitable[Any]) -> Any:
 
 
 class _Checkout:
-    """What `BoundedPool.connect()` returns: `async with` it for a connection."""
+    """What `BoundedPool.connect()` returns: `async with` it for a connection (again once
+    that use has ended, if you like; but not twice at once)."""
 
-    __slots__ = ("_conn", "_entered", "_pool", "_previous", "_ro", "_shared")
+    __slots__ = ("_conn", "_entered", "_mine", "_pool", "_previous", "_ro", "_shared")
 
     def __init__(self, pool: BoundedPool, ro: bool) -> None:
         self._pool = pool
         self._ro = ro
-        self._entered = False
+        self._entered = False  # between __aenter__ and __aexit__
         self._conn: _Conn | None = None  # taken from the pool by this checkout
         self._shared: _Conn | None = None  # or the task's, nested in its own checkout
-        self._previous: _Held | None = None
+        self._mine: _Held | None = None  # what this checkout set the context variable to
+        self._previous: _Held | None = None  # ... and what it held before
 
     async def __aenter__(self) -> Connection:
         if self._entered:
-            raise RuntimeError("a pool.connect() checkout is entered once; call connect() again")
+            raise RuntimeError("a pool.connect() checkout is in use; call connect() again")
         self._entered = True
         pool = self._pool
         held_var = pool._held[self._ro]
@@ -927,10 +922,15 @@ class _Checkout:
             pool._checkouts += 1
             return conn.raw
         # A coroutine call costs as much as the rest of a checkout: only when it may wait.
-        conn = pool._take_idle(task, self._ro) or await pool._acquire(task, self._ro)
+        try:
+            conn = pool._take_idle(task, self._ro) or await pool._acquire(task, self._ro)
+        except BaseException:
+            self._entered = False
+            raise
         self._conn = conn
         self._previous = held
-        held_var.set(_Held(conn, task))
+        mine = self._mine = _Held(conn, task)
+        held_var.set(mine)
         return conn.raw
 
     async def __aexit__(
@@ -941,6 +941,7 @@ class _Checkout:
     ) -> None:
         pool = self._pool
         shared = self._shared
+        self._entered = False
         if shared is not None:  # nested: the outermost checkout gives it back ...
             self._shared = None
             shared.nested -= 1
@@ -957,8 +958,10 @@ class _Checkout:
                 return
             conn = conn_or_none
             self._conn = None
-            pool._held[self._ro].set(self._previous)
-            self._previous = None
+            held_var = pool._held[self._ro]
+            if held_var.get() is self._mine:  # not when ended in another task's context
+                held_var.set(self._previous)
+            self._mine = self._previous = None
             if conn.nested:  # checkouts nested in this one still use it: the last ends it
                 conn.ended = _Ending(exc)
                 return

@@ -225,7 +225,7 @@ def test_one_checkout_entered_by_two_tasks_at_once_is_refused(run: Run, factory:
         checkout = pool.connect()
         first = asyncio.create_task(checkout.__aenter__())  # waits for the connection
         await asyncio.sleep(0)
-        with pytest.raises(RuntimeError, match="entered once"):
+        with pytest.raises(RuntimeError, match="in use"):
             await checkout.__aenter__()
         await blocker.__aexit__(None, None, None)
         await first
@@ -291,3 +291,95 @@ def test_a_factory_class_instead_of_a_factory_is_refused_naming_it() -> None:
 
     with pytest.raises(ArgumentTypeError, match=r"SQLite\(\.\.\.\)"):
         BoundedPool(SQLite)  # type: ignore[arg-type]
+
+
+def test_a_second_close_while_the_first_waits_returns_and_the_factory_closes_once(
+    run: Run, fake_factory_cls: Any, holder: Any, until: Any
+) -> None:
+    async def main() -> None:
+        factory = counting_closes(fake_factory_cls)
+        pool = BoundedPool(factory, size=1)
+        busy = holder(pool)
+        await busy.got.wait()
+        first = asyncio.create_task(pool.close(timeout=5))  # waits for `busy`
+        await until(lambda: pool.closed, what="the first close() under way")
+        await pool.close()  # returns: the first one goes on
+        await busy.release()
+        await asyncio.wait_for(first, 5)
+        assert factory.closes == 1
+
+    run(main)
+
+
+def test_an_error_raised_while_handling_a_timeout_of_other_work_keeps_the_connection(
+    run: Run, fake_factory_cls: Any
+) -> None:
+    # The body timed out waiting for something else (an upstream call), caught that, and
+    # raised its own error: nothing of the connection's was cut short, and it is kept.
+    class NotCancelSafe(fake_factory_cls):  # type: ignore[misc]
+        cancel_safe = False
+
+    class UpstreamFailed(Exception):
+        pass
+
+    async def main() -> None:
+        factory = NotCancelSafe()
+        pool = BoundedPool(factory, size=1)
+        for _ in range(3):
+            with pytest.raises(UpstreamFailed):
+                async with pool.connect() as conn:
+                    await conn.execute("SELECT 1")
+                    try:
+                        await asyncio.wait_for(asyncio.Event().wait(), 0.001)
+                    except asyncio.TimeoutError:
+                        raise UpstreamFailed("the upstream did not answer") from None
+        assert (len(factory.opened), factory.interrupted_closes) == (1, 0)
+        await pool.close()
+
+    run(main)
+
+
+def test_a_checkout_object_can_be_entered_again_once_its_use_ended_or_failed(
+    run: Run, factory: Any, holder: Any
+) -> None:
+    async def main() -> None:
+        pool = BoundedPool(factory, size=1, timeout=0.05)
+        checkout = pool.connect()
+        async with checkout as first:
+            pass
+        async with checkout as again:
+            assert again is first
+        busy = holder(pool)
+        await busy.got.wait()
+        with pytest.raises(PoolTimeoutError):
+            async with checkout:
+                pass
+        await busy.release()
+        async with checkout:  # a retry with the same object
+            pass
+        await pool.close()
+
+    run(main)
+
+
+def test_a_generator_closed_inside_another_tasks_checkout_leaves_that_task_its_own(
+    run: Run, factory: Any
+) -> None:
+    # The generator's checkout ended in the other task's context, and reset it there to
+    # what the generator's task held before: the other task's nested checkouts then took
+    # a second connection (another transaction) instead of sharing its own.
+    async def main() -> None:
+        pool = BoundedPool(factory, size=2, timeout=5)
+        generator = holding_a_checkout(pool)
+        await generator.__anext__()
+
+        async def other() -> None:
+            async with pool.connect() as mine:
+                await generator.aclose()  # the generator's checkout ends here
+                async with pool.connect() as nested:
+                    assert nested is mine
+
+        await asyncio.create_task(other())
+        await pool.close()
+
+    run(main)
