@@ -270,6 +270,7 @@ class BoundedPool(Pool):
             if not waiter.event.wait(max(patience - time.monotonic(), 0.0)):
                 traded = self._trade_for(waiter)
                 if traded is not None:
+                    waiter.granted = _CAPACITY  # reserved by the trade: ours to give back
                     self._retire(traded, "route_traded")
                     return _CAPACITY
                 waiter.event.wait(max(deadline - time.monotonic(), 0.0))

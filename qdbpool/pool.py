@@ -106,7 +106,7 @@ class _ThreadSlots(threading.local):
 
     rw: PooledConnection | None = None
     ro: PooledConnection | None = None
-    opening = False  # this thread is opening a connection (see Pool._open)
+    opening: frozenset[bool] = frozenset()  # routes (read_only) being opened (see Pool._open)
 
 
 class Pool:
@@ -435,14 +435,16 @@ class Pool:
         if deadline is None:
             deadline = started + self._timeout
         local = self._local
-        if local.opening:
+        if read_only in local.opening:
             # Each new connection would open another for its own configure hook, until
             # the server ran out of connections (or the pool of capacity).
             raise ConfigurationError(
                 "the configure hook (or the factory) used this pool while it opened a "
-                "connection; configure gets the new connection as its argument"
+                "connection of the same route; configure gets the new connection as its "
+                "argument"
             )
-        local.opening = True
+        outer = local.opening
+        local.opening = outer | {read_only}
         try:
             while True:
                 if self._closed:
@@ -458,7 +460,7 @@ class Pool:
                 )
                 self._close_raw(raw)
         finally:
-            local.opening = False
+            local.opening = outer
         self._backoff.succeeded()
         pooled = PooledConnection(
             self, raw, read_only, time.monotonic(), self._factory.generation_of(raw)
@@ -615,8 +617,10 @@ class Pool:
             self._forget(pooled, from_finalizer=not forget)
             self._changed.notify_all()
         logger.debug("closing connection %#x: %s", id(pooled.raw), reason)
-        self._close_raw(pooled.raw)
-        self._after_retire()
+        try:
+            self._close_raw(pooled.raw)
+        finally:  # a KeyboardInterrupt in the driver's close must not keep its capacity
+            self._after_retire()
         if counted and self._events:
             self._events.emit(ConnectionClosed(self, reason))
 

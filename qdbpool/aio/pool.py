@@ -84,6 +84,7 @@ _FIT, _UNFIT, _PING = 0, 1, 2
 # cancels the body, then raises TimeoutError; asyncio's own class is another before 3.11).
 _TIMEOUTS = (TimeoutError, asyncio.TimeoutError)
 
+
 def _interrupted(exc: BaseException) -> bool:
     """Whether a use that raised `exc` was cut short in the middle of who knows what, so
     that an operation may still be running on the connection: cancelled, or stopped by

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import time
 import weakref
 from collections import deque
 from dataclasses import dataclass
@@ -72,9 +73,20 @@ class HostState:
         # on the monitor's session and still refuse new ones (at its connection limit).
         self.open_failures = 0
         self.open_retry_at = 0.0
+        self.open_error: str | None = None  # why the last new connection failed
         self.refused_us = False  # down because of our configuration (e.g. a wrong password)
         self.probe: Any = None  # the driver connection the checks use
         self.connections: weakref.WeakSet[Any] = weakref.WeakSet()  # app connections
+
+    @property
+    def takes_new_connections(self) -> bool:
+        """Neither suspect nor backing off from failed opens (what the router asks)."""
+        return not self.suspect and not self.opens_paused
+
+    @property
+    def opens_paused(self) -> bool:
+        """Whether new connections wait out a back-off after failed ones."""
+        return self.open_retry_at != 0.0 and self.open_retry_at > time.monotonic()
 
     @property
     def load(self) -> int:
@@ -107,6 +119,8 @@ class HostState:
                 if self.suspect
                 else "held back: not the orchestrator's leader"
                 if self.held_back and self.role is Role.PRIMARY
+                else f"new connections failing: {self.open_error}"
+                if self.opens_paused
                 else self.error
             ),
             connections=len(self.connections),

@@ -36,13 +36,17 @@ class Router:
         # Two primaries (a split brain) is for an orchestrator to fix; take the first one.
         # One that an orchestrator said is leaving (held_back) takes no new writes.
         return next(
-            (h for h in hosts if h.role is Role.PRIMARY and not h.suspect and not h.held_back),
+            (
+                h
+                for h in hosts
+                if h.role is Role.PRIMARY and h.takes_new_connections and not h.held_back
+            ),
             None,
         )
 
     def select_replica(self, hosts: Sequence[HostState]) -> HostState | None:
-        primaries = [h for h in hosts if h.role is Role.PRIMARY and not h.suspect]
-        replicas = [h for h in hosts if h.role is Role.REPLICA and not h.suspect]
+        primaries = [h for h in hosts if h.role is Role.PRIMARY and h.takes_new_connections]
+        replicas = [h for h in hosts if h.role is Role.REPLICA and h.takes_new_connections]
         fresh = [h for h in replicas if self._fresh(h)]
         primary_competes = bool(primaries) and self._rng.random() < self.master_as_replica_weight
         # A host whose role is not known yet (first check, or re-check after a role change)

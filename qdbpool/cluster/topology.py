@@ -266,11 +266,14 @@ class Topology:
     def open_failed(self, host: HostState, why: str, *, role_changed: bool = False) -> None:
         """The end of an open that `choose` counted, failed for the host's state: `host` is
         suspect (see `suspect`), and takes no new connection before a back-off has passed,
-        whatever its checks answer meanwhile (see `_record`)."""
+        whatever its checks answer meanwhile (HostState.takes_new_connections). Callers
+        waiting meanwhile keep the rounds urgent, and are woken at each; nobody waiting,
+        the monitor keeps its pace."""
         with self._changed:
             host.opening -= 1
             host.open_failures += 1
             host.open_retry_at = time.monotonic() + self._backoff(host.open_failures)
+            host.open_error = why
         self.suspect(host, why, role_changed=role_changed)
 
     def forget(self, host: HostState, conn: object) -> None:
@@ -481,13 +484,9 @@ class Topology:
             host.replica_lag = found.replica_lag
             host.checks += 1
             host.failures, host.next_check = 0, 0.0  # it answers: checked as often as any
-            error = host.error
             if self._set_role(host, found.role, None):  # clears `suspect` too
                 logger.info("host %s is now %s", host.address, found.role.value)
                 host.open_failures, host.open_retry_at = 0, 0.0  # new role, new chances
-            elif host.open_retry_at > time.monotonic():
-                # It answers, but refused the last new connection: wait the back-off out.
-                host.suspect, host.error = True, error
             self._notify_locked()
         self._emit_pending()
 

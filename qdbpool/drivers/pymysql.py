@@ -189,11 +189,14 @@ class PyMySQLDriver(HostDriver):
         kwargs.setdefault("connect_timeout", _DEFAULT_CONNECT_TIMEOUT)
         password = kwargs.get("password")
         if isinstance(password, str) and not password.isascii():
-            # PyMySQL and aiomysql send a str password as its Latin-1 bytes: one with a
-            # character beyond Latin-1 ('€') failed inside them, and one within it ('é')
-            # did not match what servers hash, the UTF-8 bytes the mysql client and
-            # modern drivers send. So both get the str whose Latin-1 bytes are those.
-            kwargs["password"] = password.encode("utf-8").decode("latin-1")
+            try:
+                password.encode("latin-1")
+            except UnicodeEncodeError:
+                # PyMySQL and aiomysql send a str password as its Latin-1 bytes: one with a
+                # character beyond Latin-1 ('€') failed inside them. It goes as UTF-8, as
+                # the mysql client sends it (the str whose Latin-1 bytes those are). One
+                # within Latin-1 goes as they send it, as it always did.
+                kwargs["password"] = password.encode("utf-8").decode("latin-1")
         return kwargs
 
     def open(self, address: HostPort, *, read_only: bool) -> Any:

@@ -236,10 +236,17 @@ def _parse_port(text: str, host: str, *, show: bool = True) -> int:
             )
         raise ConfigurationError(f"port {quoted(text)} of host {quoted(host)} is not a number")
     digits = text.lstrip("0")
-    if len(digits) > 5:  # before int(): it refuses strings of over 4300 digits
-        shown = digits if show and len(digits) <= 20 else digits[:5] + "..."
+    # len() before int(): it refuses strings of over 4300 digits. HostPort checks the
+    # range too, but its message shows the number.
+    if len(digits) > 5 or not 1 <= int(digits or "0") <= 65535:
+        if not show:
+            raise ConfigurationError(
+                f"port of host {quoted(host)} is out of range 1..65535 "
+                "(if the DSN starts with user:password, add '@' and the host after it)"
+            )
+        shown = (digits or "0") if len(digits) <= 20 else digits[:5] + "..."
         raise ConfigurationError(f"port {shown} of host {quoted(host)} is out of range 1..65535")
-    return int(digits or "0")  # HostPort checks the range
+    return int(digits)
 
 
 def _split_url_host(entry: str, name: str, show: bool) -> tuple[str, str | None]:

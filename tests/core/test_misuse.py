@@ -420,3 +420,27 @@ def test_connect_takes_a_bool_for_read_only(recorder, make_pool, pool_cls, read_
 def test_instance_takes_a_name_as_close_does():
     with pytest.raises(qdbpool.ArgumentTypeError, match="name"):
         qdbpool.instance(1)  # type: ignore[arg-type]
+
+
+def test_a_configure_hook_may_use_its_pool_for_the_other_route(pool_cls):
+    # What is refused is a hook that opens a connection of the route being opened (which
+    # would recurse); a replica connection's hook may still check out a primary one.
+    class Routing(SQLite):
+        routes_reads = True
+
+    first: list[bool] = []
+    pool: qdbpool.Pool
+
+    def configure(conn: sqlite3.Connection) -> None:
+        if not first:
+            first.append(True)
+            with pool.connect() as other:  # the write route, from the read route's hook
+                other.execute("SELECT 1")
+
+    pool = pool_cls(Routing(":memory:"), configure=configure)
+    try:
+        with pool.connect(read_only=True) as conn:
+            conn.execute("SELECT 1")
+        assert pool.stats().created == 2
+    finally:
+        pool.close(timeout=0)

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 import qdbpool
+import qdbpool.factories
 
 pytestmark = pytest.mark.skipif(
     not hasattr(signal, "setitimer"), reason="needs signal.setitimer (POSIX)"
@@ -177,3 +178,75 @@ def test_an_interruption_in_the_release_reset_discards_the_connection(
     assert another_thread_can_check_out(pool)
     with pool.connect() as conn:
         assert conn.__wrapped__ is not first
+
+
+class Stopped(BaseException):
+    """What Ctrl-C raises, for this test alone (not an Exception: nothing swallows it)."""
+
+
+def test_a_waiter_interrupted_while_it_closes_the_connection_it_traded_for_leaks_nothing(
+    make_pool,
+):
+    # A BoundedPool of two over a factory that routes reads: a replica connection idles, a
+    # writer holds the other; a second writer waits, trades the idle replica connection
+    # in after 50 ms, and is interrupted while that one closes (a slow server). Both the
+    # capacity the trade reserved for it and the traded connection's were lost for good.
+    closing, finish_close = threading.Event(), threading.Event()
+
+    class SlowClose(qdbpool.factories.SQLite):
+        routes_reads = True
+
+        def close_connection(self, conn: Any) -> None:
+            if not finish_close.is_set():
+                closing.set()
+                finish_close.wait(JOIN)  # the interruption lands here
+            super().close_connection(conn)
+
+    pool = make_pool(SlowClose(":memory:"), pool_cls=qdbpool.BoundedPool, size=2, timeout=JOIN)
+    with pool.connect(read_only=True):
+        pass  # idle from here on
+    got, let_go = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with pool.connect():
+            got.set()
+            let_go.wait(JOIN)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert got.wait(JOIN)
+    target = threading.get_ident()
+
+    def interrupt_the_close() -> None:
+        if closing.wait(JOIN):
+            signal.pthread_kill(target, signal.SIGALRM)
+
+    def raise_stopped(signum: int, frame: FrameType | None) -> None:
+        finish_close.set()  # later closes go through
+        raise Stopped
+
+    previous = signal.signal(signal.SIGALRM, raise_stopped)
+    try:
+        interrupter = threading.Thread(target=interrupt_the_close, daemon=True)
+        interrupter.start()
+        with pytest.raises(Stopped), pool.connect():
+            pass
+        interrupter.join(JOIN)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    let_go.set()
+    holder.join(JOIN)
+    both = threading.Barrier(3, timeout=JOIN)
+
+    def use(read_only: bool) -> None:
+        with pool.connect(read_only=read_only):
+            both.wait()  # two connections at once: the pool's whole capacity
+
+    users = [threading.Thread(target=use, args=(ro,), daemon=True) for ro in (False, True)]
+    for user in users:
+        user.start()
+    both.wait()
+    for user in users:
+        user.join(JOIN)
+    stats = pool.stats()
+    assert (stats.in_use, stats.timeouts) == (0, 0)

@@ -353,8 +353,10 @@ def test_keyword_value_unknown_keys_are_params_in_order() -> None:
         ("postgresql://u@db1:,db2/", "port '' of host 'db1' is not a number"),
         ("postgresql://u@db1:-1/", "port '-1' of host 'db1' is not a number"),
         ("postgresql://db1:-1/", "port of host 'db1' is not a number (if the DSN starts"),
-        ("postgresql://db1:70000/", "port 70000 of host 'db1' is out of range 1..65535"),
-        ("postgresql://db1:0/", "port 0 of host 'db1' is out of range 1..65535"),
+        ("postgresql://u@db1:70000/", "port 70000 of host 'db1' is out of range 1..65535"),
+        ("postgresql://u@db1:0/", "port 0 of host 'db1' is out of range 1..65535"),
+        # Without '@', 'db1:70000' may be 'user:password': the number is not shown.
+        ("postgresql://db1:70000/", "port of host 'db1' is out of range 1..65535"),
         ("postgresql://db1:99999999999/", "out of range"),
         ("postgresql://db1,,db3/", "empty host in host list (entry 2 of 3)"),
         ("postgresql://db1,/", "empty host in host list (entry 2 of 2)"),

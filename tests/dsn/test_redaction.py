@@ -331,7 +331,9 @@ def test_a_url_without_its_scheme_is_not_read_as_key_value_options(
     assert "option name" in message
 
 
-@pytest.mark.parametrize("password", ["QXZJ", "1234567QXZJ", "12345678901"])
+@pytest.mark.parametrize(
+    "password", ["QXZJ", "1234567QXZJ", "12345678901", "99999", "70000", "000070000"]
+)
 def test_a_url_port_is_not_quoted_when_it_may_be_a_password(
     password: str, config_error: Callable[[str], str]
 ) -> None:
