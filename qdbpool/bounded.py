@@ -35,12 +35,14 @@ _CLOSED = "closed"  # the pool closed while it waited
 
 
 class _Waiter(LineWaiter[str]):
-    __slots__ = ("event", "granted")
+    __slots__ = ("event", "granted", "traded")
 
     def __init__(self, route: str) -> None:
         super().__init__(route)
         self.event = threading.Event()
         self.granted: PooledConnection | str | None = None
+        # The other route's idle connection it traded in (see _trade_for), until retired.
+        self.traded: PooledConnection | None = None
 
 
 class BoundedPool(Pool):
@@ -270,8 +272,8 @@ class BoundedPool(Pool):
             if not waiter.event.wait(max(patience - time.monotonic(), 0.0)):
                 traded = self._trade_for(waiter)
                 if traded is not None:
-                    waiter.granted = _CAPACITY  # reserved by the trade: ours to give back
                     self._retire(traded, "route_traded")
+                    waiter.traded = None
                     return _CAPACITY
                 waiter.event.wait(max(deadline - time.monotonic(), 0.0))
         except BaseException:
@@ -300,10 +302,13 @@ class BoundedPool(Pool):
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
             granted, waiter.granted = waiter.granted, _CLOSED
+            traded, waiter.traded = waiter.traded, None
             if granted == _CAPACITY:
                 self._reserved -= 1
                 self._opening[waiter.route] -= 1
                 self._grant_capacity_locked()
+        if traded is not None:
+            self._retire(traded, "route_traded")  # taken off the idle list for us
         if isinstance(granted, PooledConnection):
             self._give_back(granted)
 
@@ -319,7 +324,9 @@ class BoundedPool(Pool):
                 return None
             self._waiters.remove(waiter)
             self._reserve_locked(waiter.route)  # given back when the traded one is closed
-            return other_idle.popleft()
+            waiter.granted = _CAPACITY  # ours, until we open with it (see _leave_line)
+            traded = waiter.traded = other_idle.popleft()
+            return traded
 
     def _open_reserved(self, read_only: bool, deadline: float | None = None) -> PooledConnection:
         """Open a connection for capacity already reserved; give it back if that fails."""

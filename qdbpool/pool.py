@@ -435,7 +435,8 @@ class Pool:
         if deadline is None:
             deadline = started + self._timeout
         local = self._local
-        if read_only in local.opening:
+        replica = read_only and self._routes  # one route when the factory does not route
+        if replica in local.opening:
             # Each new connection would open another for its own configure hook, until
             # the server ran out of connections (or the pool of capacity).
             raise ConfigurationError(
@@ -444,7 +445,7 @@ class Pool:
                 "argument"
             )
         outer = local.opening
-        local.opening = outer | {read_only}
+        local.opening = outer | {replica}
         try:
             while True:
                 if self._closed:

@@ -85,20 +85,29 @@ _FIT, _UNFIT, _PING = 0, 1, 2
 _TIMEOUTS = (TimeoutError, asyncio.TimeoutError)
 
 
+_CHAIN_LIMIT = 64  # exceptions looked at, at most, in one use's chain (see _interrupted)
+
+
 def _interrupted(exc: BaseException) -> bool:
-    """Whether a use that raised `exc` was cut short in the middle of who knows what, so
-    that an operation may still be running on the connection: cancelled, or stopped by
-    KeyboardInterrupt and the like; timed out (asyncio.timeout cancels, then raises
-    TimeoutError); or raising while it handled its cancellation (a TaskGroup whose sibling
-    failed cancels the body, then raises an ExceptionGroup; a body may catch
-    CancelledError and raise another error). An error raised while handling some other
-    error (a timeout of other work, say) says nothing of the connection."""
-    if isinstance(exc, _TIMEOUTS) or not isinstance(exc, Exception):
-        return True
-    if isinstance(exc.__context__, asyncio.CancelledError):
-        return True
-    members: tuple[BaseException, ...] = getattr(exc, "exceptions", ())  # an exception group's
-    return any(_interrupted(member) for member in members)
+    """Whether a use that raised `exc` may have been cut short in the middle of who knows
+    what, so that an operation may still be running on the connection: cancelled, or
+    stopped by KeyboardInterrupt and the like; timed out (asyncio.timeout cancels, then
+    raises TimeoutError); or raising while it handled any of these, at any depth (a
+    TaskGroup whose sibling failed cancels the body, then raises an ExceptionGroup; a body
+    may turn a timeout into an error of its own). The chain cannot tell a timeout of the
+    connection's statement from one of other work: both count, the safe way."""
+    seen: set[int] = set()
+    pending = [exc]
+    while pending and len(seen) < _CHAIN_LIMIT:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, _TIMEOUTS) or not isinstance(current, Exception):
+            return True
+        pending.extend(getattr(current, "exceptions", ()))  # an exception group's
+        pending.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return False
 
 
 class _Conn:

@@ -188,6 +188,7 @@ class Topology:
         with self._changed:
             self._waiting += 1
             run = self._runs
+            self._wake.set()  # a round now; then every urgent_interval while we wait
             try:
                 while True:
                     if self._runs != run:
@@ -201,7 +202,6 @@ class Topology:
                         raise NoHostAvailableError(
                             f"no {what} available within {waited:g}s; hosts: {self._describe()}"
                         )
-                    self._wake.set()
                     self._changed.wait(remaining)
             finally:
                 self._waiting -= 1

@@ -391,7 +391,8 @@ def test_the_factory_gives_a_second_separate_connection_in_one_thread(make):
             second.close()
 
 
-def test_a_configure_hook_that_uses_its_own_pool_is_refused_at_once(recorder, pool_cls):
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_configure_hook_that_uses_its_own_pool_is_refused_at_once(recorder, pool_cls, read_only):
     # Each new connection opened another for its own hook: a RecursionError after 142
     # SQLite connections; on a server, every free session slot taken at once.
     pool: qdbpool.Pool
@@ -402,7 +403,11 @@ def test_a_configure_hook_that_uses_its_own_pool_is_refused_at_once(recorder, po
 
     pool = pool_cls(recorder, configure=configure)
     try:
-        with pytest.raises(qdbpool.ConfigurationError, match="configure"), pool.connect():
+        # read_only=True on a factory that does not route is the same, one route
+        with (
+            pytest.raises(qdbpool.ConfigurationError, match="configure"),
+            pool.connect(read_only=read_only),
+        ):
             pass
         assert len(recorder.created) == 1
         assert recorder.still_open() == []

@@ -11,10 +11,13 @@ what this test is about.
 from __future__ import annotations
 
 import contextlib
+import dis
 import random
 import signal
+import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -250,3 +253,83 @@ def test_a_waiter_interrupted_while_it_closes_the_connection_it_traded_for_leaks
         user.join(JOIN)
     stats = pool.stats()
     assert (stats.in_use, stats.timeouts) == (0, 0)
+
+
+def _raise_at_line(code: Any, line: int) -> Callable[..., Any]:
+    """A trace function raising Stopped once `code` reaches `line`: an exception from a
+    signal handler, landing there."""
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        if frame.f_code is not code:
+            return None
+
+        def local(frame: FrameType, event: str, arg: Any) -> Any:
+            if event == "line" and frame.f_lineno == line:
+                sys.settrace(None)
+                frame.f_trace = None
+                raise Stopped
+            return local
+
+        return local
+
+    return tracer
+
+
+class _Routing(qdbpool.factories.SQLite):
+    routes_reads = True
+
+
+def _interrupted_at(make_pool: Any, line: int) -> bool:
+    """A BoundedPool of two, a replica connection idle and a writer holding the other: a
+    second writer, waiting (and trading the replica one in after 50 ms), is interrupted at
+    `line` of `_wait_in_line`. Whether the pool can still serve two at once after."""
+    code = qdbpool.BoundedPool._wait_in_line.__code__
+    pool = make_pool(_Routing(":memory:"), pool_cls=qdbpool.BoundedPool, size=2, timeout=JOIN)
+    with pool.connect(read_only=True):
+        pass  # idle from here on: the one to trade
+    got, let_go = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with pool.connect():
+            got.set()
+            let_go.wait(JOIN)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert got.wait(JOIN)
+    sys.settrace(_raise_at_line(code, line))
+    try:
+        with contextlib.suppress(Stopped), pool.connect():
+            pass
+    finally:
+        sys.settrace(None)
+    let_go.set()
+    holder.join(JOIN)
+    both = threading.Barrier(3, timeout=JOIN)
+
+    def use(read_only: bool) -> None:
+        with pool.connect(read_only=read_only):
+            both.wait()
+
+    users = [threading.Thread(target=use, args=(ro,), daemon=True) for ro in (False, True)]
+    for user in users:
+        user.start()
+    try:
+        both.wait(timeout=5)
+        served = True
+    except threading.BrokenBarrierError:
+        served = False
+    for user in users:
+        user.join(JOIN)
+    pool.close(timeout=0)
+    return served
+
+
+def test_a_waiter_interrupted_at_any_line_of_its_wait_and_trade_leaks_nothing(make_pool):
+    # As above, with the interruption at each line of the wait instead: between the trade
+    # and the retirement of the traded connection it leaked the reservation, the traded
+    # connection, or both (found by a review of the fix above).
+    code = qdbpool.BoundedPool._wait_in_line.__code__
+    lines = sorted({line for _, line in dis.findlinestarts(code) if line is not None})
+    assert len(lines) > 10
+    assert [line for line in lines if not _interrupted_at(make_pool, line)] == []
