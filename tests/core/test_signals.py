@@ -183,6 +183,27 @@ def test_an_interruption_in_the_release_reset_discards_the_connection(
         assert conn.__wrapped__ is not first
 
 
+def replica_idle_and_a_writer_holding(
+    pool: qdbpool.BoundedPool,
+) -> tuple[threading.Thread, threading.Event]:
+    """In a BoundedPool of two over a factory that routes reads: a replica connection
+    idle (the one a waiting writer trades in) and a thread holding a primary one until
+    the event returned is set."""
+    with pool.connect(read_only=True):
+        pass
+    got, let_go = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with pool.connect():
+            got.set()
+            let_go.wait(JOIN)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert got.wait(JOIN)
+    return holder, let_go
+
+
 class Stopped(BaseException):
     """What Ctrl-C raises, for this test alone (not an Exception: nothing swallows it)."""
 
@@ -206,18 +227,7 @@ def test_a_waiter_interrupted_while_it_closes_the_connection_it_traded_for_leaks
             super().close_connection(conn)
 
     pool = make_pool(SlowClose(":memory:"), pool_cls=qdbpool.BoundedPool, size=2, timeout=JOIN)
-    with pool.connect(read_only=True):
-        pass  # idle from here on
-    got, let_go = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with pool.connect():
-            got.set()
-            let_go.wait(JOIN)
-
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    assert got.wait(JOIN)
+    holder, let_go = replica_idle_and_a_writer_holding(pool)
     target = threading.get_ident()
 
     def interrupt_the_close() -> None:
@@ -285,18 +295,7 @@ def _interrupted_at(make_pool: Any, line: int) -> bool:
     `line` of `_wait_in_line`. Whether the pool can still serve two at once after."""
     code = qdbpool.BoundedPool._wait_in_line.__code__
     pool = make_pool(_Routing(":memory:"), pool_cls=qdbpool.BoundedPool, size=2, timeout=JOIN)
-    with pool.connect(read_only=True):
-        pass  # idle from here on: the one to trade
-    got, let_go = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with pool.connect():
-            got.set()
-            let_go.wait(JOIN)
-
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    assert got.wait(JOIN)
+    holder, let_go = replica_idle_and_a_writer_holding(pool)
     sys.settrace(_raise_at_line(code, line))
     try:
         with contextlib.suppress(Stopped), pool.connect():
