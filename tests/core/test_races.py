@@ -345,6 +345,7 @@ class PauseAtInstruction(PauseAt):
     def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
         if event == "call" and frame.f_code is self.code and not self.paused.is_set():
             frame.f_trace_opcodes = True
+            frame.f_trace = self._opcode  # from 3.13 on, opcode events need it set here
             return self._opcode
         return None
 
@@ -659,6 +660,7 @@ class RunAtInstruction:
     def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
         if event == "call" and frame.f_code is self.code and not self.ran:
             frame.f_trace_opcodes = True
+            frame.f_trace = self._opcode  # from 3.13 on, opcode events need it set here
             return self._opcode
         return None
 
@@ -679,6 +681,7 @@ class RecordInstructions:
     def __call__(self, frame: FrameType, event: str, arg: Any) -> Any:
         if event == "call" and frame.f_code in self.ran:
             frame.f_trace_opcodes = True
+            frame.f_trace = self._opcode  # from 3.13 on, opcode events need it set here
             return self._opcode
         return None
 
