@@ -10,8 +10,8 @@ hot path is nothing: the work happens once, in os.register_at_fork's child hook.
 from __future__ import annotations
 
 import os
+import threading
 import weakref
-from collections.abc import Callable
 from typing import Any, Protocol
 
 
@@ -21,7 +21,6 @@ class _ForkAware(Protocol):
 
 _watched: weakref.WeakSet[Any] = weakref.WeakSet()
 _inherited: list[Any] = []  # parent's connections, kept alive (never closed) in the child
-_renewers: list[Callable[[], None]] = []
 
 
 def watch(obj: _ForkAware) -> None:
@@ -29,11 +28,26 @@ def watch(obj: _ForkAware) -> None:
     _watched.add(obj)
 
 
-def renew_in_child(renew: Callable[[], None]) -> None:
-    """Call `renew()` in every child process forked from now on: for a module's lock, which
-    another thread may have held at the fork (that thread does not exist in the child, so
-    the child would wait for it for good)."""
-    _renewers.append(renew)
+class Lock:
+    """A module's lock, made anew in every forked child: another thread may have held it
+    at the fork, and that thread does not exist there, so the child would wait for it for
+    good. Used with `with`, as a threading.Lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        _module_locks.append(self)  # for the process's life, as the module holding it
+
+    def __enter__(self) -> bool:
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+    def _renew(self) -> None:
+        self._lock = threading.Lock()
+
+
+_module_locks: list[Lock] = []  # renewed in a child before anything else runs there
 
 
 def keep_inherited(conn: Any) -> None:
@@ -42,8 +56,8 @@ def keep_inherited(conn: Any) -> None:
 
 
 def _after_fork_in_child() -> None:
-    for renew in _renewers:
-        renew()
+    for lock in _module_locks:
+        lock._renew()
     for obj in list(_watched):
         obj._after_fork_in_child()
 

@@ -8,7 +8,6 @@ application that talks to several databases: `initialize(..., name="ts")`,
 from __future__ import annotations
 
 import atexit
-import threading
 from typing import Any
 
 from qdbpool import _fork
@@ -21,7 +20,7 @@ from qdbpool.singleton import SingletonPool
 current: Pool | None = None
 # The named pools, by name. Read without the lock too (one dict lookup per call).
 named: dict[str, Pool] = {}
-_lock = threading.Lock()
+_lock = _fork.Lock()
 _atexit_registered = False
 
 
@@ -90,11 +89,3 @@ def _close_at_exit() -> None:
     for pool in [current, *named.values()]:
         if pool is not None:
             pool.close(timeout=0)
-
-
-def _new_lock() -> None:
-    global _lock
-    _lock = threading.Lock()
-
-
-_fork.renew_in_child(_new_lock)

@@ -247,12 +247,15 @@ class BoundedPool(Pool):
         for waiter in list(self._waiters):
             idle = self._idle[waiter.route]
             if idle:
-                self._waiters.remove(waiter)
-                pooled = idle.pop()
-                pooled.depth = 1  # in use by the waiter from here on (see close())
-                waiter.granted = pooled
-                waiter.event.set()
+                self._hand_over_locked(waiter, idle.pop())
         self._grant_capacity_locked()
+
+    def _hand_over_locked(self, waiter: _Waiter, pooled: PooledConnection) -> None:
+        """`pooled`, straight to `waiter`, who leaves the line with it."""
+        self._waiters.remove(waiter)
+        pooled.depth = 1  # in use by the waiter from here on (see close())
+        waiter.granted = pooled
+        waiter.event.set()
 
     def _wait(self, waiter: _Waiter, deadline: float) -> PooledConnection | str:
         started = time.monotonic()
@@ -421,10 +424,7 @@ class BoundedPool(Pool):
                         self._trades.trade(self._waiters, waiter)
                         trade = True
                     else:
-                        self._waiters.remove(waiter)
-                        pooled.depth = 1  # in use by the waiter from here on (see close())
-                        waiter.granted = pooled  # straight to the longest waiter
-                        waiter.event.set()
+                        self._hand_over_locked(waiter, pooled)  # to the longest waiter
                         return
                 if not trade:
                     pooled.depth = 0  # idle, under the lock that _acquire takes it with

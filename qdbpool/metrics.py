@@ -319,15 +319,7 @@ def _known(value: float | None) -> Observed:
 # One publisher per meter provider; None stands for the global one (set or not yet: a
 # meter made before `set_meter_provider` follows it once it is set).
 _publishers: dict[object, _Publisher] = {}
-_publishers_lock = threading.Lock()
-
-
-def _new_publishers_lock() -> None:
-    global _publishers_lock
-    _publishers_lock = threading.Lock()
-
-
-_fork.renew_in_child(_new_publishers_lock)
+_publishers_lock = _fork.Lock()
 
 
 def instrument(

@@ -54,15 +54,7 @@ Hook = Callable[[Connection], object]
 # thread, the callers waiting on it) must keep serving the new pool. The last to close
 # closes it.
 _factory_users: weakref.WeakKeyDictionary[ConnectionFactory, int] = weakref.WeakKeyDictionary()
-_factory_users_lock = threading.Lock()
-
-
-def _new_factory_users_lock() -> None:
-    global _factory_users_lock
-    _factory_users_lock = threading.Lock()
-
-
-_fork.renew_in_child(_new_factory_users_lock)
+_factory_users_lock = _fork.Lock()
 
 
 def _use_factory(factory: ConnectionFactory) -> None:
