@@ -26,7 +26,7 @@ _atexit_registered = False
 
 def initialize(*args: Any, name: str | None = None, **kwargs: Any) -> Pool:
     """Create the global pool (or the pool called `name`) and return it; the pool it
-    replaces is closed.
+    replaces is closed, unless it is still registered under another name.
 
     The arguments go to `SingletonPool(...)`. To use another strategy, pass a pool
     you made: `initialize(BoundedPool(get_conn, size=4))`.
@@ -45,9 +45,16 @@ def initialize(*args: Any, name: str | None = None, **kwargs: Any) -> Pool:
         if not _atexit_registered:
             atexit.register(_close_at_exit)
             _atexit_registered = True
-    if previous is not None and previous is not new:
-        previous.close()
+        # A pool may be registered under several names; it is closed only once no name
+        # refers to it any more.
+        orphaned = None if previous is None or _registered_locked(previous) else previous
+    if orphaned is not None:
+        orphaned.close()
     return new
+
+
+def _registered_locked(pool: Pool) -> bool:
+    return pool is current or any(other is pool for other in named.values())
 
 
 def instance(name: str | None = None) -> Pool:

@@ -133,6 +133,22 @@ def test_reinitializing_a_name_closes_the_pool_it_replaces_and_leaves_the_others
     assert pool.instance() is default
 
 
+def test_replacing_a_pool_under_one_name_leaves_it_open_where_it_is_still_registered(
+    tmp_path: Path,
+) -> None:
+    # One pool under two names (an alias while code moves from the default pool to a
+    # named one): replacing it under one of them must not close it under the other.
+    shared = pool.initialize(SQLite(str(tmp_path / "orders.db")))
+    pool.initialize(shared, name="ts")
+    pool.initialize(SQLite(str(tmp_path / "ts2.db")), name="ts")
+    assert orders()[0] == "orders.db"
+    assert series()[0] == "ts2.db"
+    # Replaced where it was last registered, it is closed as any replaced pool is.
+    pool.initialize(SQLite(str(tmp_path / "orders2.db")))
+    with pytest.raises(PoolClosedError):
+        shared.connect()
+
+
 def test_a_caller_passed_connection_is_told_by_the_named_pools_connection_type(
     tmp_path: Path,
 ) -> None:
