@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import statistics
@@ -9,6 +10,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+
+def argument_parser(doc: str | None, prog: str | None = None) -> argparse.ArgumentParser:
+    """The script's parser; its --help starts with the script's first paragraph, which
+    says what it measures."""
+    return argparse.ArgumentParser(
+        prog=prog,
+        description=(doc or "").split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def pin_to_one_cpu() -> str:

@@ -15,7 +15,6 @@ ratios (the method: docs/benchmarks.md). Run: python -m bench.acquire [--quick]
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import statistics
@@ -24,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import qdbpool
-from bench._harness import Variant, compare, pin_to_one_cpu, ratio
+from bench._harness import Variant, argument_parser, compare, pin_to_one_cpu, ratio
 
 SIZE = 4
 
@@ -158,7 +157,7 @@ def render(title: str, vs: list[Variant], base: Variant) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argument_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
     args = parser.parse_args()
     rounds, calls = (5, 4_000) if args.quick else (25, 20_000)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import qdbpool.aio as aio
-from bench._harness import pin_to_one_cpu
+from bench._harness import argument_parser, pin_to_one_cpu
 from qdbpool.aio.protocol import CLEAN, ConnectionFactory
 
 SIZE, BURST = 4, 8
@@ -162,7 +162,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = argument_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer rounds (smoke run)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the shuffled orders")
     args = parser.parse_args()

@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench._harness import median_ci, pin_to_one_cpu
+from bench._harness import argument_parser, median_ci, pin_to_one_cpu
 from qdbpool.testing.postgres import PostgresCluster
 
 QUERY = "SELECT 1"
@@ -195,7 +195,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = argument_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=11, help="rounds (default 11)")
     parser.add_argument("--seconds", type=float, default=1.0, help="seconds per slice")
     parser.add_argument("--quick", action="store_true", help="3 short rounds (a smoke run)")

@@ -13,14 +13,13 @@ Run: python -m bench.bounded_routing [--quick]
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import random
 import statistics
 from collections.abc import Callable
 
 import qdbpool
-from bench._harness import Gang, Variant, pin_to_one_cpu, verdict
+from bench._harness import Gang, Variant, argument_parser, pin_to_one_cpu, verdict
 from qdbpool.factories import Postgres
 from qdbpool.testing import PostgresCluster
 
@@ -44,7 +43,7 @@ def variant(name: str, pool: qdbpool.BoundedPool, read_share: int) -> Variant:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argument_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     args = parser.parse_args()
     rounds, calls = (4, 50) if args.quick else (15, 200)

@@ -24,7 +24,6 @@ Run: python -m bench.failover [--runs N] [--quick]
 from __future__ import annotations
 
 import abc
-import argparse
 import asyncio
 import contextlib
 import importlib
@@ -45,7 +44,7 @@ from typing import Any, cast
 import psycopg
 
 import qdbpool
-from bench._harness import pin_to_one_cpu
+from bench._harness import argument_parser, pin_to_one_cpu
 from qdbpool.factories.postgres import Postgres
 from qdbpool.testing.postgres import Node, PostgresCluster
 
@@ -719,7 +718,7 @@ def print_run(r: RunResult) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = argument_parser(__doc__)
     parser.add_argument("--runs", type=int, default=5, help="runs per client (default 5)")
     parser.add_argument("--quick", action="store_true", help="2 runs (a smoke run)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the shuffled orders")

@@ -19,7 +19,6 @@ thread count. Run: python -m bench.mysql_throughput [--quick]
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import random
@@ -33,7 +32,7 @@ from typing import Any
 import pymysql
 
 import qdbpool
-from bench._harness import Gang, Variant, pin_to_one_cpu, verdict
+from bench._harness import Gang, Variant, argument_parser, pin_to_one_cpu, verdict
 from qdbpool import _global
 from qdbpool.factories.mysql import MySQL
 from qdbpool.testing._process import ServerUnavailable
@@ -153,7 +152,7 @@ def render(title: str, variants: Sequence[Variant], base: Variant) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argument_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds (< 30 s)")
     args = parser.parse_args()
     # Calls per thread per slice. Full runs give every thread well over Python's 5 ms switch

@@ -37,7 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import qdbpool
-from bench._harness import Variant, compare, interval, pin_to_one_cpu, table, verdict
+from bench._harness import (
+    Variant,
+    argument_parser,
+    compare,
+    interval,
+    pin_to_one_cpu,
+    table,
+    verdict,
+)
 from qdbpool.factories import SQLite
 
 THREAD_COUNTS = (1, 4)
@@ -306,7 +314,7 @@ def instructions(quick: bool) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = argument_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="a short smoke run: judges nothing")
     parser.add_argument(
         "--instructions", action="store_true", help="count instructions (callgrind) for (a) to (d)"

@@ -23,7 +23,6 @@ Run: python -m bench.patroni_failover [--runs N] [--events failover,switchover]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
@@ -40,7 +39,7 @@ from typing import Any
 import psycopg
 
 import qdbpool
-from bench._harness import pin_to_one_cpu
+from bench._harness import argument_parser, pin_to_one_cpu
 from qdbpool.factories.postgres import Postgres
 from qdbpool.testing.patroni import PatroniCluster, PatroniMember
 
@@ -296,7 +295,7 @@ def median(values: list[float | None]) -> float | None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = argument_parser(__doc__)
     parser.add_argument("--runs", type=int, default=5, help="runs per event and client (5)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the shuffled orders")
     parser.add_argument("--no-pin", action="store_true", help="do not pin to one CPU")

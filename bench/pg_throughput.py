@@ -17,7 +17,6 @@ Run: python -m bench.pg_throughput [--quick] [--blocks N] [--rounds N]
 
 from __future__ import annotations
 
-import argparse
 import functools
 import gc
 import os
@@ -30,7 +29,15 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import qdbpool
-from bench._harness import Gang, Variant, median_ci, pin_to_one_cpu, pooled, verdict
+from bench._harness import (
+    Gang,
+    Variant,
+    argument_parser,
+    median_ci,
+    pin_to_one_cpu,
+    pooled,
+    verdict,
+)
 from qdbpool.factories.postgres import Postgres
 from qdbpool.testing.postgres import Node, PostgresCluster
 
@@ -261,7 +268,7 @@ def qps_table(title: str, variants: Sequence[Variant], ratios: Ratios) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = argument_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="a short smoke run (< 30 s)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the shuffled orders")
     parser.add_argument(

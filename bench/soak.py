@@ -43,6 +43,7 @@ import psycopg
 import pymysql
 
 import qdbpool
+from bench._harness import argument_parser
 from qdbpool.factories.mysql import MySQL
 from qdbpool.factories.postgres import Postgres
 from qdbpool.testing.availability import under_ci
@@ -1005,9 +1006,7 @@ def report(result: Result, elapsed: float) -> None:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.soak", description=__doc__.split("\n")[0]
-    )
+    parser = argument_parser(__doc__, prog="python -m bench.soak")
     parser.add_argument("--quick", action="store_true", help="short runs (about 1-2 minutes)")
     parser.add_argument(
         "--seconds", type=float, help="seconds of load per scenario and pool (default 40; 6 quick)"
