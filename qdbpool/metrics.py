@@ -11,7 +11,7 @@ observable instruments read when the SDK collects; histograms are recorded from 
 
 Names follow the OpenTelemetry semantic conventions for database client connection pools
 (`db.client.connection.*`, attribute `db.client.connection.pool.name`); what they do not
-cover is under `qdbpool.*`. See docs/guides/metrics.md for the full list.
+cover is under `qdbpool.*`. See docs/metrics.md (Metrics and events) for the full list.
 """
 
 from __future__ import annotations
