@@ -131,13 +131,18 @@ class Listeners:
             raise ArgumentTypeError(f"a listener must be callable, not {type(listener).__name__}")
         with self._lock:
             self._all = (*self._all, listener)
+        removed = False
 
         def unsubscribe() -> None:
+            nonlocal removed
             with self._lock:
-                mine = [i for i, x in enumerate(self._all) if x is listener]
-                if mine:
-                    i = mine[0]
-                    self._all = self._all[:i] + self._all[i + 1 :]
+                # Once only: the same callable may be subscribed again, and that
+                # subscription is not this one's to end.
+                if removed:
+                    return
+                removed = True
+                i = next(i for i, x in enumerate(self._all) if x is listener)
+                self._all = self._all[:i] + self._all[i + 1 :]
 
         return unsubscribe
 

@@ -287,6 +287,20 @@ def test_unsubscribe_stops_the_events_and_is_harmless_twice(make_pool, pool_cls)
     assert len(events) == 1
 
 
+def test_a_second_unsubscribe_leaves_another_subscription_of_the_same_listener(
+    make_pool, pool_cls
+):
+    pool = make_pool(SQLite(), pool_cls=pool_cls)
+    events = Recorded()
+    first = pool.subscribe(events)
+    pool.subscribe(events)  # subscribed again, say by another part of the program
+    first()
+    first()
+    with pool.connect():
+        pass
+    assert len(events.opened()) == 1  # the second subscription still delivers
+
+
 def test_subscribing_something_not_callable_names_what_was_given(make_pool):
     pool = make_pool(SQLite())
     with pytest.raises(ArgumentTypeError, match="listener must be callable, not int"):
