@@ -169,6 +169,7 @@ class BoundedPool(Pool):
                     held.depth += 1  # a nested call in this thread: share what it holds
                     held.checkouts += 1
                     return held
+        self._refuse_reentry(route == "ro")  # before it waits for what its opening holds
         deadline = time.monotonic() + self._timeout  # read once: it bounds the retries too
         while True:
             pooled, fresh = self._acquire(route, read_only, deadline)

@@ -428,32 +428,40 @@ class Pool:
             deadline = started + self._timeout
         local = self._local
         replica = read_only and self._routes  # one route when the factory does not route
-        if replica in local.opening:
-            # Each new connection would open another for its own configure hook, until
-            # the server ran out of connections (or the pool of capacity).
-            raise ConfigurationError(
-                "the configure hook (or the factory) used this pool while it opened a "
-                "connection of the same route; configure gets the new connection as its "
-                "argument"
-            )
+        self._refuse_reentry(replica)
         outer = local.opening
         local.opening = outer | {replica}
         try:
-            while True:
-                if self._closed:
-                    raise PoolClosedError("the pool is closed")
-                self._backoff.wait_turn(deadline)
-                raw = self._connect_raw(read_only)
-                problem = self._first_use_problem(raw)
-                if problem is None:
-                    break
-                self._backoff.failed(problem)
-                logger.debug(
-                    "new connection %#x failed its first check: %r", id(raw), type(problem)
-                )
-                self._close_raw(raw)
+            return self._open_marked(read_only, started, deadline)
         finally:
             local.opening = outer
+
+    def _refuse_reentry(self, replica: bool) -> None:
+        """Refuse a checkout that this thread makes while it opens a connection of the
+        same route: from the configure hook, a ConnectionOpened listener or the factory.
+        Each new connection would open another for its own hook, until the server ran out
+        of connections; or, in a full BoundedPool, wait its whole timeout for the
+        capacity its own opening holds."""
+        if replica in self._local.opening:
+            raise ConfigurationError(
+                "the configure hook, a ConnectionOpened listener or the factory used this "
+                "pool while it opened a connection of the same route; configure gets the "
+                "new connection as its argument"
+            )
+
+    def _open_marked(self, read_only: bool, started: float, deadline: float) -> PooledConnection:
+        # _open's work, while the thread is marked as opening a connection of this route.
+        while True:
+            if self._closed:
+                raise PoolClosedError("the pool is closed")
+            self._backoff.wait_turn(deadline)
+            raw = self._connect_raw(read_only)
+            problem = self._first_use_problem(raw)
+            if problem is None:
+                break
+            self._backoff.failed(problem)
+            logger.debug("new connection %#x failed its first check: %r", id(raw), type(problem))
+            self._close_raw(raw)
         self._backoff.succeeded()
         pooled = PooledConnection(
             self, raw, read_only, time.monotonic(), self._factory.generation_of(raw)

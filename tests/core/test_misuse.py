@@ -20,6 +20,7 @@ import pytest
 import qdbpool
 import qdbpool.session
 from qdbpool import BoundedPool, ConnectionReleasedError
+from qdbpool.events import ConnectionOpened
 from qdbpool.factories import SQLite
 
 JOIN = 30.0
@@ -401,7 +402,12 @@ def test_a_configure_hook_that_uses_its_own_pool_is_refused_at_once(recorder, po
         with pool.connect() as other:
             other.execute("SELECT 1")
 
-    pool = pool_cls(recorder, configure=configure)
+    # A full BoundedPool waited its whole timeout for the capacity its own opening held.
+    pool = (
+        BoundedPool(recorder, size=1, timeout=5, configure=configure)
+        if pool_cls is BoundedPool
+        else pool_cls(recorder, configure=configure)
+    )
     try:
         # read_only=True on a factory that does not route is the same, one route
         with (
@@ -411,6 +417,36 @@ def test_a_configure_hook_that_uses_its_own_pool_is_refused_at_once(recorder, po
             pass
         assert len(recorder.created) == 1
         assert recorder.still_open() == []
+    finally:
+        pool.close(timeout=0)
+
+
+def test_a_connection_opened_listener_that_uses_its_own_pool_opens_nothing_more(
+    recorder, pool_cls, caplog
+):
+    # An audit listener that records each new connection through the pool it listens to:
+    # the SingletonPool opened 142 connections for one checkout (each listener call opened
+    # the next), a BoundedPool(size=1) waited its whole timeout for its own opening.
+    pool: qdbpool.Pool
+    calls: list[ConnectionOpened] = []
+
+    def audit(event: object) -> None:
+        if isinstance(event, ConnectionOpened):
+            calls.append(event)
+            with pool.connect() as conn:
+                conn.execute("SELECT 1")
+
+    pool = (
+        BoundedPool(recorder, size=1, timeout=5) if pool_cls is BoundedPool else pool_cls(recorder)
+    )
+    pool.subscribe(audit)
+    try:
+        with pool.connect() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert len(recorder.created) == 1
+        assert len(calls) == 1
+        assert pool.stats().timeouts == 0
+        assert "ConnectionOpened listener" in caplog.text  # the listener's error, logged
     finally:
         pool.close(timeout=0)
 
