@@ -398,6 +398,10 @@ class Topology:
                 self._round(workers)
             except Exception:  # never let the monitor die: log and go on next tick
                 logger.exception("qdbpool monitor round failed")
+            # What the checks found goes to the listeners here, not from the checks: a
+            # listener's time would count as the host's, and a slow one would get a host
+            # that answers marked down.
+            self._emit_pending()
             with self._changed:
                 urgent = self._waiting > 0 or any(
                     h.role is Role.UNKNOWN or h.suspect for h in self.hosts
@@ -488,7 +492,6 @@ class Topology:
                 logger.info("host %s is now %s", host.address, found.role.value)
                 host.open_failures, host.open_retry_at = 0, 0.0  # new role, new chances
             self._notify_locked()
-        self._emit_pending()
 
     def _mark_down(
         self, host: HostState, why: str, *, sever: bool, refused_us: bool = False
@@ -510,4 +513,3 @@ class Topology:
                     self._severers.get(conn, self._driver.sever)(conn)
         if changed:
             logger.warning("host %s is down: %s", host.address, why)
-        self._emit_pending()

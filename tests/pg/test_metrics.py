@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import qdbpool
+from qdbpool.drivers.base import Role
 from qdbpool.events import Event, FailoverObserved, HostRoleChanged
 from qdbpool.metrics import instrument
 
@@ -132,3 +133,34 @@ def test_role_gauge_events_and_counters_through_a_failover(
 
 def where(port: int) -> dict[str, str]:
     return {"server.address": "127.0.0.1", "server.port": str(port)}
+
+
+def test_a_slow_listener_is_not_counted_against_the_hosts_checks(
+    cluster: Any, make_pool: Any, poll: Any
+) -> None:
+    # A listener slower than a check may take (an HTTP alert, say). It ran inside the check
+    # that found the change, so that check came back late: the host was marked down, its
+    # connections severed, and the next check's "up" emitted again: every host flapped
+    # between its role and down for as long as it ran.
+    events: list[Event] = []
+
+    def alert(event: Event) -> None:
+        events.append(event)
+        if isinstance(event, HostRoleChanged):
+            time.sleep(0.5)  # the alert's round trip; longer than refresh_timeout
+
+    pool = make_pool(cluster.multi_host_dsn(), refresh_delay=0.1, refresh_timeout=0.3)
+    factory = pool.factory
+    factory.subscribe(alert)
+    with pool.connect() as conn:
+        conn.execute("SELECT 1")
+    hosts = factory._topology.hosts  # the checks done so far, to wait for more of them
+    done = [h.checks for h in hosts]
+    poll(
+        lambda: all(h.checks >= n + 6 for h, n in zip(hosts, done, strict=True)),
+        timeout=30,
+        what="six more checks of every host",
+    )
+    changes = [(e.host.port, e.new) for e in events if isinstance(e, HostRoleChanged)]
+    assert len(changes) == len(hosts), changes  # each host found once, never down
+    assert all(role is not Role.DOWN for _, role in changes), changes
