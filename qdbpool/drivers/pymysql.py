@@ -21,6 +21,7 @@ from qdbpool.protocol import CLEAN, LOST, NEEDS_RESET
 
 try:
     import pymysql
+    from pymysql.charset import charset_by_name
     from pymysql.constants import CR, ER, SERVER_STATUS
 except ImportError as exc:  # pragma: no cover - depends on the installed extras
     raise ImportError("the MySQL factory needs PyMySQL: pip install 'qdbpool[mysql]'") from exc
@@ -102,6 +103,10 @@ def typed_params(params: dict[str, Any]) -> dict[str, Any]:
     for key, value in params.items():
         if key in _REFUSED:
             raise ConfigurationError(f"MySQL: {key} is the pool's to decide (it connects itself)")
+        # An unknown charset: PyMySQL failed at every connect with an AttributeError on
+        # None, which showed as every host down.
+        if key == "charset" and isinstance(value, str) and value and not charset_by_name(value):
+            raise ConfigurationError(f"MySQL: unknown charset {value!r}")
         if not isinstance(value, str):
             typed[key] = value
         elif key in _FLOAT_PARAMS:

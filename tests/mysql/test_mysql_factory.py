@@ -177,14 +177,29 @@ def test_bad_routing_option_is_refused(kwargs: dict[str, Any]) -> None:
         ("use_unicode=maybe", "use_unicode"),
         ("cursorclass=DictCursor", "cursorclass"),
         ("defer_connect=false", "defer_connect"),
+        ("charset=utf9", "charset 'utf9'"),
     ],
-    ids=["unknown", "not-a-number", "not-an-int", "not-a-bool", "not-text", "the-pools-own"],
+    ids=[
+        "unknown",
+        "not-a-number",
+        "not-an-int",
+        "not-a-bool",
+        "not-text",
+        "the-pools-own",
+        "unknown-charset",
+    ],
 )
 def test_a_bad_dsn_parameter_is_refused_at_construction_naming_it(query: str, named: str) -> None:
     # As for keywords: refused once, not at every connect until acquire_timeout.
     with pytest.raises(ConfigurationError, match=named) as err:
         MySQL(f"mysql://app:{SECRET}@127.0.0.1/appdb?{query}")
     assert SECRET not in _everything_said_about(err.value)
+
+
+def test_an_unknown_charset_keyword_is_refused_at_construction() -> None:
+    # PyMySQL failed at every connect with an AttributeError on None: every host down.
+    with pytest.raises(ConfigurationError, match="unknown charset 'utf9'"):
+        MySQL(host="127.0.0.1", user=APP_USER, password=SECRET, charset="utf9")
 
 
 def test_unknown_pymysql_keyword_is_refused_at_once_naming_it(
