@@ -165,10 +165,18 @@ class BoundedPool(Pool):
             # Decided under the lock: a wrapper of it that this thread leaked may be released
             # by the garbage collector in another thread right now (_release_dropped).
             with self._lock:
-                if held.depth > 0 and not held.closed and held.owner == threading.get_ident():
+                nested = held.depth > 0 and not held.closed and held.owner == threading.get_ident()
+                if nested:
                     held.depth += 1  # a nested call in this thread: share what it holds
+            if nested:
+                # Liveness again, as in a SingletonPool: the outer use may have broken it
+                # (the server ended the session, the code closed it).
+                if self._is_usable(held.raw):
                     held.checkouts += 1
                     return held
+                with self._lock:
+                    held.depth -= 1
+                self._retire(held, "broken")  # the outer use finds it closed at its release
         self._refuse_reentry(route == "ro")  # before it waits for what its opening holds
         deadline = time.monotonic() + self._timeout  # read once: it bounds the retries too
         while True:

@@ -64,7 +64,7 @@ class Instrumentation:
         self._pool: Callable[[], Pool | None] = weakref.ref(pool)
         self._name = name
         self.attributes = {POOL_NAME: name}
-        self._publisher = publisher
+        self.publisher = publisher
         self._closed = False
         self._lock = threading.Lock()
         self._closed_by_reason: dict[str, int] = {}
@@ -80,7 +80,9 @@ class Instrumentation:
         """Stop reporting this pool (its name may then be used again). Idempotent."""
         self._closed = True
         self._unsubscribe()
-        self._publisher.forget(self)
+        with _registry_lock:
+            if self in _members:
+                _members.remove(self)
 
     def live_pool(self) -> Pool | None:
         """The pool, while it is open and this is not closed."""
@@ -101,9 +103,9 @@ class Instrumentation:
 
     def _on_event(self, event: Event) -> None:
         if isinstance(event, ConnectionOpened):
-            self._publisher.create_time.record(event.seconds, self.attributes)
+            self.publisher.create_time.record(event.seconds, self.attributes)
         elif isinstance(event, CheckoutWaited):
-            self._publisher.wait_time.record(event.seconds, self.attributes)
+            self.publisher.wait_time.record(event.seconds, self.attributes)
         elif isinstance(event, ConnectionClosed):
             with self._lock:
                 count = self._closed_by_reason.get(event.reason, 0)
@@ -117,13 +119,16 @@ Observed = Iterable[tuple[float, dict[str, str]]]
 
 
 class _Publisher:
-    """Every instrument, made once per meter provider (OpenTelemetry keeps the first
-    instrument of a name on a meter and drops the callbacks of later ones): each callback
-    reports every pool instrumented there."""
+    """Every instrument, made once per meter provider asked for (None: the global one).
+
+    OpenTelemetry keeps the first instrument of a name on a meter and drops the callbacks
+    of later ones. Two publishers can still end up on one provider: one asked for it by
+    name before it became the global one, and the global one's. So each callback reports
+    every pool instrumented on the provider its publisher publishes to now, whichever
+    publisher's; the one whose callbacks the SDK kept reports them all."""
 
     def __init__(self, meter_provider: MeterProvider | None) -> None:
-        self._lock = threading.Lock()
-        self._members: dict[str, Instrumentation] = {}
+        self.meter_provider = meter_provider
         meter = otel.get_meter("qdbpool", version(), meter_provider=meter_provider)
         self._observe_pools(meter)
         self._observe_hosts(meter)
@@ -141,25 +146,15 @@ class _Publisher:
             explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
         )
 
-    def add(self, pool: Pool, name: str) -> Instrumentation:
-        with self._lock:
-            taken = self._members.get(name)
-            if taken is not None and taken.live_pool() is not None:
-                raise ConfigurationError(
-                    f"a pool named {name!r} is instrumented already: give each pool its own "
-                    f"name (instrument(pool, name=...))"
-                )
-            member = self._members[name] = Instrumentation(pool, name, self)
-            return member
-
-    def forget(self, member: Instrumentation) -> None:
-        with self._lock:
-            if self._members.get(member.name) is member:
-                del self._members[member.name]
+    def target(self) -> object:
+        """The provider it publishes to now."""
+        return otel.get_meter_provider() if self.meter_provider is None else self.meter_provider
 
     def _live(self) -> list[tuple[Instrumentation, Pool]]:
-        with self._lock:
-            members = list(self._members.values())
+        target = self.target()
+        with _registry_lock:
+            _prune_locked()
+            members = [m for m in _members if m.publisher.target() is target]
         return [(m, pool) for m in members if (pool := m.live_pool()) is not None]
 
     # -- observable instruments (read when the SDK collects) ----------------------------
@@ -320,6 +315,17 @@ def _known(value: float | None) -> Observed:
 # meter made before `set_meter_provider` follows it once it is set).
 _publishers: dict[object, _Publisher] = {}
 _publishers_lock = _fork.Lock()
+# Every pool instrumented and still open, whichever its publisher. Its lock is never held
+# while calling into OpenTelemetry: the SDK calls the callbacks that take it while it holds
+# locks of its own, which making instruments takes too.
+_members: list[Instrumentation] = []
+_registry_lock = _fork.Lock()
+
+
+def _prune_locked() -> None:
+    """Forget the pools closed or gone: a program that makes a pool per job and never
+    closes its Instrumentation must not keep one entry per pool it ever made."""
+    _members[:] = [m for m in _members if m.live_pool() is not None]
 
 
 def instrument(
@@ -342,7 +348,12 @@ def instrument(
             meter provider (a ValueError).
     """
     if not isinstance(pool, Pool):
-        raise ArgumentTypeError(f"instrument() needs a qdbpool pool, not {type(pool).__name__}")
+        kind = type(pool)
+        raise ArgumentTypeError(
+            "instrument() needs a threaded qdbpool pool (qdbpool.SingletonPool or "
+            f"qdbpool.BoundedPool; qdbpool.aio has no metrics yet), not "
+            f"{kind.__module__}.{kind.__qualname__}"
+        )
     if not isinstance(name, str) or not name:
         raise ArgumentTypeError(f"name must be a non-empty string, not {name!r}")
     if meter_provider is otel.get_meter_provider():
@@ -351,4 +362,14 @@ def instrument(
         publisher = _publishers.get(meter_provider)
         if publisher is None:
             publisher = _publishers[meter_provider] = _Publisher(meter_provider)
-    return publisher.add(pool, name)
+    with _registry_lock:
+        _prune_locked()
+        target = publisher.target()
+        if any(m.name == name and m.publisher.target() is target for m in _members):
+            raise ConfigurationError(
+                f"a pool named {name!r} is instrumented already: give each pool its own "
+                f"name (instrument(pool, name=...))"
+            )
+        member = Instrumentation(pool, name, publisher)
+        _members.append(member)
+    return member

@@ -5,14 +5,18 @@ tests/pg/test_metrics.py."""
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import threading
+import weakref
 from typing import Any, ClassVar
 
 import pytest
 
 import qdbpool
+import qdbpool.aio
+import qdbpool.aio.factories
 from qdbpool import ArgumentTypeError, BoundedPool, ConfigurationError, PoolTimeoutError
 from qdbpool.factories import SQLite
 from qdbpool.metrics import instrument
@@ -120,6 +124,24 @@ def test_a_closed_instrumentation_or_pool_reports_nothing(make_pool, metrics):
     assert metrics.names() == {"db.client.connection.create_time"}
 
 
+def test_a_closed_pool_is_forgotten_even_if_its_instrumentation_is_never_closed(metrics):
+    # A pool per job, each instrumented under its own name and closed, the Instrumentation
+    # dropped unclosed: one registry entry per pool ever made, for the process's lifetime.
+    gone = []
+    for job in range(3):
+        pool = qdbpool.SingletonPool(SQLite())
+        gone.append(
+            weakref.ref(instrument(pool, name=f"job{job}", meter_provider=metrics.provider))
+        )
+        with pool.connect():
+            pass
+        pool.close()
+        del pool
+    metrics.read()  # a collection, as the SDK's reader makes one every so often
+    gc.collect()
+    assert [ref() for ref in gone] == [None, None, None]
+
+
 def test_every_pool_of_a_meter_provider_is_reported(make_pool, metrics):
     """OpenTelemetry keeps the first instrument of a name on a meter: the second pool's
     own instruments would be dropped, so both must be reported by one set."""
@@ -151,21 +173,34 @@ def test_a_name_is_one_pool_at_a_time(make_pool, metrics):
 
 def test_pools_instrumented_before_and_after_the_global_provider_is_set_are_reported():
     # In a process of its own: the global meter provider can be set once per process.
+    # "named" is given the provider before it becomes the global one: its instruments and
+    # those made for the global provider end up on one meter, where the SDK keeps the
+    # callbacks of one set only (the pools of the other set went unreported).
     code = """
 import qdbpool
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from qdbpool.errors import ConfigurationError
 from qdbpool.factories import SQLite
 from qdbpool.metrics import instrument
 
 early = qdbpool.SingletonPool(SQLite(":memory:"))
 instrument(early, name="early")                      # the API's proxy provider
 reader = InMemoryMetricReader()
-metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+provider = MeterProvider(metric_readers=[reader])
+named = qdbpool.SingletonPool(SQLite(":memory:"))
+instrument(named, name="named", meter_provider=provider)
+metrics.set_meter_provider(provider)
 late = qdbpool.SingletonPool(SQLite(":memory:"))
 instrument(late, name="late")
-with early.connect(), late.connect():
+try:
+    instrument(qdbpool.SingletonPool(SQLite(":memory:")), name="named")
+except ConfigurationError:
+    pass  # the same name on the same provider, if asked for by another name
+else:
+    print("a second 'named' was accepted")
+with early.connect(), named.connect(), late.connect():
     pass
 names = set()
 for resource in reader.get_metrics_data().resource_metrics:
@@ -177,12 +212,17 @@ for resource in reader.get_metrics_data().resource_metrics:
 print(sorted(names))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "['early', 'late']", out.stderr
+    assert out.stdout.strip() == "['early', 'late', 'named']", out.stderr
 
 
 def test_instrument_names_what_was_wrong(make_pool):
-    with pytest.raises(ArgumentTypeError, match="needs a qdbpool pool, not object"):
+    with pytest.raises(
+        ArgumentTypeError, match=r"needs a threaded qdbpool pool .*, not builtins\.object"
+    ):
         instrument(object())  # type: ignore[arg-type]
+    # qdbpool.aio's pool shares the class name of the threaded one: the message names both.
+    with pytest.raises(ArgumentTypeError, match=r"not qdbpool\.aio\.pool\.BoundedPool"):
+        instrument(qdbpool.aio.BoundedPool(qdbpool.aio.factories.SQLite()))  # type: ignore[arg-type]
     with pytest.raises(ArgumentTypeError, match="name must be a non-empty string"):
         instrument(make_pool(SQLite()), name="")
 

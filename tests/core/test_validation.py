@@ -68,6 +68,26 @@ def test_an_sqlite_factory_connection_closed_by_the_user_is_replaced(make_global
     assert pool.stats().discarded == 1
 
 
+def test_a_nested_checkout_of_a_connection_broken_by_the_outer_use_gets_a_working_one(
+    make_pool, pool_cls, recorder
+):
+    # A helper that checks out again after the server ended the session under its caller:
+    # a BoundedPool handed it the broken connection (sqlite3: "Cannot operate on a closed
+    # database"), skipping the liveness look a nested checkout gets.
+    pool = make_pool(
+        recorder, pool_cls=pool_cls, **({"size": 1} if pool_cls is qdbpool.BoundedPool else {})
+    )
+    with pool.connect() as outer:
+        outer.__wrapped__.close()
+        with pool.connect() as inner:
+            assert inner.__wrapped__ is recorder.created[1]
+            assert inner.execute("SELECT 1").fetchone() == (1,)
+    with pool.connect() as later:  # the outer release let the broken one go for good
+        assert later.__wrapped__ is recorder.created[1]
+    stats = pool.stats()
+    assert (stats.open, stats.in_use, stats.discarded) == (1, 0, 1)
+
+
 # ----------------------------------------------------------------- errors inside a checkout
 
 
