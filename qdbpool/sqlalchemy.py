@@ -89,7 +89,8 @@ def create_engine(
             `ConnectionFactory`. Several engines may share one (a primary engine and a
             replica engine share its cluster monitor). Closing the factory is yours, after
             `engine.dispose()`.
-        read_only: Connect to replicas (routing factories), as `connect(read_only=True)`.
+        read_only: Connect to replicas (routing factories), as `connect(read_only=True)`;
+            a bool.
         url: The SQLAlchemy URL naming the dialect, when it cannot be told from the
             factory (e.g. `"postgresql+psycopg://"`); hosts and credentials in it are
             ignored.
@@ -98,7 +99,7 @@ def create_engine(
 
     Raises:
         ArgumentTypeError: `factory` is not a `ConnectionFactory`, its dialect is unknown
-            and no `url` was given, or `creator` was passed.
+            and no `url` was given, `read_only` is not a bool, or `creator` was passed.
     """
     if not isinstance(factory, ConnectionFactory):
         raise ArgumentTypeError(
@@ -107,6 +108,8 @@ def create_engine(
         )
     if "creator" in engine_kwargs:
         raise ArgumentTypeError("create_engine() makes the creator itself: do not pass one")
+    if read_only is not False and read_only is not True:
+        raise ArgumentTypeError(f"create_engine(read_only=...) takes a bool, not {read_only!r}")
 
     def creator() -> Any:
         return factory.connect(read_only=read_only)
@@ -128,7 +131,10 @@ def create_engine(
     @event.listens_for(engine, "handle_error")
     def tell_the_factory(context: ExceptionContext) -> None:
         connection = context.connection
-        if connection is None or context.is_pre_ping:
+        # An invalidated or closed Connection has no DBAPI connection: asking for it would
+        # reconnect (or raise) inside the error handler, replacing the error and keeping
+        # the application's own handle_error listeners from it.
+        if connection is None or context.is_pre_ping or connection.invalidated or connection.closed:
             return
         dbapi_connection = connection.connection.dbapi_connection
         if dbapi_connection is None:

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import String, select, text
+from sqlalchemy import String, event, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from qdbpool import ArgumentTypeError
@@ -81,9 +82,40 @@ def test_a_connection_its_factory_made_unfit_is_replaced_at_checkout(tmp_path: P
     assert factory.closed == 2
 
 
+def test_an_error_reconnecting_an_invalidated_connection_is_the_applications_to_see(
+    tmp_path: Path,
+) -> None:
+    # A Connection invalidated by a lost server, used again while no server takes new
+    # connections: qdbpool's handle_error hook read the Connection's DBAPI connection,
+    # which reconnected (a second wait of acquire_timeout), raised in the hook, and so
+    # replaced the error and kept the application's own handle_error listeners from it.
+    factory = Counting(str(tmp_path / "app.db"))
+    engine = create_engine(factory)
+    seen: list[BaseException] = []
+    event.listen(engine, "handle_error", lambda context: seen.append(context.original_exception))
+    refused = sqlite3.OperationalError("no server takes connections")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+            conn.invalidate()
+            conn.rollback()  # as the application does before it tries again
+            opened = factory.opened
+            factory.connect = lambda *, read_only=False: (_ for _ in ()).throw(refused)  # type: ignore[method-assign]
+            with pytest.raises(DBAPIError) as raised:
+                conn.execute(text("select 1"))
+        assert raised.value.orig is refused
+        assert seen == [refused]  # the application's listener saw the driver's error
+        assert factory.opened == opened  # the hook opened nothing of its own
+    finally:
+        engine.dispose()
+
+
 def test_create_engine_names_what_was_wrong(tmp_path: Path) -> None:
     with pytest.raises(ArgumentTypeError, match=r"needs a qdbpool factory .* not function"):
         create_engine(lambda: sqlite3.connect(":memory:"))  # type: ignore[arg-type]
+    for flag in ("false", 0, None):
+        with pytest.raises(ArgumentTypeError, match=r"read_only=\.\.\.\) takes a bool"):
+            create_engine(SQLite(), read_only=flag)  # type: ignore[arg-type]
     with pytest.raises(ArgumentTypeError, match="makes the creator itself"):
         create_engine(SQLite(), creator=lambda: None)
 
