@@ -23,10 +23,13 @@ is held back (the SQL checks alone decide, as without this option).
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import logging
+import socket
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -41,7 +44,7 @@ from qdbpool.validation import seconds
 logger = logging.getLogger("qdbpool")
 
 ETCD_PORT = 2379
-REQUEST_TIMEOUT = 1.0  # seconds one read of etcd may take before the next endpoint is tried
+REQUEST_TIMEOUT = 1.0  # seconds one read of etcd may take, in all, before the next is tried
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,10 @@ class PatroniSource:
                 "patroni must be a URL such as 'http://etcd1:2379,etcd2:2379/service/batman' "
                 f"(etcd's endpoints, then Patroni's namespace and scope), not {type(url).__name__}"
             )
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # e.g. an unclosed [ of an IPv6 address; never quoted: a secret?
+            raise ConfigurationError("patroni: the etcd URL cannot be parsed") from None
         if parts.scheme not in ("http", "https"):
             raise ConfigurationError(
                 "patroni must be an http:// or https:// URL of etcd (v3 API), "
@@ -178,6 +184,7 @@ class PatroniWatcher:
     def _reset(self) -> None:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._reader: _EtcdReader | None = None
 
     def __repr__(self) -> str:
         return f"<PatroniWatcher {self.source}>"
@@ -200,7 +207,10 @@ class PatroniWatcher:
     def stop(self) -> None:
         with self._lock:
             thread, self._thread = self._thread, None
+            reader, self._reader = self._reader, None
             self._stop.set()
+        if reader is not None:
+            reader.sever()  # a read in progress ends now, not at its deadline
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=REQUEST_TIMEOUT * len(self.source.endpoints) + 1.0)
 
@@ -212,39 +222,46 @@ class PatroniWatcher:
 
     def _run(self, stop: threading.Event) -> None:
         reader = _EtcdReader(self.source)
+        with self._lock:
+            if stop.is_set():
+                return
+            self._reader = reader
         last: View | None = None
         reachable = True
         warned_unmatched = False
         try:
             while not stop.is_set():
-                kvs = reader.read()
-                if stop.is_set():
-                    return
-                if kvs is None:
-                    if reachable:  # nothing to go by: the SQL checks alone decide
-                        logger.warning("patroni: etcd at %s does not answer", self.source)
+                try:
+                    kvs = reader.read()
+                    if stop.is_set():
+                        return
+                    if kvs is None:
+                        if reachable:  # nothing to go by: the SQL checks alone decide
+                            logger.warning("patroni: etcd at %s does not answer", self.source)
+                            self._topology.hint("Patroni's state unknown", ())
+                            reachable, last = False, None
+                    else:
+                        reachable = True
+                        view = read_view(kvs, datetime.now(timezone.utc))
+                        if view != last:
+                            held = self._ours({view.addresses[n] for n in view.held_back()})
+                            if (
+                                not warned_unmatched
+                                and view.addresses
+                                and not self._ours(set(view.addresses.values()))
+                            ):
+                                warned_unmatched = True
+                                logger.warning(
+                                    "patroni: no member's PostgreSQL address is a host of the DSN"
+                                )
+                            self._topology.hint(view.why(), held)
+                            last = view
+                except Exception:  # a bug of ours: logged, and the watcher goes on
+                    logger.exception("patroni watcher round failed")
+                    if last is not None or reachable:
                         self._topology.hint("Patroni's state unknown", ())
-                        reachable, last = False, None
-                else:
-                    reachable = True
-                    view = read_view(kvs, datetime.now(timezone.utc))
-                    if view != last:
-                        held = self._ours({view.addresses[n] for n in view.held_back()})
-                        if (
-                            not warned_unmatched
-                            and view.addresses
-                            and not self._ours(set(view.addresses.values()))
-                        ):
-                            warned_unmatched = True
-                            logger.warning(
-                                "patroni: no member's PostgreSQL address is a host of the DSN"
-                            )
-                        self._topology.hint(view.why(), held)
-                        last = view
+                    reachable, last = False, None
                 stop.wait(self.source.interval)
-        except Exception:  # never die silently; the SQL checks still run
-            logger.exception("patroni watcher failed")
-            self._topology.hint("Patroni's state unknown", ())
         finally:
             reader.close()
 
@@ -265,6 +282,7 @@ class _EtcdReader:
         self._source = source
         self._next = 0
         self._conn: http.client.HTTPConnection | None = None
+        self._sock: socket.socket | None = None  # the connection's, while a read is out
         prefix = source.prefix.encode()
         end = prefix[:-1] + bytes([prefix[-1] + 1])
         self._body = json.dumps({"key": _b64(prefix), "range_end": _b64(end)}).encode()
@@ -275,35 +293,71 @@ class _EtcdReader:
         for _ in self._source.endpoints:
             try:
                 return self._read_one()
-            except (OSError, http.client.HTTPException, ValueError, KeyError) as exc:
+            except (OSError, http.client.HTTPException, ValueError) as exc:
                 logger.debug("patroni: etcd read failed: %s", type(exc).__name__)
                 self.close()
                 self._next = (self._next + 1) % len(self._source.endpoints)
         return None
 
     def _read_one(self) -> dict[str, str]:
+        deadline = time.monotonic() + REQUEST_TIMEOUT
         if self._conn is None:
             where = self._source.endpoints[self._next]
             kind = http.client.HTTPSConnection if self._source.tls else http.client.HTTPConnection
             self._conn = kind(where.host, where.port, timeout=REQUEST_TIMEOUT)
-        self._conn.request("POST", "/v3/kv/range", self._body, {"Content-Type": "application/json"})
-        response = self._conn.getresponse()
-        payload = response.read()
+        conn = self._conn
+        conn.request("POST", "/v3/kv/range", self._body, {"Content-Type": "application/json"})
+        # Kept: the connection lets go of it when the answer says it closes.
+        sock = self._sock = conn.sock
+        if sock is None:
+            raise ConnectionError("etcd closed the connection")
+        response = conn.getresponse()
+        # The socket's timeout bounds each receive only: an etcd (or a proxy) that sends
+        # its answer a byte at a time kept an old announcement in force for good.
+        chunks = []
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"no whole answer within {REQUEST_TIMEOUT:g}s")
+            sock.settimeout(remaining)
+            chunk = response.read1(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        response.close()  # read to its end: the connection may send the next request
         if response.status != 200:
             raise ValueError(f"HTTP {response.status}")
-        data: Any = json.loads(payload)
-        cut = len(self._source.prefix)
-        return {
-            base64.b64decode(kv["key"]).decode()[cut:]: base64.b64decode(
-                kv.get("value", "")
-            ).decode()
-            for kv in data.get("kvs", [])
-        }
+        return _range_answer(b"".join(chunks), len(self._source.prefix))
+
+    def sever(self) -> None:
+        """From another thread: end a read in progress (its socket is shut down)."""
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):  # closed meanwhile
+                sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
+        self._sock = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _range_answer(payload: bytes, cut: int) -> dict[str, str]:
+    """The keys (without the prefix's `cut` characters) and values of an etcd v3 range
+    answer; ValueError for anything else, which counts as no answer."""
+    data: Any = json.loads(payload)
+    kvs = data.get("kvs", []) if isinstance(data, dict) else None
+    if not isinstance(kvs, list):
+        raise ValueError("not an etcd range answer")
+    found: dict[str, str] = {}
+    for kv in kvs:
+        key = kv.get("key") if isinstance(kv, dict) else None
+        value = kv.get("value", "") if isinstance(kv, dict) else None
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ValueError("not an etcd range answer")
+        found[base64.b64decode(key).decode()[cut:]] = base64.b64decode(value).decode()
+    return found
 
 
 def _b64(data: bytes) -> str:

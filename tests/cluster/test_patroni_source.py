@@ -3,7 +3,11 @@ as, and what a hint does to routing (qdbpool.cluster.patroni, Topology.hint)."""
 
 from __future__ import annotations
 
+import base64
+import http.server
 import json
+import threading
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -11,7 +15,7 @@ import pytest
 
 from qdbpool.cluster.hosts import HostState
 from qdbpool.cluster.options import RoutingOptions
-from qdbpool.cluster.patroni import PatroniSource, read_view
+from qdbpool.cluster.patroni import PatroniSource, PatroniWatcher, read_view
 from qdbpool.cluster.router import Router
 from qdbpool.cluster.topology import Topology
 from qdbpool.drivers.base import Role
@@ -69,6 +73,7 @@ def test_the_option_takes_etcd_endpoints_and_patronis_key_prefix() -> None:
         ("http://etcd1:port/service/x", "bad etcd endpoint"),
         ("http://etcd1,/service/x", "bad etcd endpoint"),
         ("http://etcd1/service/x?timeout=1", "no query"),
+        ("http://[::1/service/x", "cannot be parsed"),
     ],
 )
 def test_a_bad_patroni_option_is_a_configuration_error(value: object, message: str) -> None:
@@ -193,3 +198,117 @@ def test_a_hint_makes_every_known_host_suspect_until_checked_again() -> None:
     topology.hint("Patroni: leader m0", ())
     assert [h.suspect for h in topology.hosts] == [True, True, False]
     assert all(h.role is not Role.UNKNOWN for h in topology.hosts)  # connections stay fit
+
+
+# -- the watcher against an etcd that misbehaves (a fake one, on loopback) -----------------------
+
+
+class FakeEtcd:
+    """An etcd v3 JSON gateway that answers each range read as `answer` says: "keys" (the
+    keys of `kvs`, under /service/batman/), "garbage" (valid JSON of another shape), or
+    "drip" (the headers, then the body one byte every 0.2 s)."""
+
+    def __init__(self) -> None:
+        self.answer = "keys"
+        self.kvs: dict[str, str] = {}
+        self.reads = 0
+        self.stopping = threading.Event()
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                fake.reads += 1
+                body = fake.body()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if fake.answer != "drip":
+                    self.wfile.write(body)
+                    return
+                for byte in body[:100]:  # 20 s at most, or until the test ends
+                    if fake.stopping.wait(0.2):
+                        return
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def body(self) -> bytes:
+        if self.answer == "garbage":
+            return b'{"kvs": [5]}'
+        kvs = [
+            {
+                "key": base64.b64encode(f"/service/batman/{k}".encode()).decode(),
+                "value": base64.b64encode(v.encode()).decode(),
+            }
+            for k, v in self.kvs.items()
+        ]
+        return json.dumps({"kvs": kvs, "padding": " " * 200}).encode()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/service/batman"
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def etcd() -> Iterator[FakeEtcd]:
+    fake = FakeEtcd()
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
+def watched(etcd: FakeEtcd) -> tuple[Topology, PatroniWatcher]:
+    """A topology of the three members in keys(), m0 its primary, and a watcher of `etcd`."""
+    topology = topology_with_roles(Role.PRIMARY, Role.REPLICA, Role.REPLICA)
+    return topology, PatroniWatcher(PatroniSource.parse(etcd.url, 0.02), topology)
+
+
+def test_the_watcher_outlives_an_answer_of_the_wrong_shape(etcd: FakeEtcd, poll: Any) -> None:
+    # One such answer (valid JSON, not a range) ended the watcher's thread for good: the
+    # switchover announced next was never heard of.
+    topology, watcher = watched(etcd)
+    primary = topology.hosts[0]
+    etcd.answer = "garbage"
+    watcher.start()
+    try:
+        poll(lambda: etcd.reads >= 3, what="three reads of the wrong shape")
+        etcd.kvs, etcd.answer = keys(failover={"leader": "m0", "candidate": "m1"}), "keys"
+        poll(lambda: primary.held_back, what="the announced switchover heard")
+    finally:
+        watcher.stop()
+
+
+def test_an_etcd_answering_a_byte_at_a_time_counts_as_silent(etcd: FakeEtcd, poll: Any) -> None:
+    # Each byte came within the socket's timeout, so the read never ended: the switchover
+    # announced before held the leader back for as long as etcd dripped, and close() left
+    # the thread reading.
+    topology, watcher = watched(etcd)
+    primary = topology.hosts[0]
+    etcd.kvs = keys(failover={"leader": "m0", "candidate": "m1"})
+    watcher.start()
+    thread = watcher._thread
+    assert thread is not None
+    try:
+        poll(lambda: primary.held_back, what="the announced switchover heard")
+        etcd.answer = "drip"
+        poll(lambda: not primary.held_back, timeout=5, what="etcd taken as silent")
+    finally:
+        watcher.stop()
+    assert not thread.is_alive()
