@@ -35,7 +35,7 @@ def _postgres_driver(parsed: ParsedDSN, timeout: float) -> HostDriver:
         raise DriverUnavailable(str(exc)) from None
     # The probe connects to one host at a time and must reach replicas too.
     params = {k: v for k, v in parsed.params.items() if k not in HOST_SELECTION_PARAMS}
-    psycopg_driver.check_connect_kwargs(params)
+    psycopg_driver.check_connect_kwargs(params, from_dsn=True)
     # The round's deadline bounds the check anyway; this bounds the thread behind it, which
     # cannot be cut off while it connects (there is no socket to shut down yet).
     connect_timeout = max(_LIBPQ_MIN_CONNECT_TIMEOUT, math.ceil(timeout))

@@ -5,9 +5,11 @@ client library, so that each driver needs only its own.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from qdbpool.dsn import HostPort, ParsedDSN
+from qdbpool.errors import ConfigurationError
 
 # One round trip answers everything a check needs. A replica's lag is 0 while it streams
 # from its upstream (a WAL receiver runs) and has replayed all it received; else the age of
@@ -92,3 +94,27 @@ def refused_us(message: str) -> bool:
     """Whether libpq's message for a failed connection says the server refused what we
     asked (a wrong password, an unknown database): libpq gives no SQLSTATE then."""
     return "FATAL:" in message and any(sign in message for sign in _REFUSED_US)
+
+
+# What each of a driver library's own connect keywords (not libpq options) must be: a test,
+# and what to say when it fails.
+Kinds = Mapping[str, tuple[Callable[[Any], bool], str]]
+
+
+def check_library_kwargs(
+    connect_kwargs: Mapping[str, Any], kinds: Kinds, *, from_dsn: bool
+) -> None:
+    """Refuse, naming it, a library keyword of the wrong kind (`autocommit="false"` turned
+    autocommit on; `row_factory=1` failed at the first query with a bare TypeError), or
+    one given in a DSN, whose values are all text."""
+    for key, (fits, what) in kinds.items():
+        if key not in connect_kwargs:
+            continue
+        if from_dsn:
+            raise ConfigurationError(
+                f"Postgres: {key} is not a libpq option but the driver's: give it as a "
+                f"keyword, Postgres(dsn, {key}=...), not in the DSN"
+            )
+        value = connect_kwargs[key]
+        if not fits(value):
+            raise ConfigurationError(f"Postgres: {key} must be {what}, not {value!r}")

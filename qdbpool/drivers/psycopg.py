@@ -18,6 +18,8 @@ from qdbpool.drivers.base import HostDriver, Observation, Role
 from qdbpool.drivers.pgsql import (
     READ_ONLY_TRANSACTION,
     ROLE_QUERY,
+    Kinds,
+    check_library_kwargs,
     for_writes,
     is_lost_sqlstate,
     libpq_kwargs,
@@ -193,9 +195,23 @@ def _send_cancel_request(cancel_conn: Any, timeout: float) -> None:
         cancel_conn.reset()
 
 
-def check_connect_kwargs(connect_kwargs: dict[str, Any]) -> None:
+_LIBRARY_KINDS: Kinds = {
+    "autocommit": (lambda v: isinstance(v, bool), "True or False"),
+    "prepare_threshold": (
+        lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
+        "a whole number or None",
+    ),
+    "row_factory": (callable, "a row factory (a callable), e.g. psycopg.rows.dict_row"),
+    "cursor_factory": (callable, "a cursor class"),
+    "context": (lambda v: hasattr(v, "adapters"), "an adaptation context"),
+}
+
+
+def check_connect_kwargs(connect_kwargs: dict[str, Any], *, from_dsn: bool = False) -> None:
     """Unknown libpq options, and a password that is not a str, fail here (naming the option,
-    never the password), not at every connect; also for a DSN's query parameters."""
+    never the password), not at every connect; also for a DSN's query parameters
+    (`from_dsn`), where psycopg's own keywords have no place."""
+    check_library_kwargs(connect_kwargs, _LIBRARY_KINDS, from_dsn=from_dsn)
     password = connect_kwargs.get("password")
     if password is not None and not isinstance(password, str):
         raise ConfigurationError(

@@ -31,6 +31,8 @@ from qdbpool.drivers.base import HostDriver, Observation, Role
 from qdbpool.drivers.pgsql import (
     READ_ONLY_TRANSACTION,
     ROLE_QUERY,
+    Kinds,
+    check_library_kwargs,
     for_writes,
     is_lost_sqlstate,
     libpq_kwargs,
@@ -199,9 +201,17 @@ def _select_one(conn: Any) -> None:
         cur.execute("SELECT 1")
 
 
-def check_connect_kwargs(connect_kwargs: dict[str, Any]) -> None:
+_LIBRARY_KINDS: Kinds = {
+    "connection_factory": (callable, "a connection class"),
+    "cursor_factory": (callable, "a cursor class"),
+}
+
+
+def check_connect_kwargs(connect_kwargs: dict[str, Any], *, from_dsn: bool = False) -> None:
     """Unknown libpq options, and a password that is not a str, fail here (naming the option,
-    never the password), not at every connect; also for a DSN's query parameters."""
+    never the password), not at every connect; also for a DSN's query parameters
+    (`from_dsn`), where psycopg2's own keywords have no place."""
+    check_library_kwargs(connect_kwargs, _LIBRARY_KINDS, from_dsn=from_dsn)
     password = connect_kwargs.get("password")
     if password is not None and not isinstance(password, str):
         raise ConfigurationError(

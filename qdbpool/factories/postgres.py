@@ -21,6 +21,7 @@ from qdbpool.drivers.base import HostDriver
 from qdbpool.dsn import ParsedDSN, parse_dsn
 from qdbpool.errors import ConfigurationError
 from qdbpool.factories.routed import Choice, RoutedFactory
+from qdbpool.validation import seconds
 
 DRIVERS = ("psycopg", "psycopg2")
 
@@ -85,7 +86,8 @@ class Postgres(RoutedFactory):
             raise ConfigurationError(
                 f"Postgres: pgbouncer must be True or False, not {pgbouncer!r}"
             )
-        source = None if patroni is None else PatroniSource.parse(patroni, patroni_interval)
+        interval = seconds("patroni_interval", patroni_interval)  # checked even if unused
+        source = None if patroni is None else PatroniSource.parse(patroni, interval)
         routing = RoutingOptions.take_from(options)
         connect_kwargs = options
         parsed = parse_dsn(dsn)
@@ -152,11 +154,11 @@ def _make_driver(
     if driver == "psycopg2":
         from qdbpool.drivers import psycopg2 as v2
 
-        v2.check_connect_kwargs(dict(parsed.params))
+        v2.check_connect_kwargs(dict(parsed.params), from_dsn=True)
         v2.check_connect_kwargs(connect_kwargs)
         return v2.Psycopg2Driver(parsed, connect_kwargs, pgbouncer=pgbouncer)
     from qdbpool.drivers import psycopg as v3
 
-    v3.check_connect_kwargs(dict(parsed.params))
+    v3.check_connect_kwargs(dict(parsed.params), from_dsn=True)
     v3.check_connect_kwargs(connect_kwargs)
     return v3.PsycopgDriver(parsed, connect_kwargs)

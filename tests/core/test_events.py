@@ -287,9 +287,7 @@ def test_unsubscribe_stops_the_events_and_is_harmless_twice(make_pool, pool_cls)
     assert len(events) == 1
 
 
-def test_a_second_unsubscribe_leaves_another_subscription_of_the_same_listener(
-    make_pool, pool_cls
-):
+def test_a_second_unsubscribe_leaves_another_subscription_of_the_same_listener(make_pool, pool_cls):
     pool = make_pool(SQLite(), pool_cls=pool_cls)
     events = Recorded()
     first = pool.subscribe(events)

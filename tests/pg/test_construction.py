@@ -44,6 +44,48 @@ def test_an_unknown_keyword_is_refused_at_construction_naming_it(driver: str) ->
         Postgres(DSN, bogus_option=1, driver=driver)
 
 
+@pytest.mark.parametrize(
+    ("driver", "keyword", "value"),
+    [
+        ("psycopg", "autocommit", "false"),  # was taken as true: rollback() undid nothing
+        ("psycopg", "autocommit", 0),
+        ("psycopg", "prepare_threshold", "x"),  # every host showed as down
+        ("psycopg", "prepare_threshold", True),
+        ("psycopg", "row_factory", 1),  # a bare TypeError at the first query
+        ("psycopg", "cursor_factory", "x"),
+        ("psycopg", "context", 1),
+        ("psycopg2", "connection_factory", 1),
+        ("psycopg2", "cursor_factory", "x"),
+    ],
+)
+def test_a_drivers_own_keyword_of_the_wrong_kind_is_refused_naming_it(
+    driver: str, keyword: str, value: Any
+) -> None:
+    with pytest.raises(ConfigurationError, match=f"{keyword} must be"):
+        Postgres(DSN, driver=driver, **{keyword: value})
+
+
+@pytest.mark.parametrize(
+    ("driver", "query"),
+    [
+        ("psycopg", "autocommit=false"),
+        ("psycopg", "prepare_threshold=0"),
+        ("psycopg2", "cursor_factory=x"),
+    ],
+)
+def test_a_drivers_own_keyword_in_the_dsn_is_refused(driver: str, query: str) -> None:
+    # A DSN's values are text: "false" made autocommit true.
+    keyword = query.partition("=")[0]
+    with pytest.raises(ConfigurationError, match=f"{keyword} is not a libpq option") as err:
+        Postgres(f"postgresql://app:{SECRET}@127.0.0.1/app?{query}", driver=driver)
+    assert SECRET not in _everything_said_about(err.value)
+
+
+def test_patroni_interval_is_checked_without_patroni_too() -> None:
+    with pytest.raises(ConfigurationError, match="patroni_interval"):
+        Postgres(DSN, patroni_interval="bad")
+
+
 def test_an_unknown_driver_is_refused_naming_the_known_ones() -> None:
     with pytest.raises(ConfigurationError, match="'psycopg', 'psycopg2'"):
         Postgres(DSN, driver="asyncpg")
