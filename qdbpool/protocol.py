@@ -121,6 +121,11 @@ class ConnectionFactory:
         The default does nothing: the holder simply finishes what it is doing.
         """
 
+    def describe(self, conn: Connection) -> str:
+        """How a connection is shown (the repr of what `Pool.connect()` returns): its own
+        repr, with any credential the factory connects with blanked out."""
+        return repr(conn)
+
     def close_connection(self, conn: Connection) -> None:
         """Close a driver connection for good. Only ever called by the thread using it, or
         for a connection nobody uses."""

@@ -167,8 +167,11 @@ class SessionWrapper:
 
     def __repr__(self) -> str:
         # The driver's own repr (psycopg's names host, port, user and database, never the
-        # password), so that logs and debuggers show the connection, not our wrapper.
-        return repr(self._pool_checkout.conn)
+        # password), so that logs and debuggers show the connection, not our wrapper; the
+        # factory blanks out what the driver does not (psycopg2's sslpassword).
+        checkout = self._pool_checkout
+        conn = checkout.conn
+        return repr(conn) if conn is RELEASED else checkout.pool.factory.describe(conn)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         raise ArgumentTypeError("a pooled connection cannot be pickled or copied")

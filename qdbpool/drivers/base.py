@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from qdbpool.dsn import HostPort, Redactor
+from qdbpool.dsn import HostPort, ParsedDSN, Redactor, is_secret_key
 from qdbpool.protocol import CLEAN, LOST
 
 Connection = Any
@@ -197,3 +197,10 @@ class HostDriver(abc.ABC):
         text = text.strip().splitlines()[0] if text.strip() else ""
         text = Redactor(self.secrets)(text)
         return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def secrets_of(dsn: ParsedDSN, connect_kwargs: dict[str, Any]) -> tuple[str, ...]:
+    """The credentials a driver connects with: the DSN's, and every keyword named like one
+    (`password`, `sslpassword`, ...)."""
+    given = (v for k, v in connect_kwargs.items() if is_secret_key(k) and isinstance(v, str))
+    return (*dsn.secrets, *(v for v in given if v))

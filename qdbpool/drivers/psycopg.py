@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from qdbpool.drivers.base import HostDriver, Observation, Role
+from qdbpool.drivers.base import HostDriver, Observation, Role, secrets_of
 from qdbpool.drivers.pgsql import (
     READ_ONLY_TRANSACTION,
     ROLE_QUERY,
@@ -61,7 +61,7 @@ class PsycopgDriver(HostDriver):
     def __init__(self, dsn: ParsedDSN, connect_kwargs: dict[str, Any]) -> None:
         self._dsn = dsn
         self._connect_kwargs = connect_kwargs
-        self.secrets = (*dsn.secrets, *(p for p in (connect_kwargs.get("password"),) if p))
+        self.secrets = secrets_of(dsn, connect_kwargs)
 
     def _kwargs(self, address: HostPort) -> dict[str, Any]:
         return libpq_kwargs(self._dsn, self._connect_kwargs, address)

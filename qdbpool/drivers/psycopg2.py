@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from qdbpool.drivers.base import HostDriver, Observation, Role
+from qdbpool.drivers.base import HostDriver, Observation, Role, secrets_of
 from qdbpool.drivers.pgsql import (
     READ_ONLY_TRANSACTION,
     ROLE_QUERY,
@@ -73,7 +73,7 @@ class Psycopg2Driver(HostDriver):
         self._dsn = dsn
         self._connect_kwargs = connect_kwargs
         self._pgbouncer = pgbouncer
-        self.secrets = (*dsn.secrets, *(p for p in (connect_kwargs.get("password"),) if p))
+        self.secrets = secrets_of(dsn, connect_kwargs)
         # Each app connection's backend pid, read once by its own thread as it opens: the
         # thread that interrupts it later must not touch the connection.
         self._pids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from qdbpool import validation
-from qdbpool.drivers.base import HostDriver, Observation, Role
+from qdbpool.drivers.base import HostDriver, Observation, Role, secrets_of
 from qdbpool.dsn import HostPort, ParsedDSN
 from qdbpool.errors import ConfigurationError
 from qdbpool.protocol import CLEAN, LOST, NEEDS_RESET
@@ -184,7 +184,7 @@ class PyMySQLDriver(HostDriver):
         self._dsn = dsn
         self._connect_kwargs = connect_kwargs
         self._check_lag = check_lag
-        self.secrets = (*dsn.secrets, *(p for p in (connect_kwargs.get("password"),) if p))
+        self.secrets = secrets_of(dsn, connect_kwargs)
 
     def connect_kwargs(self, address: HostPort) -> dict[str, Any]:
         """The keywords of `pymysql.connect` (or `aiomysql.connect`) for a connection to

@@ -22,7 +22,7 @@ from qdbpool.cluster.options import RoutingOptions, check_seconds
 from qdbpool.cluster.router import Router
 from qdbpool.cluster.topology import Selector, Topology
 from qdbpool.drivers.base import ErrorJudge, HostDriver, Role
-from qdbpool.dsn import HostPort
+from qdbpool.dsn import HostPort, Redactor
 from qdbpool.errors import ConfigurationError, NoHostAvailableError
 from qdbpool.events import Listener
 from qdbpool.protocol import ConnectionFactory, Generation
@@ -252,6 +252,10 @@ class RoutedFactory(ConnectionFactory):
         if tag is not None:
             self._driver.cancel(conn, tag.host.address)
         self._driver.sever(conn)
+
+    def describe(self, conn: Any) -> str:
+        # psycopg2's repr shows the DSN with `password` masked, but not `sslpassword`.
+        return Redactor(self._driver.secrets)(repr(conn))
 
     def close_connection(self, conn: Any) -> None:
         self.forget(conn)

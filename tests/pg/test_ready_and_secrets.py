@@ -86,6 +86,22 @@ def test_reprs_show_no_password(
         assert secret_mark not in text and password not in text, text
 
 
+@pytest.mark.parametrize("given", ["keyword", "dsn"])
+def test_a_connections_repr_shows_no_sslpassword(
+    shared_cluster: Any, make_pool: Any, secret_mark: str, given: str
+) -> None:
+    # psycopg2's own repr shows its DSN with `password` masked and `sslpassword` as is.
+    key_password = f"key-{secret_mark}"
+    dsn = shared_cluster.multi_host_dsn()
+    if given == "keyword":
+        pool = make_pool(dsn, sslpassword=key_password)
+    else:
+        pool = make_pool(f"{dsn}{'&' if '?' in dsn else '?'}sslpassword={key_password}")
+    with pool.connect() as conn:
+        shown = repr(conn)
+    assert secret_mark not in shown, shown
+
+
 def test_debug_logs_through_a_failover_show_no_password(
     cluster: Any, make_pool: Any, poll: Any, caplog: pytest.LogCaptureFixture, secret_mark: str
 ) -> None:
