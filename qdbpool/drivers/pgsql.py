@@ -16,9 +16,13 @@ from qdbpool.errors import ConfigurationError
 # the last transaction it replayed (NULL, i.e. unknown, when it has replayed none since it
 # started). Without the receiver, "replayed all it received" holds for good while the
 # primary moves on: a standby cut off from it would count as fresh however far behind.
+# Read-only is the server's setting (its reset value: the configuration's, the role's or
+# the database's), not the session's: behind PgBouncer in transaction mode the probe runs
+# on a server session that another client may have SET read-only, which would make a
+# healthy primary look like a replica for as long as that session lives.
 ROLE_QUERY = """
 SELECT pg_is_in_recovery(),
-       current_setting('transaction_read_only') = 'on',
+       (SELECT reset_val FROM pg_settings WHERE name = 'default_transaction_read_only') = 'on',
        CASE WHEN NOT pg_is_in_recovery() THEN NULL
             WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn()
                  AND (SELECT pid FROM pg_stat_wal_receiver) IS NOT NULL THEN 0

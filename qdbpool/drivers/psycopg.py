@@ -1,8 +1,8 @@
 """The psycopg 3 driver: how to talk to one PostgreSQL host (connect, check its role, ping,
 reset, and tell a lost connection or a refusal from other errors).
 
-Role: primary iff not in recovery and not `transaction_read_only`, so a primary made
-read-only counts as a replica.
+Role: primary iff not in recovery and not read-only by the server's settings (see
+ROLE_QUERY), so a primary made read-only counts as a replica.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 import qdbpool
@@ -199,3 +200,33 @@ def test_close_interrupts_a_query_in_flight_through_pgbouncer(
         holder.join(35)
     assert isinstance(outcome["error"], pg.module.OperationalError)
     assert outcome["waited"] < 10
+
+
+def test_a_session_another_client_set_read_only_does_not_demote_the_primary(
+    module_cluster: PostgresCluster,
+    bouncers: list[Any],
+    make_pool: Callable[..., Any],
+    poll: Callable[..., Any],
+) -> None:
+    # In transaction mode a session-level SET stays on the server session for whoever gets
+    # it next, the role checks included: `SET default_transaction_read_only = on` from any
+    # client made the healthy primary a replica for as long as that session lived.
+    bouncer = pgbouncer.PgBouncer(
+        module_cluster, module_cluster.primary, pool_mode="transaction", pool_size=1
+    ).start()
+    try:
+        pool = make_pool(bouncer.dsn(), pgbouncer=True, refresh_delay=0.02)
+        pool.factory.ready(1, 0, timeout=10)
+        changes: list[Any] = []
+        pool.factory.subscribe(changes.append)
+        with psycopg.connect(bouncer.dsn(), autocommit=True, prepare_threshold=None) as other:
+            # One server session behind this PgBouncer: the checks get this one.
+            other.execute("SET default_transaction_read_only = on")
+            (host,) = pool.factory._topology.hosts
+            done = host.checks
+            poll(lambda: host.checks >= done + 10, timeout=20, what="ten more checks")
+            assert changes == []
+            assert pool.factory.hosts()[0].role is Role.PRIMARY
+            other.execute("RESET default_transaction_read_only")
+    finally:
+        bouncer.close()
