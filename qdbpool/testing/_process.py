@@ -123,12 +123,29 @@ def chown_to(path: Path, user: str) -> None:
             os.lchown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
 
 
+# Each scratch directory's maker. A forked child inherits its parent's servers' objects, and
+# leaving a `with` block (a sys.exit() in the child, say) closes them there too: the
+# directories of servers that still run for the parent must stay.
+_made_by: dict[Path, int] = {}
+
+
 def new_scratch_dir(prefix: str, kind: str = "") -> Path:
     """A fresh directory under scratch_root() named `prefix` + our pid + "-" + `kind`...
 
     The pid in the name is what lets `sweep_stale_dirs` find it should we die uncleanly.
     """
-    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-{kind}", dir=scratch_root()))
+    path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-{kind}", dir=scratch_root()))
+    _made_by[path] = os.getpid()
+    return path
+
+
+def ours_to_remove(path: Path) -> bool:
+    """Whether this process made the scratch directory `path` (not its parent before a
+    fork), and so may remove it; forgotten once said."""
+    if _made_by.get(path, os.getpid()) != os.getpid():
+        return False
+    _made_by.pop(path, None)
+    return True
 
 
 def sweep_stale_dirs(prefix: str, root: Path | None = None) -> list[Path]:

@@ -67,8 +67,10 @@ def scratch_dir(prefix: str, kind: str = "") -> Path:
 
 
 def remove_scratch_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    forget_dir(path)
+    """Remove a scratch directory of this process's (a forked child leaves its parent's)."""
+    if _process.ours_to_remove(path):
+        shutil.rmtree(path, ignore_errors=True)
+        forget_dir(path)
 
 
 def watchdog_pid() -> int | None:

@@ -131,6 +131,8 @@ FORK_THEN_CHECK = """
 import os, sys
 child = os.fork()
 if child == 0:
+    if CLOSES:
+        close()  # as leaving the parent's `with` block does, on the way out
     sys.exit(0)  # a normal interpreter exit: atexit hooks run in the child
 _, status = os.waitpid(child, 0)
 assert os.waitstatus_to_exitcode(status) == 0
@@ -141,21 +143,26 @@ CHECKS = {
     "postgres": """
 def check():
     return f"{c.primary.sql('SELECT 1')[0][0]} {c.root.is_dir()} {c.primary.data_dir.is_dir()}"
+close = c.close
 """,
     "mariadb": """
 def check():
     return f"{s.sql('SELECT 1')[0][0]} {s.base_dir.is_dir()} {s.datadir.is_dir()}"
+close = s.close
 """,
 }
 
 
+@pytest.mark.parametrize("closes", [False, True], ids=["exits", "closes-then-exits"])
 @pytest.mark.parametrize("server", ["postgres", "mariadb"])
 def test_a_forked_child_exiting_normally_leaves_the_parents_servers_running(
-    server: str,
+    server: str, closes: bool
 ) -> None:
+    # A child that leaves the parent's `with` block on its way out (a sys.exit() in it)
+    # closes the servers there: their directories were deleted under the parent's servers.
     for require in REQUIRE[server]:
         require()
-    script = STARTERS[server] + CHECKS[server] + FORK_THEN_CHECK
+    script = STARTERS[server] + CHECKS[server] + f"CLOSES = {closes}\n" + FORK_THEN_CHECK
     parent = python(script, stderr=subprocess.PIPE)
     try:
         out, err = parent.communicate(timeout=60)
