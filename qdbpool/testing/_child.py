@@ -49,10 +49,12 @@ class ChildProcess:
                 os.kill(self.proc.pid, sig)
 
     def kill(self) -> None:
-        """SIGKILL the process and all its descendants at once, then reap them all."""
+        """SIGKILL the process and all its descendants at once, reap them all, and remove
+        the shared memory they left (a postmaster's, initdb's `postgres --single`'s)."""
         descendants = _process.kill_tree(self.proc.pid) if self.running() else []
         self.wait(timeout=10)
         _process.reap(descendants)
+        _process.release_shared_memory(self.proc.pid, *descendants)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         """Send `sig`, kill the whole tree if it has not exited after `timeout`; always reap."""

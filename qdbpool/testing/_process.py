@@ -166,8 +166,7 @@ def sweep_stale_dirs(prefix: str, root: Path | None = None) -> list[Path]:
             continue
         for pid in processes_naming(entry):
             log.warning("killing server %s left running by dead process %s", pid, owner)
-            kill_and_reap(pid, timeout=2)
-            release_shared_memory(pid)
+            kill_and_release(pid, timeout=2)
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
     return removed
@@ -312,8 +311,9 @@ def reap(pids: Iterable[int], timeout: float = 10.0) -> None:
         log.warning("could not reap killed processes %s", sorted(pending))
 
 
-def kill_and_reap(pid: int, timeout: float = 10.0) -> None:
-    """kill_tree(pid), then reap it and its descendants if they are (or become) ours.
+def kill_and_reap(pid: int, timeout: float = 10.0) -> list[int]:
+    """kill_tree(pid), then reap it and its descendants if they are (or become) ours;
+    returns every pid killed.
 
     The process first: only once it is gone do its children become ours to collect.
     """
@@ -321,15 +321,30 @@ def kill_and_reap(pid: int, timeout: float = 10.0) -> None:
     kids = kill_tree(pid)
     reap([pid], timeout=timeout)
     reap(kids, timeout=timeout)
+    return [pid, *kids]
 
 
-def release_shared_memory(creator_pid: int) -> None:
-    """Remove the SysV shared memory segments a killed process created and left behind.
+def kill_and_release(pid: int, timeout: float = 5.0) -> None:
+    """kill_and_reap(pid), wait for the whole tree to be gone (reaping returns at once for
+    processes that are not ours), then remove the shared memory any of them left."""
+    killed = kill_and_reap(pid, timeout=timeout)
+    with contextlib.suppress(TimeoutError):  # removed only once nothing is attached anyway
+        wait_until(
+            lambda: not any(process_alive(p) for p in killed),
+            timeout=timeout,
+            what="killed servers gone",
+        )
+    release_shared_memory(*killed)
+
+
+def release_shared_memory(*creator_pids: int) -> None:
+    """Remove the SysV shared memory segments killed processes created and left behind.
 
     A killed postmaster leaves one for a restart on the same directory to reclaim; once the
     directory is deleted nothing will, and each one counts against the system's limit. Only
-    segments created by `creator_pid` with nothing attached any more are removed.
+    segments created by one of `creator_pids` with nothing attached any more are removed.
     """
+    creators = set(creator_pids)
     try:
         table = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
     except OSError:
@@ -337,7 +352,7 @@ def release_shared_memory(creator_pid: int) -> None:
     for row in table:
         # Columns: key shmid perms size cpid lpid nattch ...
         fields = row.split()
-        if int(fields[4]) == creator_pid and int(fields[6]) == 0:
+        if int(fields[4]) in creators and int(fields[6]) == 0:
             ipc_rmid = 0
             with contextlib.suppress(OSError, AttributeError):
                 ctypes.CDLL(None, use_errno=True).shmctl(int(fields[1]), ipc_rmid, None)

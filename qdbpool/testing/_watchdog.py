@@ -174,11 +174,9 @@ def main() -> None:
             directories[argument] = None
         elif command == "forget-dir":
             directories.pop(argument, None)
-    killed: list[int] = []
     doomed: list[int] = []
     for pid, started in processes.items():
         if _process.start_time(pid) == started:  # still the process we were told about
-            killed.append(pid)
             doomed += [pid, *_process.kill_tree(pid)]
     # Shared memory can go once nothing is attached any more: wait for the kills to land.
     with contextlib.suppress(TimeoutError):
@@ -187,8 +185,8 @@ def main() -> None:
             timeout=5,
             what="killed servers gone",
         )
-    for pid in killed:
-        _process.release_shared_memory(pid)
+    # Those of the whole trees: initdb's `postgres --single`, Patroni's postmasters.
+    _process.release_shared_memory(*doomed)
     for path in directories:
         shutil.rmtree(path, ignore_errors=True)
 

@@ -221,3 +221,58 @@ def test_a_watchdog_sees_no_work_after_a_normal_exit(tmp_path: Path) -> None:
     with contextlib.suppress(ChildProcessError):  # it was the starter's child, reaped there
         os.waitpid(int(watchdog_text), os.WNOHANG)
     assert not Path(f"/proc/{watchdog_text}").exists()
+
+
+# -- a starter killed while its template is made leaves no shared memory -----------------------
+
+
+def descendant_running(pid: int, argument: str) -> int | None:
+    """A descendant of `pid` (to any depth) with `argument` on its command line."""
+    generation, seen = {pid}, set()
+    while generation:
+        seen |= generation
+        generation = {kid for parent in generation for kid in children(parent)} - seen
+        for kid in generation:
+            with contextlib.suppress(OSError):
+                if argument.encode() in Path(f"/proc/{kid}/cmdline").read_bytes().split(b"\0"):
+                    return kid
+    return None
+
+
+def segments_made_by(pid: int) -> int:
+    rows = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    return sum(1 for row in rows if int(row.split()[4]) == pid)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+def test_a_starter_killed_while_initdb_runs_leaves_no_shared_memory(
+    sig: signal.Signals, starter_reaper: list[int]
+) -> None:
+    # initdb's `postgres --single` makes a segment; the watchdog (SIGKILL) removed only
+    # those of the processes it was told of (initdb itself), and an interrupted start
+    # (SIGINT) none at all: one segment left per kill, until the machine reboots.
+    require_postgres()
+    starter = python(
+        "from qdbpool.testing.postgres import PostgresCluster\n"
+        "PostgresCluster(standbys=0).start()\n"
+        "import time\ntime.sleep(60)\n",
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        single = None
+        deadline = time.monotonic() + 60
+        while single is None and time.monotonic() < deadline and starter.poll() is None:
+            single = descendant_running(starter.pid, "--single")
+            time.sleep(0.005)
+        assert single is not None, "initdb's postgres --single never seen"
+        wait_for("its segment made", lambda: segments_made_by(single) > 0, 10)
+        starter_reaper.append(starter.pid)
+    finally:
+        starter.send_signal(sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            starter.wait(timeout=30)
+        if starter.poll() is None:
+            starter.kill()
+            starter.wait()
+    wait_for("postgres --single gone", lambda: not process_alive(single), GONE_WITHIN)
+    wait_for("its segment removed", lambda: segments_made_by(single) == 0, GONE_WITHIN)
