@@ -196,8 +196,13 @@ class MariaDBServer:
         def probe() -> str | None:
             if not child.running():
                 return "exited"  # stop polling: it will never answer
-            self.sql("SELECT 1", connect_timeout=1)
-            return "ready"
+            # Short timeouts: a listener that never greets (a PostgreSQL on the port) held
+            # one probe for the default 60 s. And the server must be ours: another run's
+            # on this port (it won the race for it) answers as well, while ours cannot bind.
+            [(datadir,)] = self.sql(
+                "SELECT @@datadir", connect_timeout=1, read_timeout=1, write_timeout=1
+            )
+            return "ready" if Path(datadir).resolve() == self.datadir.resolve() else None
 
         try:
             outcome = wait_until(probe, timeout=self.start_timeout, what=f"mariadbd on {self.port}")

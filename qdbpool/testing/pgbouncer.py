@@ -191,6 +191,11 @@ class PgBouncer:
         def outcome() -> str | None:
             if not proc.running():
                 return "exited"
+            # Ours, not another run's PgBouncer that won the race for the port (ours then
+            # cannot bind, and exits): its clients would reach that run's server.
+            config = {row["key"]: row["value"] for row in self.show("CONFIG")}
+            if config.get("auth_file") != str(self.directory / "userlist.txt"):
+                return None
             with psycopg.connect(self.dsn(), connect_timeout=2, autocommit=True) as conn:
                 conn.execute("SELECT 1")
             return "ready"

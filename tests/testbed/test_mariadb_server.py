@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -279,3 +281,45 @@ def test_switch_roles_makes_the_replica_the_writable_primary() -> None:
             cur.execute("INSERT INTO after_switch VALUES (7)")
         p.wait_replicated(timeout=10)
         assert old_primary.sql("SELECT id FROM appdb.after_switch") == [(7,)]
+
+
+def test_a_port_another_server_holds_is_given_up_for_another(
+    server: MariaDBServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two runs on one machine: the free port this server was given is bound by another
+    # run's first. That one answered the readiness check, so the new server counted as up
+    # while it could not bind, and its statements ran on the other run's server.
+    from qdbpool.testing import _mariadb_server
+
+    ports = iter([server.port])
+    real_free_port = _mariadb_server.free_port
+    monkeypatch.setattr(
+        _mariadb_server, "free_port", lambda *a: next(ports, None) or real_free_port(*a)
+    )
+    with MariaDBServer(start_timeout=30) as second:
+        assert second.port != server.port
+        [(datadir,)] = second.sql("SELECT @@datadir")
+        assert Path(datadir).resolve() == second.datadir.resolve()
+
+
+def test_a_port_held_by_a_listener_that_never_answers_costs_no_minute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A listener that accepts and never greets (a PostgreSQL server waits for its client to
+    # speak first) held each readiness probe for PyMySQL's 60 s read timeout: 3 minutes
+    # over the port attempts, whatever start_timeout said.
+    require_mariadb()
+    from qdbpool.testing import _mariadb_server
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        ports = iter([silent.getsockname()[1]])
+        real_free_port = _mariadb_server.free_port
+        monkeypatch.setattr(
+            _mariadb_server, "free_port", lambda *a: next(ports, None) or real_free_port(*a)
+        )
+        started = time.monotonic()
+        with MariaDBServer(start_timeout=20) as srv:
+            assert srv.sql("SELECT 1") == [(1,)]
+        assert time.monotonic() - started < 20

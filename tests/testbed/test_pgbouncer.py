@@ -113,3 +113,21 @@ def test_a_missing_binary_skips_locally(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match="not installed"):
         require_pgbouncer()
+
+
+def test_a_port_another_pgbouncer_holds_is_given_up_for_another(
+    cluster: PostgresCluster, bouncer: PgBouncer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two runs on one machine: the free port this PgBouncer was given is bound by another
+    # run's before it can bind it. The other one answered the readiness check, so start()
+    # returned while its own PgBouncer had exited, and its clients reached that run's server.
+    ports = iter([bouncer.port])
+    real_free_port = pgbouncer.free_port
+    monkeypatch.setattr(
+        pgbouncer, "free_port", lambda host: next(ports, None) or real_free_port(host)
+    )
+    with PgBouncer(cluster, cluster.standbys[0]) as second:
+        assert second.port != bouncer.port
+        assert second.pid is not None and process_alive(second.pid)
+        with connect(second.dsn()) as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
