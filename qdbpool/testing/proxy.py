@@ -336,7 +336,12 @@ class FaultProxy:
             self._update(link)
 
     def _connect_target(self, link: _Link) -> None:
-        sock = socket.socket(self._target_family, socket.SOCK_STREAM)
+        try:
+            sock = socket.socket(self._target_family, socket.SOCK_STREAM)
+        except OSError as exc:  # out of file descriptors: this connection only is reset
+            log.debug("fault proxy could not connect to its target: %s", exc)
+            self._drop(link)
+            return
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         link.server.sock = sock

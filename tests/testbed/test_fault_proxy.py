@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import socketserver
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -293,3 +295,37 @@ def test_postgres_connection_breaks_on_reset(pg_proxy: FaultProxy) -> None:
         assert conn.closed
     with pg_connect(pg_proxy) as fresh:
         assert fresh.execute("SELECT 1").fetchone() == (1,)
+
+
+# In a process of its own, allowed 128 file descriptors: a target that holds what it
+# accepts, a client (another process) opening 60 connections through the proxy at once.
+OUT_OF_DESCRIPTORS = """
+import resource, socket, subprocess, sys
+from qdbpool.testing.proxy import FaultProxy
+
+target = socket.socket()
+target.bind(("127.0.0.1", 0))
+target.listen(512)
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+with FaultProxy("127.0.0.1", target.getsockname()[1]) as proxy:
+    burst = (
+        "import socket, time\\n"
+        f"address = ('127.0.0.1', {proxy.port})\\n"
+        "s = [socket.create_connection(address, timeout=5) for _ in range(60)]\\n"
+        "time.sleep(0.5)\\n"
+    )
+    subprocess.run([sys.executable, "-c", burst], timeout=60, check=False, capture_output=True)
+    socket.create_connection(proxy.address, timeout=5).close()  # refused if the proxy died
+    proxy.stall()
+    proxy.pass_through()
+    print("proxy alive", proxy._thread.is_alive())
+"""
+
+
+def test_the_proxy_survives_running_out_of_file_descriptors() -> None:
+    # socket() for the target failing with EMFILE ended the proxy's thread: every
+    # connection reset, new ones refused, every control call "the fault proxy is closed".
+    run = subprocess.run(
+        [sys.executable, "-c", OUT_OF_DESCRIPTORS], capture_output=True, text=True, timeout=90
+    )
+    assert run.stdout.strip() == "proxy alive True", run.stderr[-2000:]
