@@ -328,6 +328,37 @@ def test_listeners_are_never_called_under_the_pool_lock(make_pool, pool_cls, clo
     assert blocked == []
 
 
+def test_a_checkout_the_collector_releases_inside_the_pool_lock_calls_no_listener_under_it(
+    make_pool, pool_cls, poll
+):
+    """The cycle collector runs finalizers wherever memory is allocated, the pool's own
+    lock held included (a stats() call, say): a leaked wrapper's release then closed its
+    broken connection, and called the listeners, under the lock."""
+    pool = make_pool(SQLite(), pool_cls=pool_cls)
+    under_lock: list[bool] = []
+    pool.subscribe(lambda event: under_lock.append(pool._lock._is_owned()))
+
+    class Holder:
+        pass
+
+    holder = Holder()
+    holder.me = holder  # a cycle: only the collector frees it
+    holder.conn = pool.connect()
+    holder.conn.__wrapped__.close()  # broken: its release closes it (ConnectionClosed)
+    del holder
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        with pool._lock:  # where the collector happened to run
+            gc.collect()
+    finally:
+        if gc_was:
+            gc.enable()
+    poll(lambda: pool.stats().in_use == 0, what="the leaked checkout released")
+    poll(lambda: len(under_lock) >= 2, what="opened and closed reported")
+    assert under_lock == [False, False]
+
+
 # -- the counts agree with stats() -------------------------------------------------------------
 
 ACTIONS = st.lists(
