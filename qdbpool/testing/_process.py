@@ -325,37 +325,43 @@ def kill_and_reap(pid: int, timeout: float = 10.0) -> list[int]:
 
 
 def kill_and_release(pid: int, timeout: float = 5.0) -> None:
-    """kill_and_reap(pid), wait for the whole tree to be gone (reaping returns at once for
-    processes that are not ours), then remove the shared memory any of them left."""
-    killed = kill_and_reap(pid, timeout=timeout)
-    with contextlib.suppress(TimeoutError):  # removed only once nothing is attached anyway
-        wait_until(
-            lambda: not any(process_alive(p) for p in killed),
-            timeout=timeout,
-            what="killed servers gone",
-        )
-    release_shared_memory(*killed)
+    """kill_and_reap(pid), then remove the shared memory any process of the tree left."""
+    release_shared_memory(*kill_and_reap(pid, timeout=timeout), timeout=timeout)
 
 
-def release_shared_memory(*creator_pids: int) -> None:
+def release_shared_memory(*creator_pids: int, timeout: float = 5.0) -> None:
     """Remove the SysV shared memory segments killed processes created and left behind.
 
     A killed postmaster leaves one for a restart on the same directory to reclaim; once the
-    directory is deleted nothing will, and each one counts against the system's limit. Only
-    segments created by one of `creator_pids` with nothing attached any more are removed.
+    directory is deleted nothing will, and each one counts against the system's limit. A
+    segment can only go once nothing is attached: the killed processes that are not ours to
+    reap may take a moment to die, so this waits up to `timeout` seconds for the last one to
+    detach, then removes the segments of `creator_pids` that nobody holds.
     """
     creators = set(creator_pids)
-    try:
-        table = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
-    except OSError:
-        return  # not Linux
-    for row in table:
+
+    def segments() -> list[tuple[int, int]]:
+        """(shmid, processes attached) of each segment one of `creators` made."""
+        try:
+            table = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+        except OSError:
+            return []  # not Linux
         # Columns: key shmid perms size cpid lpid nattch ...
-        fields = row.split()
-        if int(fields[4]) in creators and int(fields[6]) == 0:
+        rows = [row.split() for row in table]
+        return [(int(f[1]), int(f[6])) for f in rows if int(f[4]) in creators]
+
+    with contextlib.suppress(TimeoutError):
+        wait_until(
+            lambda: all(attached == 0 for _, attached in segments()),
+            timeout=timeout,
+            interval=0.005,
+            what="shared memory detached",
+        )
+    for shmid, attached in segments():
+        if attached == 0:
             ipc_rmid = 0
             with contextlib.suppress(OSError, AttributeError):
-                ctypes.CDLL(None, use_errno=True).shmctl(int(fields[1]), ipc_rmid, None)
+                ctypes.CDLL(None, use_errno=True).shmctl(shmid, ipc_rmid, None)
 
 
 # --------------------------------------------------------------------------------------------

@@ -178,13 +178,6 @@ def main() -> None:
     for pid, started in processes.items():
         if _process.start_time(pid) == started:  # still the process we were told about
             doomed += [pid, *_process.kill_tree(pid)]
-    # Shared memory can go once nothing is attached any more: wait for the kills to land.
-    with contextlib.suppress(TimeoutError):
-        _process.wait_until(
-            lambda: not any(_process.process_alive(pid) for pid in doomed),
-            timeout=5,
-            what="killed servers gone",
-        )
     # Those of the whole trees: initdb's `postgres --single`, Patroni's postmasters.
     _process.release_shared_memory(*doomed)
     for path in directories:

@@ -279,10 +279,7 @@ class PatroniMember:
         until its ttl runs out)."""
         if self._proc is None:
             return
-        postmaster = self.postmaster_pid
-        self._proc.kill()
-        if postmaster is not None:
-            release_shared_memory(postmaster)
+        self._proc.kill()  # the whole tree, and the shared memory its postmaster left
 
     def kill_postmaster(self) -> int:
         """Crash this member's PostgreSQL (SIGKILL of the postmaster and its children); Patroni

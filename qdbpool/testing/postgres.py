@@ -382,7 +382,6 @@ class PostgresCluster:
         if node is primary:
             raise ValueError(f"{node.name} is the primary")
         node.kill()
-        node.release_shared_memory()
         shutil.rmtree(node.data_dir, ignore_errors=True)
         argv = [
             str(self.bindir / "pg_basebackup"),

@@ -15,7 +15,7 @@ import pytest
 from psycopg import errors
 
 from qdbpool.testing import postgres
-from qdbpool.testing._process import ServerUnavailable, scratch_root, wait_until
+from qdbpool.testing._process import ServerUnavailable, kill_tree, scratch_root, wait_until
 from qdbpool.testing.postgres import Node, PostgresCluster, process_alive
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]
@@ -294,12 +294,19 @@ def test_a_killed_node_leaves_no_shared_memory_behind(
     require_postgres()
     before = set(Path("/dev/shm").iterdir())
     with PostgresCluster(standbys=1) as c:
-        pids = [n.pid for n in c.nodes if n.pid is not None]
         assert c.primary.sql("SHOW dynamic_shared_memory_type") == [("mmap",)]
-        for node in c.nodes:
-            node.kill()  # a crash leaves the SysV segment for a restart to reclaim ...
-        assert len(sysv_segments_created_by(pids)) == 2
-    assert sysv_segments_created_by(pids) == []  # ... so close() removes it
+        killed, crashed = c.nodes
+        killed_pid, crashed_pid = killed.pid, crashed.pid
+        assert killed_pid is not None and crashed_pid is not None
+        # A crash leaves the SysV segment for a restart to reclaim; a node the tests kill
+        # is not restarted on that segment, so kill() removes it at once ...
+        killed.kill()
+        assert sysv_segments_created_by([killed_pid]) == []
+        # ... and one that died some other way leaves it to close().
+        kill_tree(crashed_pid)
+        wait_until(lambda: not crashed.running, timeout=10, what="the crashed one reaped")
+        assert len(sysv_segments_created_by([crashed_pid])) == 1
+    assert sysv_segments_created_by([killed_pid, crashed_pid]) == []
     assert [p for p in set(Path("/dev/shm").iterdir()) - before if "PostgreSQL" in p.name] == []
 
 
