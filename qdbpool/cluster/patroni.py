@@ -25,9 +25,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import http.client
+import io
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -229,41 +231,38 @@ class PatroniWatcher:
         last: View | None = None
         reachable = True
         warned_unmatched = False
-        try:
-            while not stop.is_set():
-                try:
-                    kvs = reader.read()
-                    if stop.is_set():
-                        return
-                    if kvs is None:
-                        if reachable:  # nothing to go by: the SQL checks alone decide
-                            logger.warning("patroni: etcd at %s does not answer", self.source)
-                            self._topology.hint("Patroni's state unknown", ())
-                            reachable, last = False, None
-                    else:
-                        reachable = True
-                        view = read_view(kvs, datetime.now(timezone.utc))
-                        if view != last:
-                            held = self._ours({view.addresses[n] for n in view.held_back()})
-                            if (
-                                not warned_unmatched
-                                and view.addresses
-                                and not self._ours(set(view.addresses.values()))
-                            ):
-                                warned_unmatched = True
-                                logger.warning(
-                                    "patroni: no member's PostgreSQL address is a host of the DSN"
-                                )
-                            self._topology.hint(view.why(), held)
-                            last = view
-                except Exception:  # a bug of ours: logged, and the watcher goes on
-                    logger.exception("patroni watcher round failed")
-                    if last is not None or reachable:
+        while not stop.is_set():
+            try:
+                kvs = reader.read()
+                if stop.is_set():
+                    return
+                if kvs is None:
+                    if reachable:  # nothing to go by: the SQL checks alone decide
+                        logger.warning("patroni: etcd at %s does not answer", self.source)
                         self._topology.hint("Patroni's state unknown", ())
-                    reachable, last = False, None
-                stop.wait(self.source.interval)
-        finally:
-            reader.close()
+                        reachable, last = False, None
+                else:
+                    reachable = True
+                    view = read_view(kvs, datetime.now(timezone.utc))
+                    if view != last:
+                        held = self._ours({view.addresses[n] for n in view.held_back()})
+                        if (
+                            not warned_unmatched
+                            and view.addresses
+                            and not self._ours(set(view.addresses.values()))
+                        ):
+                            warned_unmatched = True
+                            logger.warning(
+                                "patroni: no member's PostgreSQL address is a host of the DSN"
+                            )
+                        self._topology.hint(view.why(), held)
+                        last = view
+            except Exception:  # a bug of ours: logged, and the watcher goes on
+                logger.exception("patroni watcher round failed")
+                if last is not None or reachable:
+                    self._topology.hint("Patroni's state unknown", ())
+                reachable, last = False, None
+            stop.wait(self.source.interval)
 
     def _ours(self, addresses: set[HostPort]) -> set[HostPort]:
         """The topology's own HostPorts among `addresses` (matched case-insensitively)."""
@@ -276,71 +275,117 @@ def _key(address: HostPort) -> tuple[str, int]:
 
 
 class _EtcdReader:
-    """Range reads of the prefix through etcd's v3 JSON gateway, one endpoint at a time."""
+    """Range reads of the prefix through etcd's v3 JSON gateway, one endpoint at a time,
+    on a connection kept between reads (a new one 20 times a second would cost etcd a TLS
+    handshake each).
+
+    http.client writes each request and parses each answer, but the socket is ours: left
+    to http.client, the socket's timeout bounds each receive only, so an etcd (or a proxy)
+    that sent its headers or its body a byte at a time kept an old announcement in force
+    for good. Every receive of one read is bounded by what is left of that read's deadline.
+    """
 
     def __init__(self, source: PatroniSource) -> None:
         self._source = source
         self._next = 0
-        self._conn: http.client.HTTPConnection | None = None
-        self._sock: socket.socket | None = None  # the connection's, while a read is out
+        self._sock: socket.socket | None = None
+        self._severed = False
+        # Made once: loading the system's certificates takes milliseconds.
+        self._tls = ssl.create_default_context() if source.tls else None
         prefix = source.prefix.encode()
         end = prefix[:-1] + bytes([prefix[-1] + 1])
         self._body = json.dumps({"key": _b64(prefix), "range_end": _b64(end)}).encode()
 
     def read(self) -> dict[str, str] | None:
         """The keys under the prefix (names without it) and their values; None when no
-        endpoint answered."""
+        endpoint answered, or once `sever()` was called."""
         for _ in self._source.endpoints:
+            if self._severed:
+                break
             try:
                 return self._read_one()
             except (OSError, http.client.HTTPException, ValueError) as exc:
                 logger.debug("patroni: etcd read failed: %s", type(exc).__name__)
-                self.close()
+                self._disconnect()
                 self._next = (self._next + 1) % len(self._source.endpoints)
+        self._disconnect()
         return None
 
     def _read_one(self) -> dict[str, str]:
         deadline = time.monotonic() + REQUEST_TIMEOUT
-        if self._conn is None:
-            where = self._source.endpoints[self._next]
-            kind = http.client.HTTPSConnection if self._source.tls else http.client.HTTPConnection
-            self._conn = kind(where.host, where.port, timeout=REQUEST_TIMEOUT)
-        conn = self._conn
+        where = self._source.endpoints[self._next]
+        if self._sock is None:
+            self._sock = self._connect(where)
+            if self._severed:  # sever() came while we connected, and saw no socket
+                raise ConnectionAbortedError("the watcher stopped")
+        self._sock.settimeout(REQUEST_TIMEOUT)  # for the request: the last read's is left
+        # An HTTPConnection only formats the request here (the same for https), on our socket.
+        conn = http.client.HTTPConnection(where.host, where.port)
+        conn.sock = self._sock
         conn.request("POST", "/v3/kv/range", self._body, {"Content-Type": "application/json"})
-        # Kept: the connection lets go of it when the answer says it closes.
-        sock = self._sock = conn.sock
-        if sock is None:
-            raise ConnectionError("etcd closed the connection")
-        response = conn.getresponse()
-        # The socket's timeout bounds each receive only: an etcd (or a proxy) that sends
-        # its answer a byte at a time kept an old announcement in force for good.
-        chunks = []
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no whole answer within {REQUEST_TIMEOUT:g}s")
-            sock.settimeout(remaining)
-            chunk = response.read1(65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        response.close()  # read to its end: the connection may send the next request
+        response = http.client.HTTPResponse(
+            _BoundedSocket(self._sock, deadline),  # type: ignore[arg-type]
+            method="POST",
+        )
+        response.begin()
+        body = response.read()
+        if response.will_close:
+            self._disconnect()
         if response.status != 200:
             raise ValueError(f"HTTP {response.status}")
-        return _range_answer(b"".join(chunks), len(self._source.prefix))
+        return _range_answer(body, len(self._source.prefix))
+
+    def _connect(self, where: HostPort) -> socket.socket:
+        if self._tls is None:
+            conn = http.client.HTTPConnection(where.host, where.port, timeout=REQUEST_TIMEOUT)
+        else:
+            conn = http.client.HTTPSConnection(
+                where.host, where.port, timeout=REQUEST_TIMEOUT, context=self._tls
+            )
+        conn.connect()
+        return conn.sock
 
     def sever(self) -> None:
-        """From another thread: end a read in progress (its socket is shut down)."""
+        """From another thread: end a read in progress (its socket is shut down) and let
+        no other begin."""
+        self._severed = True  # before looking at the socket: _read_one sets it, then looks
         sock = self._sock
         if sock is not None:
             with contextlib.suppress(OSError):  # closed meanwhile
                 sock.shutdown(socket.SHUT_RDWR)
 
-    def close(self) -> None:
-        self._sock = None
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+    def _disconnect(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+
+class _BoundedSocket:
+    """A socket as http.client reads an answer from it (through makefile()), each receive
+    bounded by what is left until `deadline`."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def makefile(self, mode: str) -> io.BufferedReader:
+        return io.BufferedReader(_BoundedReceiver(self._sock, self._deadline))
+
+
+class _BoundedReceiver(io.RawIOBase):
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no whole answer within {REQUEST_TIMEOUT:g}s")
+        self._sock.settimeout(remaining)
+        return self._sock.recv_into(buffer)
 
 
 def _range_answer(payload: bytes, cut: int) -> dict[str, str]:

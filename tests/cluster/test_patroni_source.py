@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
+from qdbpool.cluster import patroni
 from qdbpool.cluster.hosts import HostState
 from qdbpool.cluster.options import RoutingOptions
-from qdbpool.cluster.patroni import PatroniSource, PatroniWatcher, read_view
+from qdbpool.cluster.patroni import PatroniSource, PatroniWatcher, _EtcdReader, read_view
 from qdbpool.cluster.router import Router
 from qdbpool.cluster.topology import Topology
 from qdbpool.drivers.base import Role
@@ -205,13 +206,15 @@ def test_a_hint_makes_every_known_host_suspect_until_checked_again() -> None:
 
 class FakeEtcd:
     """An etcd v3 JSON gateway that answers each range read as `answer` says: "keys" (the
-    keys of `kvs`, under /service/batman/), "garbage" (valid JSON of another shape), or
-    "drip" (the headers, then the body one byte every 0.2 s)."""
+    keys of `kvs`, under /service/batman/), "garbage" (valid JSON of another shape), "drip"
+    (the headers, then the body one byte every 0.2 s) or "drip-headers" (a header line
+    every 0.2 s). Before the nth answer it waits `delays[n]` seconds, if given."""
 
     def __init__(self) -> None:
         self.answer = "keys"
         self.kvs: dict[str, str] = {}
         self.reads = 0
+        self.delays: list[float] = []
         self.stopping = threading.Event()
         fake = self
 
@@ -220,11 +223,20 @@ class FakeEtcd:
 
             def do_POST(self) -> None:
                 self.rfile.read(int(self.headers["Content-Length"]))
+                delay = fake.delays[fake.reads] if fake.reads < len(fake.delays) else 0.0
                 fake.reads += 1
                 body = fake.body()
+                if fake.stopping.wait(delay):
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
+                if fake.answer == "drip-headers":
+                    for n in range(90):  # 18 s at most, or until the test ends
+                        self.send_header(f"X-Padding-{n}", "x")
+                        self.flush_headers()
+                        if fake.stopping.wait(0.2):
+                            return
                 self.end_headers()
                 if fake.answer != "drip":
                     self.wfile.write(body)
@@ -312,3 +324,56 @@ def test_an_etcd_answering_a_byte_at_a_time_counts_as_silent(etcd: FakeEtcd, pol
     finally:
         watcher.stop()
     assert not thread.is_alive()
+
+
+def test_an_etcd_dripping_its_headers_counts_as_silent(etcd: FakeEtcd, poll: Any) -> None:
+    # Only the body's reading was bounded in all: headers a line at a time kept the
+    # switchover announced before in force for as long as they came.
+    topology, watcher = watched(etcd)
+    primary = topology.hosts[0]
+    etcd.kvs = keys(failover={"leader": "m0", "candidate": "m1"})
+    watcher.start()
+    try:
+        poll(lambda: primary.held_back, what="the announced switchover heard")
+        etcd.answer = "drip-headers"
+        poll(lambda: not primary.held_back, timeout=5, what="etcd taken as silent")
+    finally:
+        watcher.stop()
+
+
+def test_a_slow_answer_leaves_the_next_read_its_whole_time(
+    etcd: FakeEtcd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The connection kept between reads kept the socket timeout the last read had left:
+    # after an answer that took most of its time, the next one had the rest only.
+    monkeypatch.setattr(patroni, "REQUEST_TIMEOUT", 2.0)
+    etcd.kvs = keys()
+    etcd.delays = [1.7, 0.5]
+    reader = _EtcdReader(PatroniSource.parse(etcd.url, 0.02))
+    assert reader.read() == keys()
+    assert reader.read() == keys()
+
+
+def test_stop_ends_a_read_whichever_endpoint_it_has_come_to(
+    monkeypatch: pytest.MonkeyPatch, poll: Any
+) -> None:
+    # sever() shut the socket of the read in progress, and the reader went on to the next
+    # endpoint, to wait there for as long as a read may take.
+    monkeypatch.setattr(patroni, "REQUEST_TIMEOUT", 30.0)
+    first, second = FakeEtcd(), FakeEtcd()
+    try:
+        first.answer = second.answer = "drip"
+        ports = [f.server.server_address[1] for f in (first, second)]
+        url = f"http://127.0.0.1:{ports[0]},127.0.0.1:{ports[1]}/service/batman"
+        reader = _EtcdReader(PatroniSource.parse(url, 0.02))
+        results: list[object] = []
+        thread = threading.Thread(target=lambda: results.append(reader.read()), daemon=True)
+        thread.start()
+        poll(lambda: first.reads == 1, what="the first endpoint asked")
+        reader.sever()
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "the read went on after sever()"
+        assert results == [None]
+    finally:
+        first.close()
+        second.close()
