@@ -201,9 +201,13 @@ _LIBRARY_KINDS: Kinds = {
         lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
         "a whole number or None",
     ),
-    "row_factory": (callable, "a row factory (a callable), e.g. psycopg.rows.dict_row"),
-    "cursor_factory": (callable, "a cursor class"),
-    "context": (lambda v: hasattr(v, "adapters"), "an adaptation context"),
+    # None is psycopg's own default for the three below.
+    "row_factory": (
+        lambda v: v is None or callable(v),
+        "a row factory (a callable, e.g. psycopg.rows.dict_row) or None",
+    ),
+    "cursor_factory": (lambda v: v is None or callable(v), "a cursor class or None"),
+    "context": (lambda v: v is None or hasattr(v, "adapters"), "an adaptation context or None"),
 }
 
 

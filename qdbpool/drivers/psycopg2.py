@@ -202,8 +202,9 @@ def _select_one(conn: Any) -> None:
 
 
 _LIBRARY_KINDS: Kinds = {
-    "connection_factory": (callable, "a connection class"),
-    "cursor_factory": (callable, "a cursor class"),
+    # None is psycopg2's own default for both.
+    "connection_factory": (lambda v: v is None or callable(v), "a connection class or None"),
+    "cursor_factory": (lambda v: v is None or callable(v), "a cursor class or None"),
 }
 
 

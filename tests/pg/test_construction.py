@@ -66,6 +66,23 @@ def test_a_drivers_own_keyword_of_the_wrong_kind_is_refused_naming_it(
 
 
 @pytest.mark.parametrize(
+    ("driver", "keyword"),
+    [
+        ("psycopg", "row_factory"),
+        ("psycopg", "cursor_factory"),
+        ("psycopg", "context"),
+        ("psycopg", "prepare_threshold"),
+        ("psycopg2", "connection_factory"),
+        ("psycopg2", "cursor_factory"),
+    ],
+)
+def test_none_for_a_drivers_own_keyword_is_its_default(driver: str, keyword: str) -> None:
+    # None is what the driver's own connect() takes by default: code that spells the
+    # default out, or passes an optional setting through, must keep working.
+    Postgres(DSN, driver=driver, **{keyword: None}).close()
+
+
+@pytest.mark.parametrize(
     ("driver", "query"),
     [
         ("psycopg", "autocommit=false"),
