@@ -33,6 +33,7 @@ class ChildProcess:
                 start_new_session=True,
             )
         self._watched = True
+        self._started_by = os.getpid()
         _watchdog.watch(self.proc.pid)
 
     @property
@@ -40,7 +41,13 @@ class ChildProcess:
         return self.proc.pid
 
     def running(self) -> bool:
+        """Whether it still runs. In a forked child always False (the server is not its
+        child: asking gives ECHILD), so a child never signals its parent's servers."""
         return self.proc.poll() is None
+
+    def ours(self) -> bool:
+        """Whether this process started it (not its parent before a fork)."""
+        return os.getpid() == self._started_by
 
     def send_signal(self, sig: int) -> None:
         """Send `sig` to the process alone, if it still runs (never pid 0: our own group)."""
@@ -50,7 +57,10 @@ class ChildProcess:
 
     def kill(self) -> None:
         """SIGKILL the process and all its descendants at once, reap them all, and remove
-        the shared memory they left (a postmaster's, initdb's `postgres --single`'s)."""
+        the shared memory they left (a postmaster's, initdb's `postgres --single`'s).
+        Nothing in a forked child: the server is its parent's."""
+        if not self.ours():
+            return
         descendants = _process.kill_tree(self.proc.pid) if self.running() else []
         self.wait(timeout=10)
         _process.reap(descendants)

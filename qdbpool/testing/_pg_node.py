@@ -244,7 +244,7 @@ class Node:
         For when the node will not start again: once its directory is deleted nothing would
         reclaim the segment, and each one counts against the system's limit.
         """
-        if self._proc is not None and not self._proc.running():
+        if self._proc is not None and self._proc.ours() and not self._proc.running():
             release_shared_memory(self._proc.pid)
 
     def restart(self, mode: StopMode = "fast") -> None:

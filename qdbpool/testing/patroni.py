@@ -271,7 +271,7 @@ class PatroniMember:
             return
         postmaster = self.postmaster_pid
         self._proc.stop(timeout=timeout)
-        if postmaster is not None:
+        if postmaster is not None and self._proc.ours():  # a forked child's is its parent's
             release_shared_memory(postmaster)
 
     def kill(self) -> None:

@@ -128,11 +128,14 @@ def test_servers_go_away_when_their_starter_is_killed(
 # The parent starts a server, forks; the child exits normally (its interpreter runs the
 # atexit hooks it inherited); the parent then checks that its server still answers.
 FORK_THEN_CHECK = """
-import os, sys
+import os, sys, time
 child = os.fork()
 if child == 0:
     if CLOSES:
+        started = time.monotonic()
         close()  # as leaving the parent's `with` block does, on the way out
+        if time.monotonic() - started > 3:  # it waited for what it must leave alone
+            sys.exit(3)
     sys.exit(0)  # a normal interpreter exit: atexit hooks run in the child
 _, status = os.waitpid(child, 0)
 assert os.waitstatus_to_exitcode(status) == 0
