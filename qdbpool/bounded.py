@@ -226,8 +226,9 @@ class BoundedPool(Pool):
                 waiter = self._enqueue_locked(route)
             if waiter is not None:
                 # The lock is re-entrant: the cycle collector, run by any allocation above,
-                # may have released a leaked connection in this thread (its finalizer) after
-                # we found none, before our waiter was in line to be handed it.
+                # may have released a leaked connection in this thread after we found none,
+                # before our waiter was in line to be handed it (its finalizer, when no
+                # thread could be started to do it outside the lock: Pool._from_finalizer).
                 self._serve_line_locked()
             # Burst connections idle too long are closed only after ours is taken: this
             # checkout is the demand that one of them would otherwise be opened again for.

@@ -416,6 +416,23 @@ class Pool:
 
     # -- shared machinery -----------------------------------------------------------------
 
+    def _from_finalizer(self, work: Callable[[], None]) -> None:
+        """Run a finalizer's `work` (a release, a close) now, or, when this thread holds the
+        pool's lock, in a thread of its own that waits for the lock.
+
+        The cycle collector runs finalizers wherever memory is allocated, inside the pool's
+        own lock too; the work may do I/O (a rollback, a close) and call listeners, neither
+        of which may happen under the lock. Should no thread start (at interpreter exit, at
+        a thread limit), it runs now all the same: late listeners beat a leaked connection.
+        """
+        if self._lock._is_owned():  # type: ignore[attr-defined]  # CPython RLock's own
+            try:
+                threading.Thread(target=work, name="qdbpool-finalizer", daemon=True).start()
+                return
+            except RuntimeError:
+                pass
+        work()
+
     def _open(self, read_only: bool, deadline: float | None = None) -> PooledConnection:
         """Open a new connection (outside the lock: it is I/O), check it, register it.
 

@@ -101,4 +101,5 @@ class PooledConnection:
             # Not through the thread-local: this may run while that thread is torn down.
             # Anything may fail at interpreter shutdown; nothing is left to protect then.
             with contextlib.suppress(Exception):
-                self.pool._retire(self, "thread_ended", forget=False)
+                pool = self.pool
+                pool._from_finalizer(lambda: pool._retire(self, "thread_ended", forget=False))

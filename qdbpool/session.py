@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn
 from weakref import getweakrefcount
@@ -228,13 +227,4 @@ class SessionWrapper:
             "a connection from connect() was garbage collected without being released; "
             "released now (use `with pool.connect() as conn:`)"
         )
-        if pool._lock._is_owned():  # type: ignore[attr-defined]  # CPython RLock's own
-            # The collector runs finalizers wherever memory is allocated, this time inside
-            # the pool's own lock. A release may do I/O (a rollback, a close) and call
-            # listeners, neither of which may happen under the lock: a thread of its own
-            # releases it once the lock is let go.
-            threading.Thread(
-                target=pool._release_dropped, args=(pooled,), name="qdbpool-release", daemon=True
-            ).start()
-            return
-        pool._release_dropped(pooled)
+        pool._from_finalizer(lambda: pool._release_dropped(pooled))

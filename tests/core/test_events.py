@@ -346,17 +346,82 @@ def test_a_checkout_the_collector_releases_inside_the_pool_lock_calls_no_listene
     holder.conn = pool.connect()
     holder.conn.__wrapped__.close()  # broken: its release closes it (ConnectionClosed)
     del holder
+    collect_inside_the_pool_lock(pool)
+    poll(lambda: pool.stats().in_use == 0, what="the leaked checkout released")
+    poll(lambda: len(under_lock) >= 2, what="opened and closed reported")
+    assert under_lock == [False, False]
+
+
+def collect_inside_the_pool_lock(pool: object) -> None:
+    """Run the cycle collector where it may run: inside the pool's own lock."""
     gc_was = gc.isenabled()
     gc.disable()
     try:
-        with pool._lock:  # where the collector happened to run
+        with pool._lock:  # type: ignore[attr-defined]
             gc.collect()
     finally:
         if gc_was:
             gc.enable()
+
+
+def test_a_thread_ended_holding_a_leak_has_it_closed_outside_the_pool_lock(
+    make_pool, pool_cls, poll
+):
+    """A thread that ends holding a leaked checkout in a reference cycle: the collector
+    frees its connection's record, whose finalizer closed the connection and called the
+    listeners wherever the collector ran, inside the pool's lock too."""
+    pool = make_pool(SQLite(), pool_cls=pool_cls)
+    closed_under_lock: list[bool] = []
+    pool.subscribe(
+        lambda event: (
+            isinstance(event, ConnectionClosed) and closed_under_lock.append(pool._lock._is_owned())
+        )
+    )
+
+    class Holder:
+        pass
+
+    def leak() -> None:
+        holder = Holder()
+        holder.me = holder  # a cycle: only the collector frees it
+        holder.conn = pool.connect()
+
+    worker = threading.Thread(target=leak)
+    worker.start()
+    worker.join(5)
+    collect_inside_the_pool_lock(pool)
     poll(lambda: pool.stats().in_use == 0, what="the leaked checkout released")
-    poll(lambda: len(under_lock) >= 2, what="opened and closed reported")
-    assert under_lock == [False, False]
+    pool.close()
+    poll(lambda: closed_under_lock, what="its close reported")
+    assert not any(closed_under_lock)
+
+
+def test_a_leak_collected_inside_the_pool_lock_is_released_even_if_no_thread_starts(
+    make_pool, pool_cls, monkeypatch
+):
+    """The release is handed to a thread of its own; with none to be had (a thread limit,
+    interpreter exit) it was lost, and the connection stayed in use for good."""
+    pool = make_pool(SQLite(), pool_cls=pool_cls)
+    start = threading.Thread.start
+
+    def no_finalizer_thread(thread: threading.Thread) -> None:
+        if thread.name.startswith("qdbpool-"):
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    class Holder:
+        pass
+
+    holder = Holder()
+    holder.me = holder
+    holder.conn = pool.connect()
+    del holder
+    monkeypatch.setattr(threading.Thread, "start", no_finalizer_thread)
+    collect_inside_the_pool_lock(pool)
+    monkeypatch.undo()
+    assert pool.stats().in_use == 0
+    with pool.connect() as conn:  # a BoundedPool waits for it otherwise
+        conn.execute("select 1")
 
 
 # -- the counts agree with stats() -------------------------------------------------------------
