@@ -6,9 +6,14 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import os
+import shutil
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -210,7 +215,7 @@ class FakeEtcd:
     (the headers, then the body one byte every 0.2 s) or "drip-headers" (a header line
     every 0.2 s). Before the nth answer it waits `delays[n]` seconds, if given."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.answer = "keys"
         self.kvs: dict[str, str] = {}
         self.reads = 0
@@ -252,6 +257,10 @@ class FakeEtcd:
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -269,7 +278,7 @@ class FakeEtcd:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/service/batman"
+        return f"{self.scheme}://127.0.0.1:{self.server.server_address[1]}/service/batman"
 
     def close(self) -> None:
         self.stopping.set()
@@ -365,3 +374,50 @@ def test_stop_ends_a_read_whichever_endpoint_it_has_come_to(
     finally:
         first.close()
         second.close()
+
+
+@pytest.fixture
+def tls_etcd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeEtcd]:
+    """A FakeEtcd over TLS, with a certificate of its own that this process trusts (as a
+    user trusts a private CA: SSL_CERT_FILE)."""
+    if shutil.which("openssl") is None:
+        if os.environ.get("CI", "").lower() in ("true", "1"):
+            pytest.fail("openssl is needed to make the test certificate")
+        pytest.skip("openssl is needed to make the test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    fake = FakeEtcd(tls=context)
+    try:
+        yield fake
+    finally:
+        fake.close()
+
+
+def test_etcd_over_tls_is_read_on_one_kept_connection(tls_etcd: FakeEtcd) -> None:
+    tls_etcd.kvs = keys()
+    reader = _EtcdReader(PatroniSource.parse(tls_etcd.url, 0.02))
+    assert reader.read() == keys()
+    kept = reader._sock
+    assert isinstance(kept, ssl.SSLSocket)
+    assert reader.read() == keys()
+    assert reader._sock is kept
+
+
+def test_etcd_over_tls_dripping_counts_as_silent(
+    tls_etcd: FakeEtcd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(patroni, "REQUEST_TIMEOUT", 0.5)
+    tls_etcd.kvs = keys()
+    tls_etcd.answer = "drip"
+    reader = _EtcdReader(PatroniSource.parse(tls_etcd.url, 0.02))
+    assert reader.read() is None
