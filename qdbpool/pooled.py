@@ -101,5 +101,9 @@ class PooledConnection:
             # Not through the thread-local: this may run while that thread is torn down.
             # Anything may fail at interpreter shutdown; nothing is left to protect then.
             with contextlib.suppress(Exception):
+                # Closed to checkouts now, whenever the close itself runs: a leaked
+                # checkout's release, collected with it, must not put it back to be handed
+                # out (it would be closed under its next holder).
+                self.mark_closed()
                 pool = self.pool
                 pool._from_finalizer(lambda: pool._retire(self, "thread_ended", forget=False))

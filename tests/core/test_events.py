@@ -424,6 +424,48 @@ def test_a_leak_collected_inside_the_pool_lock_is_released_even_if_no_thread_sta
         conn.execute("select 1")
 
 
+@pytest.mark.parametrize("first", [0, 1], ids=["one-order", "the-other"])
+def test_a_leak_collected_with_its_ended_thread_is_never_closed_under_its_next_holder(
+    make_pool, monkeypatch, first
+):
+    """A thread ends holding a leaked checkout in a cycle; the collector, run inside the
+    pool's lock, finalizes the wrapper (a release) and the connection's record (a close),
+    each deferred to a thread of its own. Run in either order, the release must not give
+    the connection back for the next caller to have it closed under them."""
+    pool = make_pool(SQLite(), pool_cls=BoundedPool, size=1)
+    deferred: list[threading.Thread] = []
+    start = threading.Thread.start
+
+    def hold_back(thread: threading.Thread) -> None:
+        if thread.name == "qdbpool-finalizer":
+            deferred.append(thread)
+        else:
+            start(thread)
+
+    class Holder:
+        pass
+
+    def leak() -> None:
+        holder = Holder()
+        holder.me = holder
+        holder.conn = pool.connect()
+
+    worker = threading.Thread(target=leak)
+    worker.start()
+    worker.join(5)
+    monkeypatch.setattr(threading.Thread, "start", hold_back)
+    collect_inside_the_pool_lock(pool)
+    monkeypatch.undo()
+    assert len(deferred) == 2
+    start(deferred[first])
+    deferred[first].join(5)
+    with pool.connect() as conn:
+        start(deferred[1 - first])
+        deferred[1 - first].join(5)
+        assert conn.execute("select 1").fetchone() == (1,)  # still open under us
+        assert pool.stats().in_use == 1
+
+
 # -- the counts agree with stats() -------------------------------------------------------------
 
 ACTIONS = st.lists(
