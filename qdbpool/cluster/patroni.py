@@ -214,7 +214,8 @@ class PatroniWatcher:
         if reader is not None:
             reader.sever()  # a read in progress ends now, not at its deadline
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=REQUEST_TIMEOUT * len(self.source.endpoints) + 1.0)
+            # A read tries each endpoint, twice where a kept connection turns out closed.
+            thread.join(timeout=2 * REQUEST_TIMEOUT * len(self.source.endpoints) + 1.0)
 
     def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
@@ -231,38 +232,41 @@ class PatroniWatcher:
         last: View | None = None
         reachable = True
         warned_unmatched = False
-        while not stop.is_set():
-            try:
-                kvs = reader.read()
-                if stop.is_set():
-                    return
-                if kvs is None:
-                    if reachable:  # nothing to go by: the SQL checks alone decide
-                        logger.warning("patroni: etcd at %s does not answer", self.source)
+        try:
+            while not stop.is_set():
+                try:
+                    kvs = reader.read()
+                    if stop.is_set():
+                        return
+                    if kvs is None:
+                        if reachable:  # nothing to go by: the SQL checks alone decide
+                            logger.warning("patroni: etcd at %s does not answer", self.source)
+                            self._topology.hint("Patroni's state unknown", ())
+                            reachable, last = False, None
+                    else:
+                        reachable = True
+                        view = read_view(kvs, datetime.now(timezone.utc))
+                        if view != last:
+                            held = self._ours({view.addresses[n] for n in view.held_back()})
+                            if (
+                                not warned_unmatched
+                                and view.addresses
+                                and not self._ours(set(view.addresses.values()))
+                            ):
+                                warned_unmatched = True
+                                logger.warning(
+                                    "patroni: no member's PostgreSQL address is a host of the DSN"
+                                )
+                            self._topology.hint(view.why(), held)
+                            last = view
+                except Exception:  # a bug of ours: logged, and the watcher goes on
+                    logger.exception("patroni watcher round failed")
+                    if last is not None or reachable:
                         self._topology.hint("Patroni's state unknown", ())
-                        reachable, last = False, None
-                else:
-                    reachable = True
-                    view = read_view(kvs, datetime.now(timezone.utc))
-                    if view != last:
-                        held = self._ours({view.addresses[n] for n in view.held_back()})
-                        if (
-                            not warned_unmatched
-                            and view.addresses
-                            and not self._ours(set(view.addresses.values()))
-                        ):
-                            warned_unmatched = True
-                            logger.warning(
-                                "patroni: no member's PostgreSQL address is a host of the DSN"
-                            )
-                        self._topology.hint(view.why(), held)
-                        last = view
-            except Exception:  # a bug of ours: logged, and the watcher goes on
-                logger.exception("patroni watcher round failed")
-                if last is not None or reachable:
-                    self._topology.hint("Patroni's state unknown", ())
-                reachable, last = False, None
-            stop.wait(self.source.interval)
+                    reachable, last = False, None
+                stop.wait(self.source.interval)
+        finally:
+            reader.close()  # its kept connection, which stop() only shut down
 
     def _ours(self, addresses: set[HostPort]) -> set[HostPort]:
         """The topology's own HostPorts among `addresses` (matched case-insensitively)."""
@@ -303,13 +307,26 @@ class _EtcdReader:
             if self._severed:
                 break
             try:
-                return self._read_one()
-            except (OSError, http.client.HTTPException, ValueError) as exc:
+                return self._read_endpoint()
+            except _READ_FAILURES as exc:
                 logger.debug("patroni: etcd read failed: %s", type(exc).__name__)
-                self._disconnect()
+                self.close()
                 self._next = (self._next + 1) % len(self._source.endpoints)
-        self._disconnect()
+        self.close()
         return None
+
+    def _read_endpoint(self) -> dict[str, str]:
+        """A read of the current endpoint. A kept connection that the server (or a proxy)
+        closed since the last read shows it only now: once more on a new connection, rather
+        than count a live etcd as silent for a round."""
+        if self._sock is not None:
+            try:
+                return self._read_one()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.close()
+                if self._severed:
+                    raise
+        return self._read_one()
 
     def _read_one(self) -> dict[str, str]:
         deadline = time.monotonic() + REQUEST_TIMEOUT
@@ -328,9 +345,13 @@ class _EtcdReader:
             method="POST",
         )
         response.begin()
-        body = response.read()
-        if response.will_close:
-            self._disconnect()
+        if response.length is not None and response.length > MAX_ANSWER:
+            raise ValueError(f"an answer of {response.length} bytes")
+        body = response.read(MAX_ANSWER + 1)
+        if len(body) > MAX_ANSWER:
+            raise ValueError(f"an answer of over {MAX_ANSWER} bytes")
+        if response.will_close or not response.isclosed():  # nothing may be left unread
+            self.close()
         if response.status != 200:
             raise ValueError(f"HTTP {response.status}")
         return _range_answer(body, len(self._source.prefix))
@@ -354,10 +375,16 @@ class _EtcdReader:
             with contextlib.suppress(OSError):  # closed meanwhile
                 sock.shutdown(socket.SHUT_RDWR)
 
-    def _disconnect(self) -> None:
+    def close(self) -> None:
+        """Close the kept connection (from the reading thread)."""
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
+
+
+MAX_ANSWER = 4 * 1024 * 1024  # bytes: Patroni's keys of a cluster take a few kilobytes
+# What a read may fail with: the network, HTTP, an answer of the wrong shape or size.
+_READ_FAILURES = (OSError, http.client.HTTPException, ValueError)
 
 
 class _BoundedSocket:

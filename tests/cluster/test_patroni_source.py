@@ -4,6 +4,7 @@ as, and what a hint does to routing (qdbpool.cluster.patroni, Topology.hint)."""
 from __future__ import annotations
 
 import base64
+import gc
 import http.server
 import json
 import os
@@ -11,6 +12,7 @@ import shutil
 import ssl
 import subprocess
 import threading
+import warnings
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -212,8 +214,10 @@ def test_a_hint_makes_every_known_host_suspect_until_checked_again() -> None:
 class FakeEtcd:
     """An etcd v3 JSON gateway that answers each range read as `answer` says: "keys" (the
     keys of `kvs`, under /service/batman/), "garbage" (valid JSON of another shape), "drip"
-    (the headers, then the body one byte every 0.2 s) or "drip-headers" (a header line
-    every 0.2 s). Before the nth answer it waits `delays[n]` seconds, if given."""
+    (the headers, then the body one byte every 0.2 s), "drip-headers" (a header line
+    every 0.2 s), "keys-then-hang-up" (the keys, then it closes the kept connection
+    without a word, as a proxy's idle timeout does) or "huge" (a Content-Length of a
+    petabyte). Before the nth answer it waits `delays[n]` seconds, if given."""
 
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.answer = "keys"
@@ -235,7 +239,8 @@ class FakeEtcd:
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
+                length = 10**15 if fake.answer == "huge" else len(body)
+                self.send_header("Content-Length", str(length))
                 if fake.answer == "drip-headers":
                     for n in range(90):  # 18 s at most, or until the test ends
                         self.send_header(f"X-Padding-{n}", "x")
@@ -245,6 +250,7 @@ class FakeEtcd:
                 self.end_headers()
                 if fake.answer != "drip":
                     self.wfile.write(body)
+                    self.close_connection = fake.answer == "keys-then-hang-up"
                     return
                 for byte in body[:100]:  # 20 s at most, or until the test ends
                     if fake.stopping.wait(0.2):
@@ -421,3 +427,36 @@ def test_etcd_over_tls_dripping_counts_as_silent(
     tls_etcd.answer = "drip"
     reader = _EtcdReader(PatroniSource.parse(tls_etcd.url, 0.02))
     assert reader.read() is None
+
+
+def test_a_kept_connection_the_server_closed_meanwhile_is_not_silence(etcd: FakeEtcd) -> None:
+    # The next read found the connection closed and counted etcd as silent: behind a
+    # proxy that closes idle connections, every other round lifted a switchover's hold.
+    etcd.kvs = keys()
+    etcd.answer = "keys-then-hang-up"
+    reader = _EtcdReader(PatroniSource.parse(etcd.url, 0.02))
+    try:
+        assert [reader.read() for _ in range(5)] == [keys()] * 5
+    finally:
+        reader.close()
+
+
+def test_an_answer_claiming_a_petabyte_counts_as_no_answer(etcd: FakeEtcd) -> None:
+    # Its Content-Length raised MemoryError, out of the reader: the other endpoints were
+    # not tried and the round failed with a traceback.
+    etcd.answer = "huge"
+    reader = _EtcdReader(PatroniSource.parse(etcd.url, 0.02))
+    assert reader.read() is None
+
+
+def test_a_stopped_watcher_closes_its_kept_connection(etcd: FakeEtcd, poll: Any) -> None:
+    etcd.kvs = keys()
+    _, watcher = watched(etcd)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always", ResourceWarning)
+        watcher.start()
+        poll(lambda: etcd.reads >= 2, what="two reads")
+        watcher.stop()
+        del watcher
+        gc.collect()
+    assert [w for w in seen if issubclass(w.category, ResourceWarning)] == []
