@@ -297,24 +297,32 @@ def test_postgres_connection_breaks_on_reset(pg_proxy: FaultProxy) -> None:
         assert fresh.execute("SELECT 1").fetchone() == (1,)
 
 
-# In a process of its own, allowed 128 file descriptors: a target that holds what it
-# accepts, a client (another process) opening 60 connections through the proxy at once.
+# In a process of its own, allowed 21 file descriptors more than it holds: a target that
+# never accepts, a client (another process) opening 60 connections through the proxy at
+# once. The proxy runs out of descriptors exactly between a link's two sockets.
 OUT_OF_DESCRIPTORS = """
-import resource, socket, subprocess, sys
+import os, resource, socket, subprocess, sys
 from qdbpool.testing.proxy import FaultProxy
 
-target = socket.socket()
+target = socket.socket()  # nobody accepts: the proxy's links to it stay open
 target.bind(("127.0.0.1", 0))
 target.listen(512)
-resource.setrlimit(resource.RLIMIT_NOFILE, (128, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+limit = resource.getrlimit(resource.RLIMIT_NOFILE)
+burst = (
+    "import resource, socket, time\\n"
+    f"resource.setrlimit(resource.RLIMIT_NOFILE, {limit})\\n"
+    "address = ('127.0.0.1', int(__import__('sys').argv[1]))\\n"
+    "s = [socket.create_connection(address, timeout=5) for _ in range(60)]\\n"
+    "time.sleep(0.5)\\n"
+)
 with FaultProxy("127.0.0.1", target.getsockname()[1]) as proxy:
-    burst = (
-        "import socket, time\\n"
-        f"address = ('127.0.0.1', {proxy.port})\\n"
-        "s = [socket.create_connection(address, timeout=5) for _ in range(60)]\\n"
-        "time.sleep(0.5)\\n"
-    )
-    subprocess.run([sys.executable, "-c", burst], timeout=60, check=False, capture_output=True)
+    # Each link takes two descriptors, the client's (accept) and the target's (socket):
+    # leave an odd number free, so that the last accept leaves none for socket().
+    in_use = len(os.listdir("/proc/self/fd")) - 1  # not listdir's own
+    resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + 21, limit[1]))
+    # No pipes: this process opens no descriptor of its own while the burst runs.
+    subprocess.Popen([sys.executable, "-c", burst, str(proxy.port)]).wait(timeout=60)
+    resource.setrlimit(resource.RLIMIT_NOFILE, limit)  # room again for the check below
     socket.create_connection(proxy.address, timeout=5).close()  # refused if the proxy died
     proxy.stall()
     proxy.pass_through()
