@@ -105,6 +105,11 @@ def refused_us(message: str) -> bool:
 Kinds = Mapping[str, tuple[Callable[[Any], bool], str]]
 
 
+def none_or_callable(value: Any) -> bool:
+    """The test of the drivers' factory keywords, whose own default is None."""
+    return value is None or callable(value)
+
+
 def check_library_kwargs(
     connect_kwargs: Mapping[str, Any], kinds: Kinds, *, from_dsn: bool
 ) -> None:

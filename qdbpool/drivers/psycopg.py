@@ -23,6 +23,7 @@ from qdbpool.drivers.pgsql import (
     for_writes,
     is_lost_sqlstate,
     libpq_kwargs,
+    none_or_callable,
     refused_us,
     refused_writes,
 )
@@ -203,10 +204,10 @@ _LIBRARY_KINDS: Kinds = {
     ),
     # None is psycopg's own default for the three below.
     "row_factory": (
-        lambda v: v is None or callable(v),
+        none_or_callable,
         "a row factory (a callable, e.g. psycopg.rows.dict_row) or None",
     ),
-    "cursor_factory": (lambda v: v is None or callable(v), "a cursor class or None"),
+    "cursor_factory": (none_or_callable, "a cursor class or None"),
     "context": (lambda v: v is None or hasattr(v, "adapters"), "an adaptation context or None"),
 }
 

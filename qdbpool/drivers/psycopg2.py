@@ -36,6 +36,7 @@ from qdbpool.drivers.pgsql import (
     for_writes,
     is_lost_sqlstate,
     libpq_kwargs,
+    none_or_callable,
     refused_us,
     refused_writes,
 )
@@ -203,8 +204,8 @@ def _select_one(conn: Any) -> None:
 
 _LIBRARY_KINDS: Kinds = {
     # None is psycopg2's own default for both.
-    "connection_factory": (lambda v: v is None or callable(v), "a connection class or None"),
-    "cursor_factory": (lambda v: v is None or callable(v), "a cursor class or None"),
+    "connection_factory": (none_or_callable, "a connection class or None"),
+    "cursor_factory": (none_or_callable, "a cursor class or None"),
 }
 
 
