@@ -387,7 +387,7 @@ MAX_ANSWER = 4 * 1024 * 1024  # bytes: Patroni's keys of a cluster take a few ki
 _READ_FAILURES = (OSError, http.client.HTTPException, ValueError)
 
 
-class _BoundedSocket:
+class _BoundedSocket(io.RawIOBase):
     """A socket as http.client reads an answer from it (through makefile()), each receive
     bounded by what is left until `deadline`."""
 
@@ -396,13 +396,7 @@ class _BoundedSocket:
         self._deadline = deadline
 
     def makefile(self, mode: str) -> io.BufferedReader:
-        return io.BufferedReader(_BoundedReceiver(self._sock, self._deadline))
-
-
-class _BoundedReceiver(io.RawIOBase):
-    def __init__(self, sock: socket.socket, deadline: float) -> None:
-        self._sock = sock
-        self._deadline = deadline
+        return io.BufferedReader(self)
 
     def readable(self) -> bool:
         return True
