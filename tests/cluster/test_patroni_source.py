@@ -7,7 +7,6 @@ import base64
 import gc
 import http.server
 import json
-import os
 import shutil
 import ssl
 import subprocess
@@ -30,6 +29,7 @@ from qdbpool.drivers.base import Role
 from qdbpool.dsn import HostPort
 from qdbpool.errors import ConfigurationError
 from qdbpool.factories.postgres import Postgres
+from qdbpool.testing.availability import under_ci
 
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=timezone.utc)
 
@@ -387,9 +387,8 @@ def tls_etcd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeEt
     """A FakeEtcd over TLS, with a certificate of its own that this process trusts (as a
     user trusts a private CA: SSL_CERT_FILE)."""
     if shutil.which("openssl") is None:
-        if os.environ.get("CI", "").lower() in ("true", "1"):
-            pytest.fail("openssl is needed to make the test certificate")
-        pytest.skip("openssl is needed to make the test certificate")
+        missing = pytest.fail if under_ci() else pytest.skip
+        missing("openssl is needed to make the test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",

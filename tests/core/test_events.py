@@ -338,18 +338,32 @@ def test_a_checkout_the_collector_releases_inside_the_pool_lock_calls_no_listene
     under_lock: list[bool] = []
     pool.subscribe(lambda event: under_lock.append(pool._lock._is_owned()))
 
-    class Holder:
-        pass
-
-    holder = Holder()
-    holder.me = holder  # a cycle: only the collector frees it
-    holder.conn = pool.connect()
-    holder.conn.__wrapped__.close()  # broken: its release closes it (ConnectionClosed)
-    del holder
+    leak_in_a_cycle(pool).__wrapped__.close()  # broken: its release closes it
     collect_inside_the_pool_lock(pool)
     poll(lambda: pool.stats().in_use == 0, what="the leaked checkout released")
     poll(lambda: len(under_lock) >= 2, what="opened and closed reported")
     assert under_lock == [False, False]
+
+
+class _Holder:
+    me: object
+    conn: Any
+
+
+def leak_in_a_cycle(pool: Any) -> Any:
+    """A checkout held only by a reference cycle, that only the collector frees; returns
+    the wrapper (not to be kept)."""
+    holder = _Holder()
+    holder.me = holder
+    holder.conn = pool.connect()
+    return holder.conn
+
+
+def leak_in_an_ended_thread(pool: Any) -> None:
+    """leak_in_a_cycle(pool), from a thread that then ends."""
+    worker = threading.Thread(target=leak_in_a_cycle, args=(pool,))
+    worker.start()
+    worker.join(5)
 
 
 def collect_inside_the_pool_lock(pool: object) -> None:
@@ -378,17 +392,7 @@ def test_a_thread_ended_holding_a_leak_has_it_closed_outside_the_pool_lock(
         )
     )
 
-    class Holder:
-        pass
-
-    def leak() -> None:
-        holder = Holder()
-        holder.me = holder  # a cycle: only the collector frees it
-        holder.conn = pool.connect()
-
-    worker = threading.Thread(target=leak)
-    worker.start()
-    worker.join(5)
+    leak_in_an_ended_thread(pool)
     collect_inside_the_pool_lock(pool)
     poll(lambda: pool.stats().in_use == 0, what="the leaked checkout released")
     pool.close()
@@ -409,13 +413,7 @@ def test_a_leak_collected_inside_the_pool_lock_is_released_even_if_no_thread_sta
             raise RuntimeError("can't start new thread")
         start(thread)
 
-    class Holder:
-        pass
-
-    holder = Holder()
-    holder.me = holder
-    holder.conn = pool.connect()
-    del holder
+    leak_in_a_cycle(pool)
     monkeypatch.setattr(threading.Thread, "start", no_finalizer_thread)
     collect_inside_the_pool_lock(pool)
     monkeypatch.undo()
@@ -442,17 +440,7 @@ def test_a_leak_collected_with_its_ended_thread_is_never_closed_under_its_next_h
         else:
             start(thread)
 
-    class Holder:
-        pass
-
-    def leak() -> None:
-        holder = Holder()
-        holder.me = holder
-        holder.conn = pool.connect()
-
-    worker = threading.Thread(target=leak)
-    worker.start()
-    worker.join(5)
+    leak_in_an_ended_thread(pool)
     monkeypatch.setattr(threading.Thread, "start", hold_back)
     collect_inside_the_pool_lock(pool)
     monkeypatch.undo()
