@@ -64,7 +64,13 @@ class ChildProcess:
         descendants = _process.kill_tree(self.proc.pid) if self.running() else []
         self.wait(timeout=10)
         _process.reap(descendants)
-        _process.release_shared_memory(self.proc.pid, *descendants)
+        self.release_shared_memory(*descendants)
+
+    def release_shared_memory(self, *descendants: int) -> None:
+        """Remove the shared memory the process, or `descendants` of it, left when they
+        died. Nothing in a forked child: the server is its parent's, and may still hold it."""
+        if self.ours():
+            _process.release_shared_memory(self.proc.pid, *descendants)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         """Send `sig`, kill the whole tree if it has not exited after `timeout`; always reap."""

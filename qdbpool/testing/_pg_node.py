@@ -25,7 +25,6 @@ from qdbpool.testing._process import (
     children,
     free_port,
     log_tail,
-    release_shared_memory,
     wait_until,
 )
 
@@ -244,8 +243,8 @@ class Node:
         For when the node will not start again: once its directory is deleted nothing would
         reclaim the segment, and each one counts against the system's limit.
         """
-        if self._proc is not None and self._proc.ours() and not self._proc.running():
-            release_shared_memory(self._proc.pid)
+        if self._proc is not None and not self._proc.running():
+            self._proc.release_shared_memory()
 
     def restart(self, mode: StopMode = "fast") -> None:
         self.stop(mode)

@@ -80,7 +80,6 @@ from qdbpool.testing._process import (
     kill_tree,
     log_tail,
     process_alive,
-    release_shared_memory,
     wait_until,
 )
 from qdbpool.testing._watchdog import remove_scratch_dir
@@ -271,8 +270,8 @@ class PatroniMember:
             return
         postmaster = self.postmaster_pid
         self._proc.stop(timeout=timeout)
-        if postmaster is not None and self._proc.ours():  # a forked child's is its parent's
-            release_shared_memory(postmaster)
+        if postmaster is not None:
+            self._proc.release_shared_memory(postmaster)
 
     def kill(self) -> None:
         """Node loss: SIGKILL Patroni and PostgreSQL at once (the leader key stays in etcd
